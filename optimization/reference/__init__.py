@@ -1,0 +1,18 @@
+"""The reference world: a scene renderer and the small models the project trains on it and ships.
+
+It makes Tally runnable and measurable offline: the shipped pipeline loads with diffusers'
+``from_pretrained`` and the detector with ultralytics' ``YOLO``, exactly like SDXL-Turbo and COCO YOLO.
+"""
+
+from pathlib import Path
+
+from .scenes import CLASSES, COLOURS, IMAGE_SIZE, MAX_COUNT, MIN_COUNT, PLURALS, Scene, render_scene
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+PIPELINE_PATH = WEIGHTS_DIR / "pipeline"
+DETECTOR_PATH = WEIGHTS_DIR / "detector.pt"
+
+__all__ = [
+    "CLASSES", "COLOURS", "DETECTOR_PATH", "IMAGE_SIZE", "MAX_COUNT", "MIN_COUNT", "PIPELINE_PATH",
+    "PLURALS", "Scene", "WEIGHTS_DIR", "render_scene",
+]

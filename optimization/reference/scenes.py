@@ -1,0 +1,193 @@
+"""Scene renderer of the reference world: counted shapes on light backgrounds, deterministic per seed.
+
+A scene holds 1..12 non-overlapping shapes of one class and colour (or, for detector training, a mix),
+drawn 4x supersampled and reduced so edges are anti-aliased like photographs, and each object's exact
+box in pixels. The box is rounded outward, so every anti-aliased edge pixel lies inside its box.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
+PLURALS: dict[str, str] = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (205, 40, 40),
+    "green": (35, 150, 55),
+    "blue": (40, 75, 215),
+    "black": (30, 30, 30),
+}
+IMAGE_SIZE = 64
+MIN_COUNT, MAX_COUNT = 1, 12
+_SUPERSAMPLE = 4
+_GAP = 2  # pixels kept free between boxes, so shapes never touch
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    cls: str
+    colour: str
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, x1/y1 exclusive
+
+    @property
+    def class_id(self) -> int:
+        return CLASSES.index(self.cls)
+
+
+@dataclass
+class Scene:
+    seed: int
+    image: Image.Image
+    objects: list[SceneObject] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.objects)
+
+
+def _size_range(count: int) -> tuple[int, int]:
+    # Fewer objects may be larger; twelve objects of 14 px would not fit on 64 x 64 with gaps.
+    if count <= 4:
+        return 9, 15
+    if count <= 8:
+        return 8, 13
+    return 7, 11
+
+
+def _place_boxes(rng: np.random.Generator, count: int, size: int) -> list[tuple[int, int, int, int]]:
+    lo, hi = _size_range(count)
+    for _ in range(200):
+        boxes: list[tuple[int, int, int, int]] = []
+        for _ in range(count):
+            for _ in range(100):
+                s = int(rng.integers(lo, hi + 1))
+                x0 = int(rng.integers(1, size - s - 1))
+                y0 = int(rng.integers(1, size - s - 1))
+                box = (x0, y0, x0 + s, y0 + s)
+                if all(_apart(box, other) for other in boxes):
+                    boxes.append(box)
+                    break
+            else:
+                break
+        if len(boxes) == count:
+            return boxes
+    raise RuntimeError(f"could not place {count} objects")  # never seen for counts <= 12
+
+
+def _apart(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[2] + _GAP <= b[0] or b[2] + _GAP <= a[0] or a[3] + _GAP <= b[1] or b[3] + _GAP <= a[1]
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    base = rng.uniform(222, 250, size=3) + rng.uniform(-6, 6, size=3)
+    img = np.broadcast_to(base, (size, size, 3)).astype(np.float32).copy()
+    kind = rng.integers(0, 3)  # plain, soft gradient, mild texture
+    if kind == 1:
+        ramp = np.linspace(-1, 1, size, dtype=np.float32)
+        angle = rng.uniform(0, 2 * math.pi)
+        grad = math.cos(angle) * ramp[None, :] + math.sin(angle) * ramp[:, None]
+        img += grad[..., None] * rng.uniform(3, 9)
+    elif kind == 2:
+        noise = rng.normal(0, 1, size=(size // 8, size // 8)).astype(np.float32)
+        smooth = np.asarray(Image.fromarray(noise).resize((size, size), Image.BICUBIC))
+        img += smooth[..., None] * rng.uniform(2, 5)
+    return np.clip(img, 0, 255)
+
+
+def _draw(draw: ImageDraw.ImageDraw, cls: str, box: tuple[int, int, int, int], fill: tuple[int, int, int]) -> None:
+    k = _SUPERSAMPLE
+    x0, y0, x1, y1 = (v * k for v in box)
+    # Shapes are drawn half a pixel inside their box so anti-aliasing never spills over it.
+    m = k // 2
+    x0, y0, x1, y1 = x0 + m, y0 + m, x1 - m, y1 - m
+    if cls == "circle":
+        draw.ellipse((x0, y0, x1, y1), fill=fill)
+    elif cls == "square":
+        draw.rectangle((x0, y0, x1, y1), fill=fill)
+    elif cls == "triangle":
+        draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) / 2, y0)], fill=fill)
+    elif cls == "cross":
+        w, h = x1 - x0, y1 - y0
+        t = max(w, h) / 3
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        draw.rectangle((cx - t / 2, y0, cx + t / 2, y1), fill=fill)
+        draw.rectangle((x0, cy - t / 2, x1, cy + t / 2), fill=fill)
+    else:
+        raise ValueError(f"unknown class {cls!r}; known: {', '.join(CLASSES)}")
+
+
+def render_scene(
+    seed: int,
+    count: int | None = None,
+    cls: str | None = None,
+    colour: str | None = None,
+    mixed: bool = False,
+    size: int = IMAGE_SIZE,
+) -> Scene:
+    """Render one scene. Unset fields are drawn from the seed; ``mixed`` gives each object its own class and colour."""
+    rng = np.random.default_rng(seed)
+    count = int(rng.integers(MIN_COUNT, MAX_COUNT + 1)) if count is None else count
+    if not MIN_COUNT <= count <= MAX_COUNT:
+        raise ValueError(f"count must be in {MIN_COUNT}..{MAX_COUNT}, got {count}")
+    cls = CLASSES[int(rng.integers(len(CLASSES)))] if cls is None else cls
+    colour = list(COLOURS)[int(rng.integers(len(COLOURS)))] if colour is None else colour
+    if cls not in CLASSES:
+        raise ValueError(f"unknown class {cls!r}; known: {', '.join(CLASSES)}")
+    if colour not in COLOURS:
+        raise ValueError(f"unknown colour {colour!r}; known: {', '.join(COLOURS)}")
+
+    background = _background(rng, size)
+    boxes = _place_boxes(rng, count, size)
+    k = _SUPERSAMPLE
+    canvas = Image.fromarray(background.astype(np.uint8)).resize((size * k, size * k), Image.NEAREST)
+    draw = ImageDraw.Draw(canvas)
+    objects = []
+    for box in boxes:
+        c = CLASSES[int(rng.integers(len(CLASSES)))] if mixed else cls
+        col = list(COLOURS)[int(rng.integers(len(COLOURS)))] if mixed else colour
+        jitter = rng.integers(-12, 13, size=3)
+        fill = tuple(int(np.clip(v + j, 0, 255)) for v, j in zip(COLOURS[col], jitter))
+        _draw(draw, c, box, fill)
+        objects.append(SceneObject(c, col, box))
+    # Supersampled objects are reduced with a box filter; the background keeps its own smooth texture.
+    small = np.asarray(canvas.resize((size, size), Image.BOX), dtype=np.float32)
+    return Scene(seed=seed, image=Image.fromarray(np.clip(small, 0, 255).astype(np.uint8)), objects=objects)
+
+
+def degrade(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Blur, noise and contrast loss like a small generator's output, so the detector counts generated images too."""
+    if rng.random() < 0.6:
+        image = image.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.1))))
+    arr = np.asarray(image, dtype=np.float32)
+    if rng.random() < 0.4:
+        mean = arr.mean(axis=(0, 1), keepdims=True)
+        arr = mean + (arr - mean) * rng.uniform(0.75, 1.0)
+    if rng.random() < 0.5:
+        arr = arr + rng.normal(0, rng.uniform(1, 6), size=arr.shape)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def caption(cls: str, colour: str, count: int) -> str:
+    """The clean caption of a scene, in the prompt template the whole project uses."""
+    noun = cls if count == 1 else PLURALS[cls]
+    return f"a photo of {count} {colour} {noun}"
+
+
+def noisy_caption(cls: str, colour: str, count: int, rng: np.random.Generator) -> str:
+    """A caption as careless as a web caption: for 4+ objects the stated count is often off by one or two.
+
+    This is deliberate: the reference text-to-image model should follow class and colour but miscount,
+    the way real models do, so that count optimization has something to fix.
+    """
+    stated = count
+    if count >= 4 and rng.random() < 0.4:
+        stated = count + int(rng.choice([-2, -1, 1, 2]))
+        stated = min(max(stated, MIN_COUNT), MAX_COUNT)
+    if count >= 3 and rng.random() < 0.08:
+        noun = PLURALS[cls]
+        return f"a photo of {colour} {noun}"
+    return caption(cls, colour, stated)
