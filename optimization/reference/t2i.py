@@ -34,9 +34,9 @@ Progress = Callable[[int, int], None]
 @dataclass
 class T2ITrainConfig:
     scenes: int = 40_000
-    vae_steps: int = 1500
+    vae_steps: int = 400
     vae_batch: int = 32
-    unet_steps: int = 5000
+    unet_steps: int = 3500
     unet_batch: int = 48
     unet_lr: float = 4e-4
     text_lr: float = 2e-4

@@ -1,0 +1,277 @@
+"""``CountEngine``: verified images of exactly N objects, within a budget.
+
+The product promises verified images, not magic tokens. ``generate`` reads in the order of its stages:
+
+1. check the inputs (count range, object, policy, budget, token identity);
+2. write the count into the prompt (``prompts.with_count``) and, for token policies, the placeholder;
+3. sample candidates in batches (seeds derived from the job's seed, so a repeated request gives the same
+   images), conditioned on the library token when the policy uses it, and verify each conservatively;
+4. ``refine`` only: optimize the token on the nearest misses until one is verified or the budget ends;
+5. return verified images first, then the closest misses marked ``verified: false``.
+
+Policies: ``resample`` (base prompt), ``library`` (the cached token for (model, object, count) when there
+is one), ``refine`` (library, plus refinement). ``DEFAULT_POLICY`` is the winner of ``tally bench engine``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .count_token import CountToken, TokenKey, place_token
+from .counter import Detections, Verification, YoloCounter, verify
+from .optimizer import Canceled, IterationReport, OptimizeConfig, OptimizeResult, library_seeds, optimize
+from .pipelines import TextToImage
+from .policy import DEFAULT_POLICY, POLICIES
+from .prompts import object_in_prompt, plural, with_count
+from .visualize import to_uint8
+
+CANDIDATE_BATCH = 8
+
+
+@dataclass
+class Budget:
+    max_seconds: float = 60.0
+    max_candidates: int = 64
+    max_iterations: int = 20
+
+    def check(self) -> None:
+        for name in ("max_seconds", "max_candidates", "max_iterations"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"budget {name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass
+class ImageResult:
+    image: torch.Tensor  # [3, H, W] in [0, 1]
+    seed: int
+    verification: Verification
+    policy: str
+    token: str | None  # the token key used, "refined:<key>" after refinement, None for the base prompt
+    iteration: int | None = None  # refinement iteration that produced it
+
+    @property
+    def verified(self) -> bool:
+        return self.verification.verified
+
+    def to_dict(self) -> dict:
+        det = self.verification.detections
+        return {"seed": self.seed, "detected_count": self.verification.detected_count, "verified": self.verified,
+                "boxes": [[round(v, 1) for v in b] for b in det.boxes],
+                "confidences": [round(c, 3) for c in det.confidences],
+                "crosscheck_count": self.verification.crosscheck, "policy": self.policy, "token": self.token,
+                "refine_iteration": self.iteration}
+
+
+@dataclass
+class EngineResult:
+    prompt: str
+    object: str
+    count: int
+    policy: str
+    images: list[ImageResult]
+    cost: dict
+    token_key: TokenKey
+    library_hit: bool
+    refined_token: CountToken | None = None
+
+    def to_dict(self) -> dict:
+        return {"prompt": self.prompt, "object": self.object, "count": self.count, "policy": self.policy,
+                "token": {"key": self.token_key.id, "library_hit": self.library_hit},
+                "images": [r.to_dict() for r in self.images], "cost": self.cost}
+
+
+@dataclass
+class _Candidate:
+    seed: int
+    image: torch.Tensor
+    verification: Verification
+    refined: bool = field(default=False)
+
+
+def derive_seed(job_seed: int, index: int) -> int:
+    """Candidate ``index`` of a job: distinct across jobs with nearby seeds, identical on a repeat."""
+    return (int(job_seed) * 1_000_003 + index) % (2**63)
+
+
+class CountEngine:
+    """Resident pipeline + counter (+ the reference world's cross-check) answering count requests."""
+
+    def __init__(self, t2i: TextToImage, counter: YoloCounter, crosscheck: Callable[[np.ndarray], int] | None = None,
+                 max_count: int = 12, refine_config: OptimizeConfig | None = None):
+        self.t2i = t2i
+        self.counter = counter
+        self.crosscheck = crosscheck
+        self.max_count = max_count
+        self.refine_config = refine_config or OptimizeConfig(mode="refine", lr=2e-2)
+
+    @classmethod
+    def load(cls, pipeline: str, detector: str, device: str = "cpu", dtype: str = "fp32", max_count: int = 12,
+             num_inference_steps: int | None = None, guidance_scale: float | None = None) -> "CountEngine":
+        """Load pipeline and detector once; on the reference world, add its independent cross-check."""
+        from .reference.crosscheck import crosscheck_count
+        from .reference.t2i import is_reference_pipeline
+
+        t2i = TextToImage.load(pipeline, device=device, dtype=dtype, num_inference_steps=num_inference_steps,
+                               guidance_scale=guidance_scale)
+        counter = YoloCounter(detector, device=device)
+        # The cross-check only understands the reference world's plain backgrounds.
+        crosscheck = crosscheck_count if is_reference_pipeline(pipeline) else None
+        return cls(t2i, counter, crosscheck=crosscheck, max_count=max_count)
+
+    # ----------------------------------------------------------------------------------------- checks
+    def resolve_object(self, prompt: str, object_: str | None) -> str:
+        return self.counter.resolve(object_) if object_ else object_in_prompt(prompt, self.counter.classes)
+
+    def token_key(self, cls: str, count: int) -> TokenKey:
+        return TokenKey(self.t2i.fingerprint, cls, count)
+
+    def check_inputs(self, prompt: str, count: int, object_: str | None, num_images: int, budget: Budget,
+                     policy: str, token: CountToken | None) -> str:
+        if not prompt or not prompt.strip():
+            raise ValueError("the prompt is empty")
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; allowed: {', '.join(POLICIES)}")
+        if not 1 <= count <= self.max_count:
+            raise ValueError(f"count must be between 1 and {self.max_count}, got {count}")
+        if num_images < 1:
+            raise ValueError(f"num_images must be at least 1, got {num_images}")
+        budget.check()
+        cls = self.resolve_object(prompt, object_)
+        if token is not None:
+            expected = self.token_key(cls, count)
+            if token.key.model != expected.model:
+                raise ValueError(f"the token was learned for model {token.key.model}, not this model ({expected.model})")
+            if (token.key.object, token.key.count) != (cls, count):
+                raise ValueError(f"the token is for {token.key.count} {token.key.object}, not {count} {cls}")
+        return cls
+
+    def verify_images(self, images: torch.Tensor, detections: list[Detections], cls: str, target: int) -> list[Verification]:
+        cross = [self.crosscheck(im) for im in to_uint8(images)] if self.crosscheck else [None] * len(images)
+        return [verify(d, cls, target, c) for d, c in zip(detections, cross)]
+
+    # ------------------------------------------------------------------------------------------ generate
+    def generate(self, prompt: str, count: int, object_: str | None = None, num_images: int = 1, seed: int = 0,
+                 budget: Budget | None = None, policy: str = DEFAULT_POLICY, token: CountToken | None = None,
+                 progress: Callable[[dict], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> EngineResult:
+        # 1. check inputs
+        budget = budget or Budget()
+        cls = self.check_inputs(prompt, count, object_, num_images, budget, policy, token)
+        started = time.perf_counter()
+        cost = {"candidates": 0, "iterations": 0, "seconds": 0.0}
+        events = progress or (lambda event: None)
+
+        # 2. prompts: the count by the documented rule, then the placeholder for token policies
+        text = with_count(prompt, cls, count)
+        token_text, init_word = place_token(text, count)
+        use_token = policy in ("library", "refine") and token is not None
+        if use_token:
+            self.t2i.set_token(token.vectors)
+        sample_text = token_text if use_token else text
+        token_label = token.key.id if use_token else None
+
+        # 3. sample candidates and verify
+        verified: list[_Candidate] = []
+        misses: list[_Candidate] = []
+        index = 0
+        while index == 0 or (len(verified) < num_images and cost["candidates"] < budget.max_candidates
+                             and time.perf_counter() - started < budget.max_seconds):  # one batch at least
+            if should_stop and should_stop():
+                raise Canceled()
+            n = min(CANDIDATE_BATCH, budget.max_candidates - cost["candidates"])
+            seeds = [derive_seed(seed, index + i) for i in range(n)]
+            index += n
+            images = self.t2i.generate(sample_text, seeds)
+            verdicts = self.verify_images(images, self.counter.detect(images), cls, count)
+            for s, image, verdict in zip(seeds, images, verdicts):
+                (verified if verdict.verified else misses).append(_Candidate(s, image, verdict))
+            cost["candidates"] += n
+            events({"stage": "sampling", "candidates": cost["candidates"], "images_verified": len(verified),
+                    "detected_counts": [v.detected_count for v in verdicts]})
+
+        # 4. refine the token on the nearest misses
+        refined_token = None
+        if policy == "refine":
+            start_vectors = token.vectors if use_token else self.word_vectors(init_word)
+            for miss in sorted(misses, key=lambda c: c.verification.miss):
+                left_s = budget.max_seconds - (time.perf_counter() - started)
+                left_it = budget.max_iterations - cost["iterations"]
+                if len(verified) >= num_images or left_s <= 0 or left_it <= 0:
+                    break
+                config = OptimizeConfig(**{**self.refine_config.__dict__, "max_iterations": left_it,
+                                           "max_seconds": left_s, "mode": "refine"})
+                result = self.refine(token_text, cls, count, miss.seed, start_vectors, config,
+                                     progress=lambda r: events(self._refine_event(r, cost, len(verified))),
+                                     should_stop=should_stop)
+                cost["iterations"] += result.iterations + (1 if result.hit else 0)
+                if result.hit:
+                    verified.append(_Candidate(result.hit.seed, result.hit.image, result.hit.verification, refined=True))
+                    refined_token = CountToken(self.token_key(cls, count), result.vectors, init_word,
+                                               {"mode": "refine", "seed": miss.seed, "iterations": result.iterations})
+        cost["seconds"] = round(time.perf_counter() - started, 3)
+
+        # 5. verified first, then the closest misses
+        chosen = verified[:num_images] + sorted(misses, key=lambda c: c.verification.miss)[:num_images - len(verified)]
+        images = [ImageResult(c.image, c.seed, c.verification, policy,
+                              (f"refined:{self.token_key(cls, count).id}" if c.refined else token_label))
+                  for c in chosen]
+        events({"stage": "verifying", "candidates": cost["candidates"], "iterations": cost["iterations"],
+                "images_verified": sum(r.verified for r in images)})
+        return EngineResult(text, cls, count, policy, images, cost, self.token_key(cls, count),
+                            library_hit=token is not None, refined_token=refined_token)
+
+    def refine(self, token_prompt: str, cls: str, count: int, seed: int, start: dict[str, torch.Tensor],
+               config: OptimizeConfig, progress: Callable[[IterationReport], None] | None = None,
+               should_stop: Callable[[], bool] | None = None) -> OptimizeResult:
+        """The paper's setting: optimize the token on one seed until its image is verified."""
+        return optimize(self.t2i, self.counter, token_prompt, cls, count, start, lambda _it: [seed], config,
+                        verifier=lambda ims, dets: self.verify_images(ims, dets, cls, count),
+                        progress=progress, should_stop=should_stop)
+
+    def word_vectors(self, word: str) -> dict[str, torch.Tensor]:
+        try:
+            return self.t2i.word_vectors(word)
+        except ValueError:  # a word the tokenizer splits: start from "a", which every CLIP vocabulary has whole
+            return self.t2i.word_vectors("a")
+
+    @staticmethod
+    def _refine_event(report: IterationReport, cost: dict, verified: int) -> dict:
+        return {"stage": "refining", "candidates": cost["candidates"], "iterations": cost["iterations"] + report.iteration,
+                "images_verified": verified, "loss": report.loss, "detected_counts": report.detected_counts}
+
+    # ------------------------------------------------------------------------------------------- library
+    def library_prompts(self, cls: str, count: int) -> list[str]:
+        """Prompts a library token learns on: on the reference world one per colour, else the paper's template."""
+        from .reference import COLOURS, PLURALS
+        from .reference.t2i import is_reference_pipeline
+
+        if is_reference_pipeline(self.t2i.source) and cls in PLURALS:
+            noun = PLURALS[cls] if count > 1 else cls
+            return [f"a photo of {count} {colour} {noun}" for colour in COLOURS]
+        return [f"a photo of {count} {plural(cls) if count > 1 else cls}"]
+
+    def learn_library_token(self, cls: str, count: int, config: OptimizeConfig | None = None,
+                            progress: Callable[[IterationReport], None] | None = None,
+                            should_stop: Callable[[], bool] | None = None,
+                            warm_start: CountToken | None = None) -> CountToken:
+        """Learn the reusable token for (model, cls, count) on fresh seeds; keep the best on held-out seeds."""
+        cls = self.counter.resolve(cls)
+        if not 1 <= count <= self.max_count:
+            raise ValueError(f"count must be between 1 and {self.max_count}, got {count}")
+        config = config or OptimizeConfig(mode="library", lr=5e-3, max_iterations=30)
+        prompts, init_word = [], "of"
+        for p in self.library_prompts(cls, count):
+            token_prompt, init_word = place_token(p, count)
+            prompts.append(token_prompt)
+        init = warm_start.vectors if warm_start else self.word_vectors(init_word)
+        seeds_for, validation = library_seeds(config)
+        result = optimize(self.t2i, self.counter, prompts, cls, count, init, seeds_for, config,
+                          validation_seeds=validation, progress=progress, should_stop=should_stop)
+        metadata = {"mode": "library", "iterations": result.iterations, "seconds": round(result.seconds, 1),
+                    "validation": result.validation, "config": config.__dict__, "prompts": prompts}
+        return CountToken(self.token_key(cls, count), result.vectors, init_word, metadata)

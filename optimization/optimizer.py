@@ -1,0 +1,223 @@
+"""The count-token optimizer (Zafar, Wolf, Schwartz 2024): AdamW on the token embedding alone, through
+differentiable generations, against a counting loss from the detector.
+
+One iteration:
+1. generate the iteration's seeds with the token live (gradients reach only the token's vectors);
+2. run the detector once: raw predictions give the differentiable potential, NMS on the same predictions
+   gives the detected count;
+3. (refine) if an image is already verified, stop: that image is the answer;
+4. loss = |potential / scale - target| with scale = potential.detach() / detected count, so the loss value
+   equals the detector's count error and its gradient comes from the potential; plus a guard that makes
+   fooling the counter expensive, plus optional L2 to the initial embedding;
+5. step.
+
+Two uses of one loop: ``refine`` (the seeds of one job, until verified) and ``library`` (fresh seeds every
+iteration, validated on disjoint seeds, the best validated token kept).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .counter import Detections, Verification, YoloCounter
+from .pipelines import TextToImage
+
+LIBRARY_TRAIN_SEED_BASE = 20_000_000  # library tokens learn on these seeds ...
+LIBRARY_VALIDATION_SEED_BASE = 30_000_000  # ... and are judged on these
+
+
+class Canceled(Exception):
+    """Raised between iterations when the caller's ``should_stop`` says so."""
+
+
+@dataclass
+class OptimizeConfig:
+    mode: str = "refine"  # "refine" (one job's seeds) or "library" (fresh seeds, validated)
+    lr: float = 2e-2
+    max_iterations: int = 20
+    max_seconds: float | None = None
+    seeds_per_iteration: int = 16  # library
+    validation_seeds: int = 64  # library
+    validate_every: int = 5  # library
+    guard_weight: float = 0.1
+    l2_weight: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in ("refine", "library"):
+            raise ValueError(f"unknown mode {self.mode!r}; allowed: refine, library")
+        if self.max_iterations < 1:
+            raise ValueError("max_iterations must be at least 1")
+
+
+@dataclass
+class IterationReport:
+    iteration: int
+    loss: float
+    detected_counts: list[int]
+    scale: float
+    elapsed: float
+
+
+@dataclass
+class Hit:
+    """A verified image found while refining."""
+
+    seed: int
+    image: torch.Tensor
+    verification: Verification
+    iteration: int
+
+
+@dataclass
+class OptimizeResult:
+    vectors: dict[str, torch.Tensor]
+    iterations: int
+    seconds: float
+    history: list[IterationReport] = field(default_factory=list)
+    hit: Hit | None = None
+    validation: dict | None = None
+
+    def summary(self) -> dict:
+        return {"iterations": self.iterations, "seconds": round(self.seconds, 2), "validation": self.validation,
+                "final_loss": self.history[-1].loss if self.history else None}
+
+
+Verifier = Callable[[torch.Tensor, list[Detections]], list[Verification]]
+Guard = Callable[[torch.Tensor, torch.Tensor, int, torch.Tensor], torch.Tensor]
+
+
+def count_loss(potential: torch.Tensor, detected: list[int], target: int, fallback_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """|potential / scale - target| per image, with the paper's dynamic scale; zero detections use the fallback."""
+    counts = torch.tensor(detected, dtype=potential.dtype, device=potential.device)
+    scale = torch.where(counts > 0, potential.detach() / counts.clamp(min=1),
+                        torch.full_like(counts, fallback_scale)).clamp(min=1e-6)
+    return (potential / scale - target).abs(), scale
+
+
+def detector_guard(images: torch.Tensor, scores: torch.Tensor, cls_index: int, scale: torch.Tensor) -> torch.Tensor:
+    """Artefact guard from the detector itself, in object units: uncertain mass of the class (s(1-s) peaks at
+    0.5, where fragments and smears score) plus every other class's mass (stray objects of another kind)."""
+    mine = scores[:, cls_index]
+    uncertain = (mine * (1 - mine)).sum(-1)
+    others = scores.sum(1).sum(-1) - mine.sum(-1)
+    return (uncertain + others) / scale
+
+
+def optimize(
+    t2i: TextToImage,
+    counter: YoloCounter,
+    prompt: str | list[str],
+    cls: str,
+    target: int,
+    init: dict[str, torch.Tensor],
+    seeds_for: Callable[[int], list[int]],
+    config: OptimizeConfig,
+    verifier: Verifier | None = None,
+    guard: Guard = detector_guard,
+    validation_seeds: list[int] | None = None,
+    progress: Callable[[IterationReport], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> OptimizeResult:
+    """Optimize a count token towards ``target`` objects of ``cls``.
+
+    ``prompt`` holds the placeholder; a list of prompts (e.g. one per colour) is cycled over iterations, so a
+    library token learns the count rather than one phrasing.
+    """
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    torch.manual_seed(config.seed)
+    params = {k: v.detach().clone().float().to(t2i.device).requires_grad_(True) for k, v in init.items()}
+    anchor = {k: v.detach().clone() for k, v in params.items()}
+    opt = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=0.0)  # decay would move the token home
+    cls_index = counter.classes.index(cls)
+    fallback_scale = 1.0
+    started = time.perf_counter()
+    result = OptimizeResult(vectors=init, iterations=0, seconds=0.0)
+    best_validation = None
+    if config.mode == "library" and validation_seeds:
+        best_validation = evaluate_token(t2i, counter, prompts, cls, target, params, validation_seeds)
+        result.validation = {"base": best_validation, "token": best_validation, "best_iteration": 0}
+        result.vectors = {k: v.detach().cpu().clone() for k, v in params.items()}
+
+    for iteration in range(config.max_iterations):
+        if should_stop and should_stop():
+            raise Canceled()
+        if config.max_seconds is not None and time.perf_counter() - started >= config.max_seconds:
+            break
+        seeds = seeds_for(iteration)
+        images = t2i.generate_differentiable(prompts[iteration % len(prompts)], seeds, params)
+        raw = counter.raw(images)
+        detections = counter.detections_from_raw(raw, tuple(images.shape[-2:]))
+        detected = [d.count(cls) for d in detections]
+
+        if config.mode == "refine" and verifier is not None:
+            verdicts = verifier(images.detach().cpu(), detections)
+            for seed, image, verdict in zip(seeds, images, verdicts):
+                if verdict.verified:
+                    result.hit = Hit(seed, image.detach().cpu(), verdict, iteration)
+                    break
+            if result.hit:
+                result.vectors = {k: v.detach().cpu().clone() for k, v in params.items()}
+                break
+
+        scores = counter.class_scores(raw)
+        potential = scores[:, cls_index].sum(-1)
+        loss_count, scale = count_loss(potential, detected, target, fallback_scale)
+        loss = loss_count + config.guard_weight * guard(images, scores, cls_index, scale)
+        loss = loss.mean()
+        if config.l2_weight:
+            loss = loss + config.l2_weight * sum(((params[k] - anchor[k]) ** 2).sum() for k in params)
+        if any(detected):
+            fallback_scale = float(scale[torch.tensor(detected) > 0].mean())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+        result.iterations = iteration + 1
+        report = IterationReport(iteration + 1, round(float(loss_count.mean()), 4), detected,
+                                 round(float(scale.mean()), 3), round(time.perf_counter() - started, 3))
+        result.history.append(report)
+        if progress:
+            progress(report)
+        if config.mode == "library" and validation_seeds and (iteration + 1) % config.validate_every == 0:
+            score = evaluate_token(t2i, counter, prompts, cls, target, params, validation_seeds)
+            if (score["exact"], -score["mae"]) > (best_validation["exact"], -best_validation["mae"]):
+                best_validation = score
+                result.vectors = {k: v.detach().cpu().clone() for k, v in params.items()}
+                result.validation.update(token=score, best_iteration=iteration + 1)
+
+    if config.mode == "refine" and result.hit is None:
+        result.vectors = {k: v.detach().cpu().clone() for k, v in params.items()}
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+@torch.no_grad()
+def evaluate_token(t2i: TextToImage, counter: YoloCounter, prompts: list[str], cls: str, target: int,
+                   vectors: dict[str, torch.Tensor], seeds: list[int]) -> dict:
+    """Exact rate and MAE of the detector count over ``seeds`` (shared round-robin among ``prompts``) with
+    ``vectors`` as the token, no gradients."""
+    t2i.set_token({k: v.detach() for k, v in vectors.items()})
+    counts = []
+    for i, prompt in enumerate(prompts):
+        images = t2i.generate(prompt, seeds[i::len(prompts)])
+        counts += [d.count(cls) for d in counter.detect(images)]
+    counts = np.array(counts)
+    return {"exact": round(float((counts == target).mean()), 4), "mae": round(float(np.abs(counts - target).mean()), 4),
+            "n": len(seeds)}
+
+
+def library_seeds(config: OptimizeConfig) -> tuple[Callable[[int], list[int]], list[int]]:
+    """Fresh training seeds per iteration and a disjoint validation set, both derived from ``config.seed``."""
+    base = LIBRARY_TRAIN_SEED_BASE + config.seed * 100_000
+
+    def seeds_for(iteration: int) -> list[int]:
+        return [base + iteration * config.seeds_per_iteration + j for j in range(config.seeds_per_iteration)]
+
+    validation = [LIBRARY_VALIDATION_SEED_BASE + config.seed * 10_000 + j for j in range(config.validation_seeds)]
+    return seeds_for, validation

@@ -1,0 +1,186 @@
+"""Adapters over diffusers text-to-image pipelines: the SD family (one text encoder) and the SDXL family
+(two encoders, pooled embeddings, time ids; SDXL-Turbo is the production target).
+
+Every model, the shipped reference pipeline included, loads through ``DiffusionPipeline.from_pretrained``.
+Each text encoder gets one reserved placeholder token (``PLACEHOLDER``) whose embedding row holds the
+count token of the job at hand: the vocabulary never grows with the token cache. Two ways to generate:
+
+- ``generate``: batched, no gradients; the placeholder row holds whatever ``set_token`` wrote.
+- ``generate_differentiable``: the placeholder's embedding is replaced, through a forward hook on each
+  encoder's embedding layer, by leaf tensors the optimizer owns, so the gradient of the images reaches
+  those tensors and nothing else (all model weights are frozen).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from .reference.t2i import reference_sampler
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PLACEHOLDER = "<tally-count>"
+
+
+class TextToImage:
+    """A resident diffusers pipeline, its sampler settings and the count-token slot of each text encoder."""
+
+    def __init__(self, pipe, num_inference_steps: int, guidance_scale: float, source: str = ""):
+        self.pipe = pipe
+        self.num_inference_steps = num_inference_steps
+        self.guidance_scale = guidance_scale
+        self.source = source
+        self.pipe.set_progress_bar_config(disable=True)
+        for module in self._modules():
+            module.requires_grad_(False)
+            module.eval()
+        self.family = "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd"
+        self.fingerprint = model_fingerprint(self.encoders())
+        self._negative = None
+        self._live: dict[str, torch.Tensor] | None = None
+        self.placeholder_ids = {name: self._install_placeholder(name, tok, enc) for name, tok, enc in self.encoders()}
+
+    # ------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, model: str | Path, device: str = "cpu", dtype: str = "fp32",
+             num_inference_steps: int | None = None, guidance_scale: float | None = None,
+             gradient_checkpointing: bool = False) -> "TextToImage":
+        from diffusers import DiffusionPipeline
+
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+        if str(model).startswith((".", "/", "~")) and not Path(model).expanduser().is_dir():
+            raise FileNotFoundError(f"pipeline folder not found: {model}")
+        pipe = DiffusionPipeline.from_pretrained(str(model), torch_dtype=DTYPES[dtype]).to(device)
+        if gradient_checkpointing and hasattr(pipe.unet, "enable_gradient_checkpointing"):
+            pipe.unet.enable_gradient_checkpointing()
+        sampler = reference_sampler(model) if Path(model).is_dir() else {}
+        steps = num_inference_steps or sampler.get("num_inference_steps", 1)  # 1 step: the Turbo setting
+        guidance = guidance_scale if guidance_scale is not None else sampler.get("guidance_scale", 0.0)
+        return cls(pipe, steps, guidance, source=str(model))
+
+    def _modules(self):
+        names = ("unet", "vae", "text_encoder", "text_encoder_2")
+        return [getattr(self.pipe, n) for n in names if getattr(self.pipe, n, None) is not None]
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.device
+
+    @property
+    def image_size(self) -> int:
+        return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+
+    # ---------------------------------------------------------------------------------------- token slot
+    def encoders(self) -> list[tuple[str, object, torch.nn.Module]]:
+        """(name in token files, tokenizer, text encoder): ``clip_l`` and, for SDXL, ``clip_g``."""
+        out = [("clip_l", self.pipe.tokenizer, self.pipe.text_encoder)]
+        if getattr(self.pipe, "text_encoder_2", None) is not None:
+            out.append(("clip_g", self.pipe.tokenizer_2, self.pipe.text_encoder_2))
+        return out
+
+    def _install_placeholder(self, name: str, tokenizer, encoder) -> int:
+        if PLACEHOLDER not in tokenizer.get_vocab():
+            tokenizer.add_tokens([PLACEHOLDER])
+            encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        token_id = tokenizer.convert_tokens_to_ids(PLACEHOLDER)
+        embedding = encoder.get_input_embeddings()
+
+        def replace_placeholder(module, inputs, output):
+            if self._live is None:
+                return output
+            mask = (inputs[0] == token_id).unsqueeze(-1)
+            return torch.where(mask, self._live[name].to(output.dtype).expand_as(output), output)
+
+        embedding.register_forward_hook(replace_placeholder)
+        return token_id
+
+    def word_vectors(self, word: str) -> dict[str, torch.Tensor]:
+        """Each encoder's embedding of a one-token word: the starting point of a new count token."""
+        out = {}
+        for name, tokenizer, encoder in self.encoders():
+            ids = tokenizer(word, add_special_tokens=False).input_ids
+            if len(ids) != 1:
+                raise ValueError(f"{word!r} is {len(ids)} tokens for {name}; a count token starts from one word")
+            out[name] = encoder.get_input_embeddings().weight[ids[0]].detach().float().cpu().clone()
+        return out
+
+    @torch.no_grad()
+    def set_token(self, vectors: dict[str, torch.Tensor]) -> None:
+        """Write a count token into each encoder's placeholder row (workers run one job at a time)."""
+        for name, _, encoder in self.encoders():
+            if name not in vectors:
+                raise ValueError(f"the token has no vector for {name}; this model needs {', '.join(self.placeholder_ids)}")
+            weight = encoder.get_input_embeddings().weight
+            vector = vectors[name]
+            if vector.numel() != weight.shape[1]:
+                raise ValueError(f"{name} vector has size {vector.numel()}, this encoder needs {weight.shape[1]}")
+            weight[self.placeholder_ids[name]] = vector.reshape(-1).to(weight.device, weight.dtype)
+
+    @contextmanager
+    def live_token(self, vectors: dict[str, torch.Tensor]):
+        """Within the block, the placeholder embeds as ``vectors`` (tensors that may require grad)."""
+        self._live = {k: v.to(self.device) for k, v in vectors.items()}
+        try:
+            yield
+        finally:
+            self._live = None
+
+    # ---------------------------------------------------------------------------------------- generation
+    def encode(self, prompt: str) -> dict[str, torch.Tensor]:
+        """Prompt conditioning for one prompt; differentiable in the live token when grad is enabled."""
+        if self.family == "sdxl":
+            pe, _, pooled, _ = self.pipe.encode_prompt(prompt, device=self.device, num_images_per_prompt=1,
+                                                       do_classifier_free_guidance=False)
+            return {"prompt_embeds": pe, "pooled_prompt_embeds": pooled}
+        pe, _ = self.pipe.encode_prompt(prompt, self.device, 1, False)
+        return {"prompt_embeds": pe}
+
+    def _negative_conditioning(self) -> dict[str, torch.Tensor]:
+        """The empty prompt's conditioning, encoded once (it contains no count token)."""
+        if self._negative is None:
+            with torch.no_grad():
+                cond = self.encode("")
+            self._negative = {f"negative_{k}": v for k, v in cond.items()}
+        return self._negative
+
+    def _call(self, cond: dict[str, torch.Tensor], seeds: list[int]) -> torch.Tensor:
+        batch = {k: v.expand(len(seeds), *v.shape[1:]) for k, v in cond.items()}
+        if self.guidance_scale > 1.0:
+            batch.update({k: v.expand(len(seeds), *v.shape[1:]) for k, v in self._negative_conditioning().items()})
+        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        # The undecorated __call__: diffusers wraps it in no_grad, which would cut the gradient.
+        call = type(self.pipe).__call__.__wrapped__
+        out = call(self.pipe, **batch, generator=generators, output_type="pt",
+                   num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale)
+        return out.images.float()
+
+    @torch.no_grad()
+    def generate(self, prompt: str, seeds: list[int], batch_size: int = 16) -> torch.Tensor:
+        """Images ``[len(seeds), 3, H, W]`` in [0, 1] on the CPU; each depends only on prompt, token and seed."""
+        cond = self.encode(prompt)
+        return torch.cat([self._call(cond, seeds[i:i + batch_size]).cpu() for i in range(0, len(seeds), batch_size)])
+
+    def generate_differentiable(self, prompt: str, seeds: list[int], vectors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Images on the model's device whose gradient reaches ``vectors`` (the placeholder's embedding) only."""
+        with torch.enable_grad(), self.live_token(vectors):
+            return self._call(self.encode(prompt), seeds)
+
+
+def model_fingerprint(encoders) -> str:
+    """Hash of every tokenizer vocabulary and text-encoder weight (as fp32): a token never crosses encoders.
+
+    Computed before the placeholder is added, so it names the model as published.
+    """
+    digest = hashlib.sha256()
+    for name, tokenizer, encoder in encoders:
+        digest.update(name.encode())
+        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+        for key, tensor in sorted(encoder.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,82 @@
+"""Pictures for people: images with their detections drawn, sample grids, accuracy-per-count plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PIL import Image, ImageDraw
+
+if TYPE_CHECKING:  # no torch at import time: the API draws boxes with this module
+    import torch
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """A ``[3, H, W]`` tensor in [0, 1] as an RGB image."""
+    arr = (image.detach().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(arr)
+
+
+def to_uint8(images: torch.Tensor) -> list:
+    """``[B, 3, H, W]`` in [0, 1] as a list of HxWx3 uint8 arrays."""
+    return list((images.detach().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+
+
+def draw_boxes(image: Image.Image, boxes, scale: int = 4, colour=(255, 0, 160)) -> Image.Image:
+    """The image enlarged ``scale`` times (nearest) with one rectangle per box."""
+    big = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    draw = ImageDraw.Draw(big)
+    for x0, y0, x1, y1 in boxes:
+        draw.rectangle((x0 * scale, y0 * scale, x1 * scale - 1, y1 * scale - 1), outline=colour, width=max(1, scale // 2))
+    return big
+
+
+def grid(images: list[Image.Image], columns: int, labels: list[str] | None = None) -> Image.Image:
+    """Tiles images in rows of ``columns``, each with an optional caption strip under it."""
+    w, h = images[0].size
+    strip = 14 if labels else 0
+    rows = (len(images) + columns - 1) // columns
+    canvas = Image.new("RGB", (columns * w, rows * (h + strip)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, im in enumerate(images):
+        x, y = (i % columns) * w, (i // columns) * (h + strip)
+        canvas.paste(im, (x, y))
+        if labels:
+            draw.text((x + 3, y + h + 1), labels[i], fill="black")
+    return canvas
+
+
+def plot_per_count(per_count: dict[str, dict], path: Path, title: str) -> None:
+    """Exact accuracy and mean detected count against the requested count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = sorted(per_count, key=int)
+    xs = [int(c) for c in counts]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.bar(xs, [per_count[c]["exact"] for c in counts], color="#3b7dd8")
+    ax1.set(xlabel="requested count", ylabel="exact-count accuracy", ylim=(0, 1), title="exact accuracy")
+    if "mean_count" in per_count[counts[0]]:
+        ax2.plot(xs, [per_count[c]["mean_count"] for c in counts], "o-", label="mean detected")
+        ax2.plot(xs, xs, "--", color="grey", label="requested")
+        ax2.set(xlabel="requested count", ylabel="detected count", title="mean detected count")
+        ax2.legend()
+    else:
+        ax2.bar(xs, [per_count[c]["mae"] for c in counts], color="#d8793b")
+        ax2.set(xlabel="count", ylabel="MAE", title="mean absolute error")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def png_bytes(image) -> bytes:
+    """A ``[3, H, W]`` tensor in [0, 1] as PNG bytes."""
+    import io
+
+    buffer = io.BytesIO()
+    to_pil(image).save(buffer, format="PNG")
+    return buffer.getvalue()

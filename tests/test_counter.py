@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+import torch
+
+from optimization.counter import resolve_class
+from optimization.reference.crosscheck import crosscheck_count
+from optimization.reference.scenes import CLASSES, render_scene
+
+FRESH = 8_500_000  # seeds no training run renders
+
+
+def _tensor(images):
+    return torch.from_numpy(np.stack([np.asarray(i) for i in images])).permute(0, 3, 1, 2).float() / 255
+
+
+def test_shipped_detector_counts_fresh_rendered_scenes(counter):
+    scenes = [render_scene(FRESH + i) for i in range(100)]
+    dets = counter.detect(_tensor([s.image for s in scenes]))
+    exact = np.mean([d.count(s.objects[0].cls) == s.count for s, d in zip(scenes, dets)])
+    assert exact >= 0.95
+
+
+def test_detector_boxes_are_in_image_pixels(counter):
+    scene = render_scene(FRESH + 1000, count=3, cls="square")
+    det = counter.detect(_tensor([scene.image]))[0].of("square")
+    for (x0, y0, x1, y1) in det.boxes:
+        centre = ((x0 + x1) / 2, (y0 + y1) / 2)
+        assert any(b[0] <= centre[0] <= b[2] and b[1] <= centre[1] <= b[3] for b in (o.box for o in scene.objects))
+
+
+def test_counter_knows_the_reference_classes(counter):
+    assert counter.classes == list(CLASSES)
+
+
+@pytest.mark.parametrize("name, cls", [("triangles", "triangle"), ("Crosses", "cross"), ("circle", "circle")])
+def test_plural_and_case_resolve_to_the_class(name, cls):
+    assert resolve_class(name, list(CLASSES)) == cls
+
+
+def test_unknown_object_lists_the_known_ones():
+    with pytest.raises(ValueError, match="known objects: circle, cross, square, triangle"):
+        resolve_class("hexagons", list(CLASSES))
+
+
+def test_crosscheck_counts_rendered_scenes_exactly():
+    for seed in range(FRESH, FRESH + 200):
+        scene = render_scene(seed)
+        assert crosscheck_count(np.asarray(scene.image)) == scene.count
