@@ -26,7 +26,7 @@ from .tokenizer import build_tokenizer_files, load_tokenizer
 
 T2I_SEED_BASE = 0  # training scenes of the generator: seeds [0, scenes)
 REFERENCE_CONFIG = "tally_reference.json"  # sampler defaults and classes, beside model_index.json
-SAMPLER = {"num_inference_steps": 8, "guidance_scale": 4.0}
+SAMPLER = {"num_inference_steps": 4, "guidance_scale": 4.0}  # 4 steps: as exact as 6 or 8, half the cost
 
 Progress = Callable[[int, int], None]
 
