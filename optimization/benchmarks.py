@@ -143,16 +143,17 @@ def bench_jobs(classes: list[str], counts: list[int], jobs_per_key: int) -> list
             for ci, cls in enumerate(classes) for n in counts for j in range(jobs_per_key)]
 
 
-def bench_engine(engine, tokens: dict, jobs: list, budget_seconds: float, out_dir: Path,
+def bench_engine(engine, tokens: dict, jobs: list, budget_seconds: float, budget_candidates: int, out_dir: Path,
                  policies=("resample", "library", "refine"), progress: Progress | None = None) -> dict:
-    """Every job under every policy at the same wall-clock budget.
+    """Every job under every policy with the same budget (seconds and candidates; refine may spend the time
+    the others leave on refinement iterations).
 
     The engine verifies with the detector alone (as it must on real models); the independent cross-check
     then says which verified images are wrong (``false_verified_rate``) and which are clean.
     """
     from .engine import Budget
 
-    budget = Budget(max_seconds=budget_seconds, max_candidates=100_000, max_iterations=100_000)
+    budget = Budget(max_seconds=budget_seconds, max_candidates=budget_candidates, max_iterations=100_000)
     rows = []
     strip = []
     for k, (prompt, cls, n, seed) in enumerate(jobs):
@@ -182,7 +183,7 @@ def bench_engine(engine, tokens: dict, jobs: list, budget_seconds: float, out_di
                 "seconds_per_verified": round(seconds / max(len(verified), 1), 3) if verified else None,
                 "candidates": sum(r["candidates"] for r in sel), "iterations": sum(r["iterations"] for r in sel)}
 
-    result = {"budget_seconds": budget_seconds, "jobs": len(jobs),
+    result = {"budget_seconds": budget_seconds, "budget_candidates": budget_candidates, "jobs": len(jobs),
               "tokens": sorted(f"{c}-{n}" for (c, n), t in tokens.items() if t is not None),
               "policies": {p: stats([r for r in rows if r["policy"] == p]) for p in policies}}
     result["default_policy"] = max(policies, key=lambda p: (result["policies"][p]["clean_per_s"], p == "resample"))

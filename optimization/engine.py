@@ -210,6 +210,7 @@ class CountEngine:
                                      should_stop=should_stop)
                 cost["iterations"] += result.iterations + (1 if result.hit else 0)
                 if result.hit:
+                    misses.remove(miss)  # its refined image replaces it
                     verified.append(_Candidate(result.hit.seed, result.hit.image, result.hit.verification, refined=True))
                     refined_token = CountToken(self.token_key(cls, count), result.vectors, init_word,
                                                {"mode": "refine", "seed": miss.seed, "iterations": result.iterations})

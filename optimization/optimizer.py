@@ -179,7 +179,7 @@ def optimize(
         opt.step()
 
         result.iterations = iteration + 1
-        report = IterationReport(iteration + 1, round(float(loss_count.mean()), 4), detected,
+        report = IterationReport(iteration + 1, round(loss_count.detach().mean().item(), 4), detected,
                                  round(float(scale.mean()), 3), round(time.perf_counter() - started, 3))
         result.history.append(report)
         if progress:

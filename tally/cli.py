@@ -37,7 +37,7 @@ def progress_bar(description: str, total: int | None = None):
         task = bar.add_task(description, total=total)
 
         def update(done: int, total: int | None = None) -> None:
-            bar.update(task, completed=done, total=total if total is not None else bar.tasks[0].total)
+            bar.update(task, completed=done, total=total)  # rich keeps the total when given None
 
         yield update
 
@@ -89,8 +89,8 @@ def reference_train_detector(
 @reference_app.command("train-t2i")
 def reference_train_t2i(
     scenes: Annotated[int, typer.Option(min=8, help="Captioned training scenes to render.")] = 40_000,
-    vae_steps: Annotated[int, typer.Option(min=1)] = 1500,
-    unet_steps: Annotated[int, typer.Option(min=1)] = 5000,
+    vae_steps: Annotated[int, typer.Option(min=1)] = 400,
+    unet_steps: Annotated[int, typer.Option(min=1)] = 3500,
     unet_batch: Annotated[int, typer.Option(min=2)] = 48,
     seed: int = 0,
     out: Annotated[Optional[Path], typer.Option(help="Pipeline folder; default: the shipped reference pipeline.")] = None,
@@ -108,7 +108,13 @@ def reference_train_t2i(
 
         def stage(name: str, total: int):
             task = bar.add_task(name, total=total)
-            return lambda done, _total=None: bar.update(task, completed=done)
+
+            def update(done: int, _total=None) -> None:
+                bar.update(task, completed=done)
+                if not console.is_terminal and (done == total or done % max(1, total // 20) == 0):
+                    console.print(f"{name}: {done}/{total} ({bar.tasks[task].elapsed:.0f} s)")  # logs, not a tty
+
+            return update
 
         summary = train_t2i(out, (settings.runtime_dir / "runs" / "t2i").resolve(), cfg, stage=stage)
     console.print(f"pipeline: {out} ({summary['seconds']} s)")
@@ -244,6 +250,7 @@ def _library_tokens(engine, keys: list[tuple[str, int]], quick: bool) -> dict:
 def bench_engine_cmd(
     quick: Annotated[bool, typer.Option(help="4 counts x 4 classes x 1 job, short budget (< 10 min).")] = False,
     budget_seconds: Annotated[Optional[float], typer.Option(help="Wall-clock budget per job and policy.")] = None,
+    budget_candidates: Annotated[Optional[int], typer.Option(help="Candidate budget per job and policy.")] = None,
     out: Annotated[Path, typer.Option(help="Folder for the PNG strip.")] = Path("out/bench"),
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the result here ('-' for stdout).")] = None,
 ) -> None:
@@ -256,7 +263,8 @@ def bench_engine_cmd(
     tokens = _library_tokens(engine, [(c, n) for c in classes for n in counts], quick)
     jobs = bench_jobs(classes, counts, per_key)
     with progress_bar("jobs x policies", len(jobs)) as update:
-        result = bench_engine(engine, tokens, jobs, budget_seconds or (3.0 if quick else 5.0), out, progress=update)
+        result = bench_engine(engine, tokens, jobs, budget_seconds or (4.0 if quick else 8.0),
+                              budget_candidates or (16 if quick else 32), out, progress=update)
     _print_policies(result)
     _write_json(result, json_path)
 
@@ -444,6 +452,23 @@ def optimize(
     _write_json({"key": token.key.id, "path": str(path), **summary}, json_path)
 
 
+@bench_app.command("service")
+def bench_service_cmd(
+    repeats: Annotated[int, typer.Option(min=1, help="Library-hit jobs timed (after one warm-up).")] = 7,
+    requests: Annotated[int, typer.Option(min=10, help="Requests per load phase (bounded).")] = 2000,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the result here ('-' for stdout).")] = None,
+) -> None:
+    """Service overhead and throughput; starts a private Redis, API and worker, and cleans up."""
+    from tally import bench_service
+
+    _prepare()
+    with console.status("benchmarking the service") as status:
+        result = bench_service.run(repeats=repeats, load_requests=requests,
+                                   progress=lambda name: status.update(f"bench service: {name}"))
+    console.print(result)
+    _write_json(result, json_path)
+
+
 # ---------------------------------------------------------------------------------------------- service
 @app.command()
 def worker(
@@ -474,8 +499,14 @@ def up(
     workers_per_model: Annotated[int, typer.Option(min=0)] = 1,
 ) -> None:
     """Start Redis (if none answers), the API and a worker per model; Ctrl-C stops what was started."""
+    import signal
+
     from tally.launcher import Launcher
 
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # `kill` stops what was started, like Ctrl-C
     settings = _prepare()
     with Launcher(settings) as launcher:
         launcher.ensure_redis()

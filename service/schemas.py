@@ -1,0 +1,122 @@
+"""Request and response bodies: the OpenAPI document is the contract."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Policy = Literal["resample", "library", "refine"]
+Status = Literal["queued", "running", "succeeded", "failed", "canceled"]
+Stage = Literal["sampling", "refining", "verifying"]
+
+
+class Error(BaseModel):
+    code: str
+    message: str
+
+
+class BudgetIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_seconds: float | None = Field(None, gt=0, description="Wall-clock seconds for the engine.")
+    max_candidates: int | None = Field(None, gt=0, description="Candidate images to sample.")
+    max_iterations: int | None = Field(None, gt=0, description="Token-refinement iterations.")
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(min_length=1, description="What to draw; the count is written into it by the count rule.")
+    count: int = Field(description="How many objects (1..max_count of the deployment).")
+    object: str | None = Field(None, description="Object to count; default: the detector class the prompt names.")
+    num_images: int = Field(1, description="Verified images wanted (1..max_images).")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="Same seed, same request: same images.")
+    model: str | None = Field(None, description="A configured model id; default: the deployment's default.")
+    policy: Policy | None = Field(None, description="Default: the policy measured best (see README).")
+    budget: BudgetIn | None = None
+
+
+class Links(BaseModel):
+    self: str
+    events: str
+    images: str
+
+
+class JobAccepted(BaseModel):
+    id: str
+    status: Status
+    links: Links
+
+
+class Progress(BaseModel):
+    images_verified: int = 0
+    candidates: int = 0
+    iterations: int = 0
+    loss: float | None = None
+    detected_counts: list[int] = []
+
+
+class TokenUse(BaseModel):
+    key: str
+    library_hit: bool
+    learning_scheduled: bool
+
+
+class ImageOut(BaseModel):
+    url: str
+    index: int
+    seed: int
+    detected_count: int
+    verified: bool
+    boxes: list[list[float]]
+    confidences: list[float]
+    crosscheck_count: int | None = None
+    policy: str
+    token: str | None = None
+
+
+class Cost(BaseModel):
+    candidates: int
+    iterations: int
+    seconds: float
+
+
+class JobOut(BaseModel):
+    id: str
+    status: Status
+    stage: Stage | None = None
+    queue_position: int | None = None
+    model: str
+    prompt: str | None = Field(None, description="The prompt as generated, with the count written in.")
+    object: str | None = None
+    count: int
+    policy: str
+    progress: Progress
+    token: TokenUse | None = None
+    results: list[ImageOut] = []
+    cost: Cost | None = None
+    timings: dict[str, float] = {}
+    error: Error | None = None
+
+
+class TokenOut(BaseModel):
+    key: str
+    model: str
+    object: str
+    count: int
+    init_word: str | None = None
+    tensors: dict[str, list[int]]
+    metadata: dict
+    size: int
+    links: dict[str, str] = {}
+
+
+class ModelOut(BaseModel):
+    id: str
+    pipeline: str
+    detector: str
+    device: str
+    fingerprint: str | None = None
+    classes: list[str] | None = None
+    max_count: int
+    live_workers: list[str]
+    queue_depth: int

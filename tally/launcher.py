@@ -1,0 +1,110 @@
+"""Starts and stops the service's processes (Redis if none answers, the API, workers): ``tally up``, the
+end-to-end tests and ``tally bench service`` share it. Everything it started, it stops."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import httpx
+import redis
+
+from workers.settings import Settings
+
+
+class Launcher:
+    def __init__(self, settings: Settings, env: dict | None = None, log_dir: Path | None = None):
+        self.settings = settings
+        self.env = {**os.environ, **(env or {})}
+        self.log_dir = Path(log_dir or settings.runtime_dir / "logs")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def __enter__(self) -> "Launcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_all()
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "ab")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        self.processes[name] = proc
+        return proc
+
+    def redis_answers(self) -> bool:
+        try:
+            return bool(redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    def ensure_redis(self) -> None:
+        if self.redis_answers():
+            return
+        server = shutil.which("redis-server")
+        if server is None:
+            raise RuntimeError(f"no Redis answers at {self.settings.redis_url} and redis-server is not installed")
+        url = urllib.parse.urlparse(self.settings.redis_url)
+        data = (self.settings.runtime_dir / "redis").resolve()
+        data.mkdir(parents=True, exist_ok=True)
+        self._spawn("redis", [server, "--bind", "127.0.0.1", "--port", str(url.port or 6379), "--dir", str(data),
+                              "--appendonly", "yes", "--save", ""])
+        self._wait(self.redis_answers, 10, "redis-server did not start")
+
+    def start_api(self, host: str, port: int, workers: int = 1) -> subprocess.Popen:
+        return self._spawn("api", [sys.executable, "-m", "uvicorn", "--factory", "service.app:app", "--host", host,
+                                   "--port", str(port), "--log-level", "warning", "--workers", str(workers)])
+
+    def start_worker(self, model_id: str, name: str) -> subprocess.Popen:
+        tally = str(Path(sys.executable).with_name("tally"))
+        return self._spawn(f"worker-{name}", [tally, "worker", "--model", model_id, "--name", name])
+
+    def wait_ready(self, api_url: str, timeout: float = 300) -> None:
+        def ready() -> bool:
+            for name, proc in self.processes.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.log_dir / name}.log")
+            try:
+                return httpx.get(f"{api_url}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        self._wait(ready, timeout, f"the service at {api_url} was not ready within {timeout} s")
+
+    @staticmethod
+    def _wait(predicate, timeout: float, message: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(message)
+
+    def wait(self) -> None:
+        """Block until Ctrl-C or until a process exits."""
+        try:
+            while all(p.poll() is None for p in self.processes.values()):
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        proc = self.processes.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def stop_all(self) -> None:
+        for name in [n for n in self.processes if n != "redis"] + (["redis"] if "redis" in self.processes else []):
+            self.stop(name)

@@ -1,0 +1,98 @@
+import json
+
+import pytest
+
+from optimization.reference import CLASSES, MAX_COUNT
+
+
+def _one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_reference_info_json_names_the_shipped_weights(tally_cli):
+    result = tally_cli("reference", "info", "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["classes"] == list(CLASSES) and info["image_size"] == 64
+    assert info["pipeline"].endswith("pipeline") and info["detector"].endswith(".pt")
+
+
+def test_generate_writes_images_with_detected_counts(tally_cli, tmp_path):
+    result = tally_cli("generate", "--prompt", "a photo of green crosses", "--count", "4", "--num-images", "2",
+                       "--seed", "3", "--out", str(tmp_path / "o"), "--json", str(tmp_path / "r.json"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["prompt"] == "a photo of 4 green crosses" and report["object"] == "cross"
+    assert len(report["images"]) == 2 and report["policy"] == "resample"
+    for image in report["images"]:
+        assert isinstance(image["verified"], bool) and image["policy"] == "resample"
+        assert (tmp_path / "o" / f"seed{image['seed']}.png").exists()
+        assert (tmp_path / "o" / f"seed{image['seed']}_boxes.png").exists()
+        assert image["detected_count"] == len(image["boxes"])
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--prompt", "a photo of hexagons"], ["no known object", "circle"]),
+    (["--prompt", "a photo of things", "--object", "hexagon"], ["unknown object 'hexagon'", "triangle"]),
+    (["--prompt", "a photo of circles", "--count", "0"], [f"between 1 and {MAX_COUNT}", "got 0"]),
+    (["--prompt", "a photo of circles", "--count", str(MAX_COUNT + 1)], [f"between 1 and {MAX_COUNT}"]),
+    (["--prompt", "a photo of circles", "--model", "./no-such-pipeline"], ["pipeline not found"]),
+    (["--prompt", "a photo of circles", "--detector", "missing.pt"], ["detector weights not found"]),
+    (["--prompt", "   "], ["prompt is empty"]),
+])
+def test_generate_rejects_bad_input_with_one_line(tally_cli, tmp_path, args, fragments):
+    _one_line_error(tally_cli("generate", "--out", str(tmp_path / "o"), *args), *fragments)
+    assert not (tmp_path / "o").exists()
+
+
+def test_generate_without_count_reports_what_the_detector_sees(tally_cli, tmp_path):
+    result = tally_cli("generate", "--prompt", "a photo of 3 red squares", "--num-images", "2", "--seed", "3",
+                       "--out", str(tmp_path / "o"), "--json", str(tmp_path / "r.json"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [i["seed"] for i in report["images"]] == [3, 4] and report["object"] == "square"
+
+
+def test_generate_refuses_a_corrupt_token_file_and_writes_nothing(tally_cli, tmp_path):
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10" * 64)
+    result = tally_cli("generate", "--prompt", "a photo of circles", "--count", "3", "--token",
+                       str(tmp_path / "bad.safetensors"), "--out", str(tmp_path / "o"))
+    _one_line_error(result, "corrupt")
+    assert not (tmp_path / "o").exists()
+
+
+def test_optimize_refine_writes_a_token_file(tally_cli, tmp_path):
+    out = tmp_path / "t.safetensors"
+    result = tally_cli("optimize", "--object", "square", "--count", "6", "--mode", "refine", "--iterations", "2",
+                       "--out", str(out), "--json", str(tmp_path / "o.json"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "o.json").read_text())
+    assert report["key"].startswith("square-6-") and out.exists() and report["iterations"] <= 2
+
+
+def test_generate_rejects_a_file_as_output_folder(tally_cli, tmp_path):
+    (tmp_path / "f").write_text("x")
+    _one_line_error(tally_cli("generate", "--prompt", "circles", "--out", str(tmp_path / "f")), "is a file")
+
+
+def test_bench_detector_reports_json(tally_cli, tmp_path):
+    result = tally_cli("bench", "detector", "--scenes", "24", "--json", str(tmp_path / "d.json"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "d.json").read_text())
+    assert report["overall"]["n"] == 24 and set(report["overall"]) >= {"exact", "mae", "n"}
+    assert set(report["per_count"]) <= {str(n) for n in range(1, MAX_COUNT + 1)}
+
+
+def test_bench_base_reports_json_and_pictures(tally_cli, tmp_path):
+    result = tally_cli("bench", "base", "--seeds", "1", "--out", str(tmp_path / "b"), "--json", str(tmp_path / "b.json"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["overall"]["n"] == len(CLASSES) * 10
+    assert sorted(report["per_count"], key=int) == [str(n) for n in range(1, 11)]
+    assert 0 <= report["class_presence"] <= 1 and 0 <= report["detector_vs_crosscheck_agreement"] <= 1
+    assert (tmp_path / "b" / "base_samples.png").exists() and (tmp_path / "b" / "base_accuracy_per_count.png").exists()

@@ -1,0 +1,129 @@
+import numpy as np
+import pytest
+import torch
+
+from optimization.count_token import CountToken, TokenKey
+from optimization.counter import verify
+from optimization.engine import Budget, CountEngine
+from optimization.optimizer import Canceled, OptimizeConfig
+from optimization.reference.crosscheck import crosscheck_count
+from optimization.reference.scenes import render_scene
+
+FRESH = 8_600_000
+
+
+@pytest.fixture(scope="module")
+def engine(t2i, counter):
+    return CountEngine(t2i, counter, crosscheck=crosscheck_count)
+
+
+def _tensor(image):
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None].float() / 255
+
+
+def _verdict(counter, image, cls, n):
+    x = _tensor(image)
+    return verify(counter.detect(x)[0], cls, n, crosscheck_count(np.asarray(image)))
+
+
+def test_potential_falls_when_objects_are_removed(counter):
+    scene = render_scene(FRESH, count=8, cls="triangle")
+    img = np.asarray(scene.image).copy()
+    background = np.median(np.concatenate([img[0], img[-1]]), axis=0)
+    before = counter.potential(_tensor(img), "triangle")
+    for obj in scene.objects[:4]:
+        x0, y0, x1, y1 = obj.box
+        img[y0:y1, x0:x1] = background
+    after = counter.potential(_tensor(img), "triangle")
+    assert float(after) < 0.75 * float(before)
+
+
+def test_clean_scene_is_verified_but_an_added_fragment_or_stripe_is_not(counter):
+    verified = 0
+    for seed in range(FRESH, FRESH + 10):
+        scene = render_scene(seed, count=5, cls="circle", colour="red")
+        verified += _verdict(counter, scene.image, "circle", 5).verified
+        img = np.asarray(scene.image).copy()
+        stripe = img.copy()
+        stripe[-2:, :, :] = (205, 40, 40)  # a border stripe in the object colour
+        assert not _verdict(counter, stripe, "circle", 5).verified
+        fragment = img.copy()
+        free = [(x, y) for x in range(2, 60, 4) for y in range(2, 60, 4)
+                if all(not (o.box[0] - 2 <= x <= o.box[2] + 2 and o.box[1] - 2 <= y <= o.box[3] + 2) for o in scene.objects)]
+        x, y = free[0]
+        fragment[y:y + 3, x:x + 3] = (205, 40, 40)  # a 9-pixel fragment
+        assert not _verdict(counter, fragment, "circle", 5).verified
+    assert verified >= 9  # the checks reject artefacts, not clean scenes
+
+
+def test_budget_too_small_returns_the_closest_image_unverified(engine):
+    result = engine.generate("a photo of blue crosses", 12, budget=Budget(max_candidates=1), seed=3)
+    assert result.cost["candidates"] == 1 and len(result.images) == 1
+    image = result.images[0]
+    assert image.verified is False and image.verification.detected_count != 12
+    assert image.image.shape == (3, 64, 64)
+
+
+def test_repeated_request_gives_the_same_images(engine):
+    a = engine.generate("a photo of green squares", 4, num_images=2, seed=42, budget=Budget(max_candidates=16))
+    b = engine.generate("a photo of green squares", 4, num_images=2, seed=42, budget=Budget(max_candidates=16))
+    assert [r.seed for r in a.images] == [r.seed for r in b.images]
+    for x, y in zip(a.images, b.images):
+        assert torch.equal(x.image, y.image) and x.verified == y.verified
+
+
+def test_verified_images_have_the_requested_count_by_every_check(engine):
+    result = engine.generate("a photo of red circles", 3, num_images=2, seed=1, budget=Budget(max_candidates=64))
+    for image in result.images:
+        if image.verified:
+            assert image.verification.detected_count == 3 and image.verification.crosscheck == 3
+
+
+def test_cancellation_stops_the_refine_loop_within_one_iteration(engine):
+    seen = []
+    with pytest.raises(Canceled):
+        engine.generate("a photo of black triangles", 11, seed=5, policy="refine",
+                        budget=Budget(max_candidates=1, max_iterations=50),
+                        progress=seen.append, should_stop=lambda: any(e["stage"] == "refining" for e in seen))
+    assert [e["iterations"] for e in seen if e["stage"] == "refining"] == [1]
+
+
+def test_refine_policy_refines_the_nearest_miss(engine):
+    result = engine.generate("a photo of blue squares", 7, seed=9, policy="refine",
+                             budget=Budget(max_candidates=1, max_iterations=3))
+    assert result.cost["candidates"] == 1
+    sampled_hit = result.images[0].verified and result.images[0].iteration is None
+    assert sampled_hit or 1 <= result.cost["iterations"] <= 3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"count": 0}, "count must be between 1 and 12"),
+    ({"count": 13}, "count must be between 1 and 12"),
+    ({"object_": "hexagon"}, "unknown object 'hexagon'"),
+    ({"policy": "magic"}, "unknown policy 'magic'; allowed: resample, library, refine"),
+    ({"budget": Budget(max_candidates=0)}, "budget max_candidates must be positive"),
+    ({"budget": Budget(max_seconds=0)}, "budget max_seconds must be positive"),
+])
+def test_bad_requests_are_refused_with_what_is_allowed(engine, kwargs, message):
+    args = {"prompt": "a photo of circles", "count": 3, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        engine.generate(**args)
+
+
+def test_token_for_another_model_or_key_is_refused(engine):
+    foreign = CountToken(TokenKey("f" * 16, "circle", 3), {"clip_l": torch.zeros(128)})
+    with pytest.raises(ValueError, match="learned for model ffffffffffffffff"):
+        engine.generate("a photo of circles", 3, token=foreign, policy="library")
+    wrong_key = CountToken(engine.token_key("square", 3), {"clip_l": torch.zeros(128)})
+    with pytest.raises(ValueError, match="the token is for 3 square, not 3 circle"):
+        engine.generate("a photo of circles", 3, token=wrong_key, policy="library")
+
+
+def test_library_learning_validates_on_disjoint_seeds_and_keeps_the_best(engine):
+    config = OptimizeConfig(mode="library", lr=5e-3, max_iterations=2, seeds_per_iteration=2, validation_seeds=4,
+                            validate_every=1)
+    token = engine.learn_library_token("triangle", 4, config)
+    validation = token.metadata["validation"]
+    assert validation["base"]["n"] == 4 and validation["best_iteration"] in (0, 1, 2)
+    assert (validation["token"]["exact"], -validation["token"]["mae"]) >= (validation["base"]["exact"], -validation["base"]["mae"])
+    assert token.key == engine.token_key("triangle", 4)

@@ -1,0 +1,36 @@
+"""The README's commands exist as written."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _code_lines():
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, flags=re.S)
+    return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def test_the_two_set_up_commands_exist_and_are_executable():
+    lines = _code_lines()
+    for script in ("./scripts/demo", "./scripts/test"):
+        assert script in lines
+        assert os.access(ROOT / script, os.X_OK)
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "scripts/test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_tally_command_in_the_readme_exists():
+    tally = Path(sys.executable).with_name("tally")
+    commands = {tuple(w for w in line.split()[1:3] if not w.startswith("-") and re.fullmatch(r"[a-z0-9-]+", w))
+                for line in _code_lines() if line.startswith("tally ")}
+    assert commands
+    for words in commands:
+        result = subprocess.run([str(tally), *words, "--help"], capture_output=True, text=True)
+        assert result.returncode == 0, f"tally {' '.join(words)}: {result.stderr}"

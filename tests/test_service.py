@@ -1,0 +1,300 @@
+"""End to end: a private Redis server, the API (uvicorn) and a real worker process on the reference world."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tally.client import sse_events
+from tally.launcher import Launcher
+from workers.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Service:
+    url: str
+    settings: Settings
+    launcher: Launcher
+    redis: redis.Redis
+    http: httpx.Client
+
+    def submit(self, **body) -> str:
+        response = self.http.post("/v1/jobs", json=body)
+        assert response.status_code == 202, response.text
+        return response.json()["id"]
+
+    def wait(self, job_id: str, timeout: float = 180, until=("succeeded", "failed", "canceled")) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            record = self.http.get(f"/v1/jobs/{job_id}").json()
+            if record["status"] in until:
+                return record
+            time.sleep(0.2)
+        raise AssertionError(f"job {job_id} still {record['status']} after {timeout} s")
+
+    def restart_worker(self) -> None:
+        self.launcher.stop("worker-w1")
+        self.launcher.start_worker("reference", "w1")
+        self.launcher.wait_ready(self.url, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    root = tmp_path_factory.mktemp("service")
+    redis_url = f"redis://127.0.0.1:{free_port()}/0"
+    env = {"TALLY_REDIS_URL": redis_url, "TALLY_RUNTIME_DIR": str(root / "runtime"), "TALLY_TOKEN_DIR": str(root / "tokens"),
+           "TALLY_LIBRARY__ITERATIONS": "2", "TALLY_LIBRARY__SEEDS_PER_ITERATION": "2",
+           "TALLY_LIBRARY__VALIDATION_SEEDS": "4", "TALLY_LIBRARY__VALIDATE_EVERY": "1", "TALLY_WORKER_HEARTBEAT_S": "1"}
+    settings = Settings(redis_url=redis_url, runtime_dir=root / "runtime", token_dir=root / "tokens")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with Launcher(settings, env=env, log_dir=root / "logs") as launcher:
+        launcher.ensure_redis()
+        launcher.start_api("127.0.0.1", port)
+        launcher.start_worker("reference", "w1")
+        launcher.wait_ready(url, timeout=180)
+        with httpx.Client(base_url=url, timeout=30) as http:
+            yield Service(url, settings, launcher, redis.Redis.from_url(redis_url), http)
+
+
+def _import_token(service: Service, t2i, cls: str, count: int) -> str:
+    from optimization.count_token import CountToken, TokenKey
+
+    fingerprint = service.http.get("/v1/models").json()[0]["fingerprint"]
+    assert fingerprint == t2i.fingerprint
+    token = CountToken(TokenKey(fingerprint, cls, count), t2i.word_vectors("of"), "of", {"source": "test"})
+    response = service.http.post("/v1/tokens", content=token.to_bytes(),
+                                 headers={"Content-Type": "application/octet-stream"})
+    assert response.status_code == 201, response.text
+    return response.json()["key"]
+
+
+def test_submitted_job_succeeds_with_counted_images(service):
+    job_id = service.submit(prompt="a photo of red circles", count=3, num_images=2, seed=1, policy="resample")
+    record = service.wait(job_id)
+    assert record["status"] == "succeeded" and record["prompt"] == "a photo of 3 red circles"
+    assert record["object"] == "circle" and record["cost"]["candidates"] >= 1
+    assert len(record["results"]) == 2
+    for result in record["results"]:
+        assert result["detected_count"] == len(result["boxes"]) and isinstance(result["verified"], bool)
+        assert not result["verified"] or result["detected_count"] == 3
+        png = httpx.get(result["url"])
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
+        assert len(httpx.get(result["url"], params={"boxes": "true"}).content) > len(png.content)
+
+
+def test_library_miss_schedules_learning_and_the_next_job_uses_the_token(service):
+    first = service.wait(service.submit(prompt="a photo of green triangles", count=5, seed=2, policy="library"))
+    assert first["token"]["library_hit"] is False and first["token"]["learning_scheduled"] is True
+    key = first["token"]["key"]
+    deadline = time.monotonic() + 180
+    while service.http.get(f"/v1/tokens/{key}").status_code != 200:
+        assert time.monotonic() < deadline, "the library task did not store its token"
+        time.sleep(0.5)
+    second = service.wait(service.submit(prompt="a photo of blue triangles", count=5, seed=3, policy="library"))
+    assert second["token"] == {"key": key, "library_hit": True, "learning_scheduled": False}
+    assert all(r["token"] in (key, f"refined:{key}") for r in second["results"])
+
+
+def test_concurrent_misses_of_one_key_start_exactly_one_library_task(service):
+    ids = []
+    threads = [threading.Thread(target=lambda s=s: ids.append(service.submit(
+        prompt="a photo of black squares", count=6, seed=s, policy="library"))) for s in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    records = [service.wait(i) for i in ids]
+    key = records[0]["token"]["key"]
+    assert sum(r["token"]["learning_scheduled"] for r in records) == 1
+    started = service.redis.hget(f"{service.settings.redis_prefix}:metrics", f"library_tasks_started:{key}")
+    assert int(started) == 1
+
+
+def test_cancel_a_queued_and_a_running_job(service):
+    running = service.submit(prompt="a photo of black crosses", count=12, num_images=8, seed=4, policy="refine",
+                             budget={"max_seconds": 120, "max_candidates": 8, "max_iterations": 400})
+    queued = service.submit(prompt="a photo of red squares", count=2, seed=5)
+    record = service.http.delete(f"/v1/jobs/{queued}").json()
+    assert record["status"] == "canceled"
+    service.wait(running, timeout=60, until=("running",))
+    time.sleep(2)
+    asked = time.monotonic()
+    assert service.http.delete(f"/v1/jobs/{running}").status_code == 200
+    assert service.wait(running, timeout=30)["status"] == "canceled"
+    assert time.monotonic() - asked < 10
+    time.sleep(1)
+    record = service.http.get(f"/v1/jobs/{queued}").json()
+    assert record["status"] == "canceled" and "started" not in record["timings"]
+
+
+def test_event_stream_yields_progress_in_order_and_a_final_event(service):
+    job_id = service.submit(prompt="a photo of blue circles", count=4, num_images=2, seed=6, policy="resample")
+    events = []
+    with httpx.stream("GET", f"{service.url}/v1/jobs/{job_id}/events", timeout=120) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        events = list(sse_events(stream))
+    names = [n for n, _ in events]
+    assert names[-1] == "final" and names.count("final") == 1 and "progress" in names
+    progress = [d for n, d in events if n == "progress"]
+    assert progress[0]["status"] == "queued"
+    assert any(p.get("stage") == "sampling" for p in progress)
+    times = [p["time"] for p in progress]
+    assert times == sorted(times)
+    candidates = [p["progress"]["candidates"] for p in progress if "progress" in p]
+    assert candidates == sorted(candidates)
+    assert events[-1][1]["status"] == "succeeded" and events[-1][1]["id"] == job_id
+
+
+def test_imported_token_is_used_without_optimization(service, t2i):
+    key = _import_token(service, t2i, "circle", 4)
+    record = service.wait(service.submit(prompt="a photo of red circles", count=4, seed=7, policy="library"))
+    assert record["token"] == {"key": key, "library_hit": True, "learning_scheduled": False}
+    assert record["cost"]["iterations"] == 0
+
+
+def test_flushall_and_worker_restart_keep_learned_tokens(service, t2i):
+    key = _import_token(service, t2i, "cross", 2)
+    service.redis.flushall()
+    service.restart_worker()
+    assert service.http.get(f"/v1/tokens/{key}").status_code == 200
+    record = service.wait(service.submit(prompt="a photo of green crosses", count=2, seed=8, policy="library"))
+    assert record["token"]["library_hit"] is True
+
+
+def test_idempotency_key_returns_the_same_job(service):
+    body = {"prompt": "a photo of red squares", "count": 3, "policy": "resample"}
+    a = service.http.post("/v1/jobs", json=body, headers={"Idempotency-Key": "abc-1"})
+    b = service.http.post("/v1/jobs", json=body, headers={"Idempotency-Key": "abc-1"})
+    assert a.status_code == b.status_code == 202 and a.json()["id"] == b.json()["id"]
+    c = service.http.post("/v1/jobs", json={**body, "count": 4}, headers={"Idempotency-Key": "abc-1"})
+    assert c.status_code == 409 and c.json()["code"] == "idempotency_conflict"
+    service.wait(a.json()["id"])
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"count": 0}, "count: must be between 1 and 12, got 0"),
+    ({"count": -1}, "count: must be between 1 and 12, got -1"),
+    ({"count": 13}, "count: must be between 1 and 12, got 13"),
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": "   "}, "prompt: must not be blank"),
+    ({"prompt": "circles " * 1250}, "at most 500 are allowed"),
+    ({"prompt": "a photo of apples"}, "no known object"),
+    ({"object": "hexagon"}, "unknown object 'hexagon'; known objects: circle, cross, square, triangle"),
+    ({"model": "sdxl"}, "unknown model 'sdxl'; configured: reference"),
+    ({"num_images": 0}, "num_images: must be between 1 and 8, got 0"),
+    ({"num_images": 100}, "num_images: must be between 1 and 8, got 100"),
+    ({"policy": "magic"}, "policy"),
+    ({"budget": {"max_seconds": 0}}, "budget.max_seconds"),
+])
+def test_bad_requests_get_422_saying_what_is_allowed(service, body, fragment):
+    response = service.http.post("/v1/jobs", json={"prompt": "a photo of red circles", "count": 3, **body})
+    assert response.status_code == 422
+    assert response.json()["code"] == "invalid_request" and fragment in response.json()["message"]
+
+
+def test_unknown_job_and_token_are_404_json(service):
+    for path in ("/v1/jobs/nope", "/v1/jobs/nope/images/0", "/v1/tokens/circle-3-0000000000000000"):
+        response = service.http.get(path)
+        assert response.status_code == 404 and response.json()["code"] == "not_found"
+    assert service.http.delete("/v1/tokens/circle-3-0000000000000000").status_code == 404
+
+
+def test_bad_token_uploads_are_refused(service):
+    corrupt = service.http.post("/v1/tokens", content=b"\x10" * 64)
+    assert corrupt.status_code == 422 and corrupt.json()["code"] == "invalid_token"
+    huge = service.http.post("/v1/tokens", content=b"0" * (3 << 20))
+    assert huge.status_code == 413
+
+
+def test_readiness_needs_a_live_worker(service):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    assert service.http.get("/readyz").status_code == 200
+    lonely = Settings(redis_url=service.settings.redis_url, redis_prefix="no-workers-here")
+    response = TestClient(create_app(lonely)).get("/readyz")
+    assert response.status_code == 503 and response.json()["code"] == "no_worker"
+
+
+def test_models_and_metrics_describe_the_deployment(service):
+    models = service.http.get("/v1/models").json()
+    assert models[0]["id"] == "reference" and models[0]["live_workers"] == ["w1"]
+    assert models[0]["classes"] == ["circle", "square", "triangle", "cross"]
+    text = service.http.get("/metrics").text
+    assert "tally_jobs_submitted_total" in text and 'tally_queue_depth{model="reference",queue="user"}' in text
+
+
+def test_api_answers_503_while_redis_is_away_and_recovers(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    port = free_port()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)]
+    client = TestClient(create_app(Settings(redis_url=f"redis://127.0.0.1:{port}/0")))
+
+    def start():
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        for _ in range(50):
+            try:
+                redis.Redis(port=port).ping()
+                return proc
+            except redis.ConnectionError:
+                time.sleep(0.1)
+        raise RuntimeError("redis did not start")
+
+    server = start()
+    assert client.get("/v1/tokens").status_code == 200
+    server.terminate()
+    server.wait()
+    t = time.monotonic()
+    response = client.get("/v1/tokens")
+    assert response.status_code == 503 and response.json()["code"] == "redis_unavailable"
+    assert client.post("/v1/jobs", json={"prompt": "a photo of circles", "count": 2}).status_code == 503
+    assert time.monotonic() - t < 10
+    server = start()
+    try:
+        assert client.get("/v1/tokens").status_code == 200
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def test_compose_file_names_existing_commands_and_settings():
+    import yaml
+
+    from tally.cli import app
+
+    compose = yaml.safe_load((Path(__file__).parents[1] / "docker" / "compose.yaml").read_text())
+    assert {"redis", "api", "worker"} <= set(compose["services"])
+    assert "--appendonly" in compose["services"]["redis"]["command"]
+    commands = {c.name for c in app.registered_commands}
+    assert compose["services"]["worker"]["command"][:2] == ["tally", "worker"] and "worker" in commands
+    api = compose["services"]["api"]["command"]
+    module, attr = api[api.index("--factory") + 1].split(":")
+    assert callable(getattr(__import__(module, fromlist=[attr]), attr))
+    env = compose["services"]["worker"]["environment"]
+    fields = set(Settings.model_fields)
+    for name, value in env.items():
+        if name.startswith("TALLY_"):
+            assert name[6:].lower() in fields, name
+    parsed = Settings(**{k[6:].lower(): v for k, v in env.items() if k.startswith("TALLY_") and k != "TALLY_MODELS"},
+                      models=__import__("json").loads(env["TALLY_MODELS"]))
+    assert parsed.model("sdxl-turbo").device == "cuda"
+    assert compose["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
