@@ -217,7 +217,8 @@ class CountEngine:
         cost["seconds"] = round(time.perf_counter() - started, 3)
 
         # 5. verified first, then the closest misses
-        chosen = verified[:num_images] + sorted(misses, key=lambda c: c.verification.miss)[:num_images - len(verified)]
+        closest = sorted(misses, key=lambda c: c.verification.miss)
+        chosen = verified[:num_images] + closest[:max(0, num_images - len(verified))]
         images = [ImageResult(c.image, c.seed, c.verification, policy,
                               (f"refined:{self.token_key(cls, count).id}" if c.refined else token_label))
                   for c in chosen]

@@ -55,7 +55,7 @@ class TextToImage:
             raise ValueError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
         if str(model).startswith((".", "/", "~")) and not Path(model).expanduser().is_dir():
             raise FileNotFoundError(f"pipeline folder not found: {model}")
-        pipe = DiffusionPipeline.from_pretrained(str(model), torch_dtype=DTYPES[dtype]).to(device)
+        pipe = DiffusionPipeline.from_pretrained(str(model), dtype=DTYPES[dtype]).to(device)
         if gradient_checkpointing and hasattr(pipe.unet, "enable_gradient_checkpointing"):
             pipe.unet.enable_gradient_checkpointing()
         sampler = reference_sampler(model) if Path(model).is_dir() else {}

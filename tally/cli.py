@@ -59,6 +59,16 @@ def _prepare():
     return settings
 
 
+def _quiet_model_loading() -> None:
+    """Our progress bars are the CLI's; the libraries' loading bars would bury them (and one-line errors)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for lib in (diffusers_logging, transformers_logging):
+        lib.disable_progress_bar()
+        lib.set_verbosity_error()
+
+
 # --------------------------------------------------------------------------------------------- reference
 @reference_app.command("train-detector")
 def reference_train_detector(
@@ -163,6 +173,7 @@ def _load_t2i(model: Optional[str]):
     from optimization.pipelines import TextToImage
 
     config = _model_config(model, None)
+    _quiet_model_loading()
     return TextToImage.load(config.pipeline, device=config.device, dtype=config.dtype,
                             num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale)
 
@@ -171,6 +182,7 @@ def _load_engine(model: Optional[str], detector: Optional[str]):
     from optimization.engine import CountEngine
 
     c = _model_config(model, detector)
+    _quiet_model_loading()
     return CountEngine.load(c.pipeline, c.detector, device=c.device, dtype=c.dtype, max_count=get_settings().max_count,
                             num_inference_steps=c.num_inference_steps, guidance_scale=c.guidance_scale)
 

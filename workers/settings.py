@@ -85,6 +85,7 @@ class Settings(BaseSettings):
         """Create the runtime dir and keep ultralytics' settings file inside it rather than in $HOME."""
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("YOLO_CONFIG_DIR", str((self.runtime_dir / "ultralytics").resolve()))
+        os.environ.setdefault("YOLO_VERBOSE", "False")
 
 
 @lru_cache
