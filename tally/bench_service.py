@@ -77,7 +77,7 @@ def run(repeats: int = 7, load_requests: int = 2000, concurrency: int = 32, api_
         launcher.ensure_redis()
         launcher.start_api("127.0.0.1", port, workers=api_workers)
         launcher.start_worker("reference", "bench")
-        launcher.wait_ready(url, timeout=300)
+        launcher.wait_ready(url, timeout=300, models=["reference"])  # "load-only" has no worker on purpose
         http = httpx.Client(base_url=url, timeout=120)
 
         # 1. library hit through the service vs the same work done directly

@@ -65,13 +65,17 @@ class Launcher:
         tally = str(Path(sys.executable).with_name("tally"))
         return self._spawn(f"worker-{name}", [tally, "worker", "--model", model_id, "--name", name])
 
-    def wait_ready(self, api_url: str, timeout: float = 300) -> None:
+    def wait_ready(self, api_url: str, timeout: float = 300, models: list[str] | None = None) -> None:
+        """Until /readyz says ready, or, with ``models``, until each of those has a live worker."""
         def ready() -> bool:
             for name, proc in self.processes.items():
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.log_dir / name}.log")
             try:
-                return httpx.get(f"{api_url}/readyz", timeout=2).status_code == 200
+                if models is None:
+                    return httpx.get(f"{api_url}/readyz", timeout=2).status_code == 200
+                live = {m["id"] for m in httpx.get(f"{api_url}/v1/models", timeout=2).json() if m["live_workers"]}
+                return set(models) <= live
             except httpx.HTTPError:
                 return False
 
