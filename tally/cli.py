@@ -481,6 +481,7 @@ def bench_service_cmd(
     from tally import bench_service
 
     _prepare()
+    _quiet_model_loading()
     with console.status("benchmarking the service") as status:
         result = bench_service.run(repeats=repeats, load_requests=requests,
                                    progress=lambda name: status.update(f"bench service: {name}"))
