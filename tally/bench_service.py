@@ -88,13 +88,17 @@ def run(repeats: int = 7, load_requests: int = 2000, concurrency: int = 32, api_
         assert http.post("/v1/tokens", content=token.to_bytes()).status_code == 201
         body = {"prompt": "a photo of blue triangles", "count": count, "seed": 123, "policy": "library",
                 "budget": {"max_candidates": 8}}
-        service_s, direct_s = [], []
+        service_s, direct_s, waits, runs, engine_s = [], [], [], [], []
         for r in range(repeats + 1):
             t = time.perf_counter()
             job = http.post("/v1/jobs", json=body).json()["id"]
-            while http.get(f"/v1/jobs/{job}").json()["status"] not in ("succeeded", "failed"):
+            while (record := http.get(f"/v1/jobs/{job}").json())["status"] not in ("succeeded", "failed"):
                 time.sleep(0.02)  # a tighter poll steals the 2 cores from the worker it waits for
             service_s.append(time.perf_counter() - t)
+            timings = record["timings"]
+            waits.append(timings["started"] - timings["submitted"])
+            runs.append(timings["finished"] - timings["started"])
+            engine_s.append(record["cost"]["seconds"])
             t = time.perf_counter()
             engine.generate(body["prompt"], count, seed=123, policy="library", token=token,
                             budget=Budget(max_candidates=8))
@@ -102,7 +106,11 @@ def run(repeats: int = 7, load_requests: int = 2000, concurrency: int = 32, api_
         service_med, direct_med = statistics.median(service_s[1:]), statistics.median(direct_s[1:])
         result.update(cache_hit_ratio=round(service_med / direct_med, 3), cache_hit_service_s=round(service_med, 4),
                       cache_hit_direct_s=round(direct_med, 4),
-                      cache_hit_overhead_ms=round(1000 * (service_med - direct_med), 1))
+                      cache_hit_overhead_ms=round(1000 * (service_med - direct_med), 1),
+                      # where the time goes: queue wait, the job in the worker, the engine inside it
+                      cache_hit_breakdown_ms={"queue_wait": round(1000 * statistics.median(waits[1:]), 1),
+                                              "job": round(1000 * statistics.median(runs[1:]), 1),
+                                              "engine": round(1000 * statistics.median(engine_s[1:]), 1)})
         del engine
 
         # 2. submissions and status reads under load (API + Redis only)
