@@ -206,14 +206,15 @@ def bench_engine(engine, tokens: dict, jobs: list, budget_seconds: float, budget
 def bench_refine(engine, cases: list[tuple[str, str, int, int]], max_iterations: int,
                  progress: Progress | None = None) -> dict:
     """Refinement (the paper's per-seed setting) on seeds whose base image misses: success = verified."""
+    from dataclasses import replace
+
     from .count_token import place_token
-    from .optimizer import OptimizeConfig
     from .prompts import with_count
 
     outcomes = []
     for k, (prompt, cls, n, seed) in enumerate(cases):
         token_prompt, init_word = place_token(with_count(prompt, cls, n), n)
-        config = OptimizeConfig(**{**engine.refine_config.__dict__, "max_iterations": max_iterations})
+        config = replace(engine.refine_config, max_iterations=max_iterations)
         result = engine.refine(token_prompt, cls, n, seed, engine.word_vectors(init_word), config)
         outcomes.append({"count": n, "success": result.hit is not None,
                          "iterations": result.hit.iteration if result.hit else None})
@@ -248,8 +249,10 @@ def bench_library(engine, tokens: dict, validation_seeds: int, progress: Progres
     pairs_base, pairs_token, per = [], [], {}
     for k, ((cls, n), token) in enumerate(sorted(tokens.items())):
         base, tok = [], []
-        for prompt in engine.library_prompts(cls, n):
-            share = seeds[len(base):len(base) + max(1, validation_seeds // len(engine.library_prompts(cls, n)))]
+        prompts = engine.library_prompts(cls, n)
+        per_prompt = max(1, validation_seeds // len(prompts))
+        for i, prompt in enumerate(prompts):
+            share = seeds[i * per_prompt:(i + 1) * per_prompt]
             base += [(n, d.count(cls)) for d in engine.counter.detect(engine.t2i.generate(prompt, share))]
             engine.t2i.set_token(token.vectors)
             tok += [(n, d.count(cls)) for d in engine.counter.detect(engine.t2i.generate(place_token(prompt, n)[0], share))]

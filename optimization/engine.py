@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -203,8 +203,7 @@ class CountEngine:
                 left_it = budget.max_iterations - cost["iterations"]
                 if len(verified) >= num_images or left_s <= 0 or left_it <= 0:
                     break
-                config = OptimizeConfig(**{**self.refine_config.__dict__, "max_iterations": left_it,
-                                           "max_seconds": left_s, "mode": "refine"})
+                config = replace(self.refine_config, mode="refine", max_iterations=left_it, max_seconds=left_s)
                 result = self.refine(token_text, cls, count, miss.seed, start_vectors, config,
                                      progress=lambda r: events(self._refine_event(r, cost, len(verified))),
                                      should_stop=should_stop)
@@ -275,5 +274,5 @@ class CountEngine:
         result = optimize(self.t2i, self.counter, prompts, cls, count, init, seeds_for, config,
                           validation_seeds=validation, progress=progress, should_stop=should_stop)
         metadata = {"mode": "library", "iterations": result.iterations, "seconds": round(result.seconds, 1),
-                    "validation": result.validation, "config": config.__dict__, "prompts": prompts}
+                    "validation": result.validation, "config": asdict(config), "prompts": prompts}
         return CountToken(self.token_key(cls, count), result.vectors, init_word, metadata)
