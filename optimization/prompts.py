@@ -1,9 +1,10 @@
 """Where the count goes in a prompt: one documented rule for free-form prompts.
 
 Rule: the count is written in digits directly before the object's noun phrase. The noun phrase is the
-object word plus the words right before it up to a function word ("a photo of | red circles"). A number
-already there is replaced; a vague quantifier there ("some", "many", "several") is replaced by the count.
-If the object word is not in the prompt, the prompt is left as it is and " ({count} {object})" is appended.
+object word plus the words right before it up to a function word ("a photo of | red circles"). A number,
+an article ("a red circle") or a vague quantifier ("some", "many", "several") there is replaced by the
+count, and the object word takes the count's number ("1 red circle", "7 red circles"). If the object
+word is not in the prompt, the prompt is left as it is and " ({count} {objects})" is appended.
 """
 
 from __future__ import annotations
@@ -49,12 +50,26 @@ def with_count(prompt: str, cls: str, count: int) -> str:
     words = prompt.split()
     i = find_object(words, cls)
     if i is None:
-        return f"{prompt} ({count} {cls})"
+        return f"{prompt} ({count} {cls if count == 1 else plural(cls)})"
     start = i
     while start > 0 and words[start - 1].lower() not in FUNCTION_WORDS:
         start -= 1
-    phrase = [w for w in words[start:i] if not _NUMBER.match(w) and w.lower() not in QUANTIFIERS]
-    return " ".join(words[:start] + [str(count)] + phrase + words[i:])
+    if start > 0 and words[start - 1].lower() in ("a", "an"):  # "a red circle" -> "1 red circle"
+        start -= 1
+    phrase = [w for w in words[start:i] if not _NUMBER.match(w) and w.lower() not in {"a", "an"} | QUANTIFIERS]
+    noun = _agree(words[i], cls, count)
+    return " ".join(words[:start] + [str(count)] + phrase + [noun] + words[i + 1:])
+
+
+def _agree(word: str, cls: str, count: int) -> str:
+    """The object word in the number the count asks for ("1 circles" -> "1 circle", "7 circle" -> "7 circles")."""
+    core = re.sub(r"[^\w-]", "", word)
+    tail = word[len(core):] if word.startswith(core) else ""
+    if count == 1 and core.lower() != cls.lower():
+        return cls + tail
+    if count > 1 and core.lower() == cls.lower():
+        return plural(cls) + tail
+    return word
 
 
 def plural(noun: str) -> str:

@@ -263,23 +263,32 @@ def bench_engine_cmd(
     quick: Annotated[bool, typer.Option(help="4 counts x 4 classes x 1 job, short budget (< 10 min).")] = False,
     budget_seconds: Annotated[Optional[float], typer.Option(help="Wall-clock budget per job and policy.")] = None,
     budget_candidates: Annotated[Optional[int], typer.Option(help="Candidate budget per job and policy.")] = None,
+    policies: Annotated[str, typer.Option(help="Comma-separated policies to compare.")] = "resample,library,refine",
+    jobs_per_key: Annotated[Optional[int], typer.Option(min=1, help="Jobs (seeds) per class and count.")] = None,
     out: Annotated[Path, typer.Option(help="Folder for the PNG strip.")] = Path("out/bench"),
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the result here ('-' for stdout).")] = None,
 ) -> None:
     """Each policy on the same jobs at the same budget: verified, falsely verified, clean images per second."""
     from optimization.benchmarks import bench_engine, bench_jobs
 
+    from optimization.policy import POLICIES
+
+    chosen = tuple(p.strip() for p in policies.split(",") if p.strip())
+    if not chosen or set(chosen) - set(POLICIES):
+        raise UsageError(f"--policies takes a comma-separated subset of {', '.join(POLICIES)}; got {policies!r}")
     engine = _load_engine(None, None)
     classes, counts, per_key = _bench_keys(quick)
-    tokens = _library_tokens(engine, [(c, n) for c in classes for n in counts], quick)
-    jobs = bench_jobs(classes, counts, per_key)
+    needs_tokens = {"library", "refine"} & set(chosen)
+    tokens = _library_tokens(engine, [(c, n) for c in classes for n in counts], quick) if needs_tokens else {}
+    jobs = bench_jobs(classes, counts, jobs_per_key or per_key)
     budget = (budget_seconds or (4.0 if quick else 8.0), budget_candidates or (16 if quick else 32))
     with progress_bar("jobs x policies, production verifier", len(jobs)) as update:
-        result = bench_engine(engine, tokens, jobs, *budget, out, progress=update)
+        result = bench_engine(engine, tokens, jobs, *budget, out, policies=chosen, progress=update)
     # The same jobs verified by the detector alone (as on real models): how often is that wrong?
     crosscheck, engine.crosscheck = engine.crosscheck, None
     with progress_bar("jobs x policies, detector-only verifier", len(jobs)) as update:
-        detector_only = bench_engine(engine, tokens, jobs, *budget, out / "detector-only", progress=update)
+        detector_only = bench_engine(engine, tokens, jobs, *budget, out / "detector-only", policies=chosen,
+                                     progress=update)
     engine.crosscheck = crosscheck
     result["detector_only"] = {k: detector_only[k] for k in ("policies", "per_count")}
     _print_policies(result)
