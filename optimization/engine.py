@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -77,7 +77,6 @@ class EngineResult:
     cost: dict
     token_key: TokenKey
     library_hit: bool
-    refined_token: CountToken | None = None
 
     def to_dict(self) -> dict:
         return {"prompt": self.prompt, "object": self.object, "count": self.count, "policy": self.policy,
@@ -90,7 +89,7 @@ class _Candidate:
     seed: int
     image: torch.Tensor
     verification: Verification
-    refined: bool = field(default=False)
+    iteration: int | None = None  # set when token refinement produced it
 
 
 def derive_seed(job_seed: int, index: int) -> int:
@@ -195,7 +194,6 @@ class CountEngine:
                     "detected_counts": [v.detected_count for v in verdicts]})
 
         # 4. refine the token on the nearest misses
-        refined_token = None
         if policy == "refine":
             start_vectors = token.vectors if use_token else self.word_vectors(init_word)
             for miss in sorted(misses, key=lambda c: c.verification.miss):
@@ -210,21 +208,21 @@ class CountEngine:
                 cost["iterations"] += result.iterations + (1 if result.hit else 0)
                 if result.hit:
                     misses.remove(miss)  # its refined image replaces it
-                    verified.append(_Candidate(result.hit.seed, result.hit.image, result.hit.verification, refined=True))
-                    refined_token = CountToken(self.token_key(cls, count), result.vectors, init_word,
-                                               {"mode": "refine", "seed": miss.seed, "iterations": result.iterations})
+                    verified.append(_Candidate(result.hit.seed, result.hit.image, result.hit.verification,
+                                               result.hit.iteration))
         cost["seconds"] = round(time.perf_counter() - started, 3)
 
         # 5. verified first, then the closest misses
         closest = sorted(misses, key=lambda c: c.verification.miss)
         chosen = verified[:num_images] + closest[:max(0, num_images - len(verified))]
         images = [ImageResult(c.image, c.seed, c.verification, policy,
-                              (f"refined:{self.token_key(cls, count).id}" if c.refined else token_label))
+                              f"refined:{self.token_key(cls, count).id}" if c.iteration is not None else token_label,
+                              c.iteration)
                   for c in chosen]
         events({"stage": "verifying", "candidates": cost["candidates"], "iterations": cost["iterations"],
                 "images_verified": sum(r.verified for r in images)})
         return EngineResult(text, cls, count, policy, images, cost, self.token_key(cls, count),
-                            library_hit=token is not None, refined_token=refined_token)
+                            library_hit=token is not None)
 
     def refine(self, token_prompt: str, cls: str, count: int, seed: int, start: dict[str, torch.Tensor],
                config: OptimizeConfig, progress: Callable[[IterationReport], None] | None = None,

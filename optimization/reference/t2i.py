@@ -222,7 +222,3 @@ def reference_sampler(pipeline_path: str | Path) -> dict:
 
 def is_reference_pipeline(pipeline_path: str | Path) -> bool:
     return (Path(pipeline_path) / REFERENCE_CONFIG).is_file()
-
-
-def param_count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
