@@ -10,39 +10,32 @@ The product promises verified images, not magic tokens. ``generate`` reads in th
 5. return verified images first, then the closest misses marked ``verified: false``.
 
 Policies: ``resample`` (base prompt), ``library`` (the cached token for (model, object, count) when there
-is one), ``refine`` (library, plus refinement). ``DEFAULT_POLICY`` is the winner of ``tally bench engine``.
+is one), ``refine`` (library, plus refinement). The default is the model's ``default_policy``, else
+``policy.DEFAULT_POLICY`` (the winner of ``tally bench engine``). Everything particular to a model (its
+sampler, verification thresholds, cross-check, library prompts, max count) comes from its ``ModelSpec``.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .config import Budget, LibraryConfig, ModelSpec, Policy, RefineConfig, Stage
 from .count_token import CountToken, TokenKey, place_token
-from .counter import Detections, Verification, YoloCounter, verify
-from .optimizer import Canceled, IterationReport, OptimizeConfig, OptimizeResult, library_seeds, optimize
+from .counter import Counter, Detections, Verification, load_counter, load_crosscheck, resolve, verify
+from .errors import InvalidRequest
+from .optimizer import Canceled, IterationReport, OptimizeResult, library_seeds, optimize
 from .pipelines import TextToImage
-from .policy import DEFAULT_POLICY, POLICIES
+from .policy import DEFAULT_POLICY
 from .prompts import object_in_prompt, plural, with_count
 from .visualize import to_uint8
 
 CANDIDATE_BATCH = 8
-
-
-@dataclass
-class Budget:
-    max_seconds: float = 60.0
-    max_candidates: int = 64
-    max_iterations: int = 20
-
-    def check(self) -> None:
-        for name in ("max_seconds", "max_candidates", "max_iterations"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"budget {name} must be positive, got {getattr(self, name)}")
 
 
 @dataclass
@@ -59,11 +52,7 @@ class ImageResult:
         return self.verification.verified
 
     def to_dict(self) -> dict:
-        det = self.verification.detections
-        return {"seed": self.seed, "detected_count": self.verification.detected_count, "verified": self.verified,
-                "boxes": [[round(v, 1) for v in b] for b in det.boxes],
-                "confidences": [round(c, 3) for c in det.confidences],
-                "crosscheck_count": self.verification.crosscheck, "policy": self.policy, "token": self.token,
+        return {"seed": self.seed, **self.verification.to_dict(), "policy": self.policy, "token": self.token,
                 "refine_iteration": self.iteration}
 
 
@@ -98,69 +87,84 @@ def derive_seed(job_seed: int, index: int) -> int:
 
 
 class CountEngine:
-    """Resident pipeline + counter (+ the reference world's cross-check) answering count requests."""
+    """Resident pipeline + counter (+ an independent cross-check, where configured) answering count requests."""
 
-    def __init__(self, t2i: TextToImage, counter: YoloCounter, crosscheck: Callable[[np.ndarray], int] | None = None,
-                 max_count: int = 12, refine_config: OptimizeConfig | None = None):
+    def __init__(self, t2i: TextToImage, counter: Counter, spec: ModelSpec,
+                 crosscheck: Callable[[np.ndarray], int] | None = None, refine_config: RefineConfig = RefineConfig()):
         self.t2i = t2i
         self.counter = counter
+        self.spec = spec
         self.crosscheck = crosscheck
-        self.max_count = max_count
-        self.refine_config = refine_config or OptimizeConfig(mode="refine", lr=2e-2)
+        self.refine_config = refine_config
 
     @classmethod
-    def load(cls, pipeline: str, detector: str, device: str = "cpu", dtype: str = "fp32", max_count: int = 12,
-             num_inference_steps: int | None = None, guidance_scale: float | None = None) -> "CountEngine":
-        """Load pipeline and detector once; on the reference world, add its independent cross-check."""
-        from .reference.crosscheck import crosscheck_count
-        from .reference.t2i import is_reference_pipeline
+    def from_spec(cls, spec: ModelSpec, refine_config: RefineConfig = RefineConfig()) -> "CountEngine":
+        """Load the model entry's pipeline, counter and cross-check once."""
+        return cls(TextToImage.from_spec(spec), load_counter(spec), spec, load_crosscheck(spec.crosscheck),
+                   refine_config)
 
-        t2i = TextToImage.load(pipeline, device=device, dtype=dtype, num_inference_steps=num_inference_steps,
-                               guidance_scale=guidance_scale)
-        counter = YoloCounter(detector, device=device)
-        # The cross-check only understands the reference world's plain backgrounds.
-        crosscheck = crosscheck_count if is_reference_pipeline(pipeline) else None
-        return cls(t2i, counter, crosscheck=crosscheck, max_count=max_count)
+    @property
+    def max_count(self) -> int:
+        return self.spec.max_count
+
+    @property
+    def default_policy(self) -> Policy:
+        return self.spec.default_policy or DEFAULT_POLICY
+
+    def detector_only(self) -> "CountEngine":
+        """The same resident models verifying with the detector alone (as production models do)."""
+        view = copy.copy(self)
+        view.crosscheck = None
+        return view
 
     # ----------------------------------------------------------------------------------------- checks
     def resolve_object(self, prompt: str, object_: str | None) -> str:
-        return self.counter.resolve(object_) if object_ else object_in_prompt(prompt, self.counter.classes)
+        return resolve(self.counter, object_) if object_ else object_in_prompt(prompt, self.counter.classes)
 
     def token_key(self, cls: str, count: int) -> TokenKey:
         return TokenKey(self.t2i.fingerprint, cls, count)
 
-    def check_inputs(self, prompt: str, count: int, object_: str | None, num_images: int, budget: Budget,
-                     policy: str, token: CountToken | None) -> str:
-        if not prompt or not prompt.strip():
-            raise ValueError("the prompt is empty")
-        if policy not in POLICIES:
-            raise ValueError(f"unknown policy {policy!r}; allowed: {', '.join(POLICIES)}")
+    def check_count(self, count: int) -> None:
         if not 1 <= count <= self.max_count:
-            raise ValueError(f"count must be between 1 and {self.max_count}, got {count}")
+            raise InvalidRequest(f"count must be between 1 and {self.max_count}, got {count}")
+
+    def check_inputs(self, prompt: str, count: int, object_: str | None, num_images: int, policy: str,
+                     token: CountToken | None) -> str:
+        if not prompt or not prompt.strip():
+            raise InvalidRequest("the prompt is empty")
+        if policy not in Policy.__members__:
+            raise InvalidRequest(f"unknown policy {policy!r}; allowed: {', '.join(Policy)}")
+        self.check_count(count)
         if num_images < 1:
-            raise ValueError(f"num_images must be at least 1, got {num_images}")
-        budget.check()
+            raise InvalidRequest(f"num_images must be at least 1, got {num_images}")
         cls = self.resolve_object(prompt, object_)
         if token is not None:
             expected = self.token_key(cls, count)
             if token.key.model != expected.model:
-                raise ValueError(f"the token was learned for model {token.key.model}, not this model ({expected.model})")
+                raise InvalidRequest(f"the token was learned for model {token.key.model}, not this model ({expected.model})")
             if (token.key.object, token.key.count) != (cls, count):
-                raise ValueError(f"the token is for {token.key.count} {token.key.object}, not {count} {cls}")
+                raise InvalidRequest(f"the token is for {token.key.count} {token.key.object}, not {count} {cls}")
         return cls
 
     def verify_images(self, images: torch.Tensor, detections: list[Detections], cls: str, target: int) -> list[Verification]:
         cross = [self.crosscheck(im) for im in to_uint8(images)] if self.crosscheck else [None] * len(images)
-        return [verify(d, cls, target, c) for d, c in zip(detections, cross)]
+        return [verify(d, cls, target, self.counter.config, c) for d, c in zip(detections, cross)]
 
     # ------------------------------------------------------------------------------------------ generate
+    def sample(self, prompt: str, cls: str, seeds: list[int]) -> tuple[torch.Tensor, list[dict]]:
+        """Plain generation of ``prompt`` as written: the images and what the detector sees of ``cls`` in each."""
+        images = self.t2i.generate(prompt, seeds)
+        conf = self.counter.config.count_confidence
+        return images, [{"seed": s, **d.of(cls, conf).report()} for s, d in zip(seeds, self.counter.detect(images))]
+
     def generate(self, prompt: str, count: int, object_: str | None = None, num_images: int = 1, seed: int = 0,
-                 budget: Budget | None = None, policy: str = DEFAULT_POLICY, token: CountToken | None = None,
+                 budget: Budget = Budget(), policy: str | None = None, token: CountToken | None = None,
                  progress: Callable[[dict], None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> EngineResult:
         # 1. check inputs
-        budget = budget or Budget()
-        cls = self.check_inputs(prompt, count, object_, num_images, budget, policy, token)
+        policy = policy or self.default_policy
+        cls = self.check_inputs(prompt, count, object_, num_images, policy, token)
+        policy = Policy(policy)
         started = time.perf_counter()
         cost = {"candidates": 0, "iterations": 0, "seconds": 0.0}
         events = progress or (lambda event: None)
@@ -168,7 +172,7 @@ class CountEngine:
         # 2. prompts: the count by the documented rule, then the placeholder for token policies
         text = with_count(prompt, cls, count)
         token_text, init_word = place_token(text, count)
-        use_token = policy in ("library", "refine") and token is not None
+        use_token = policy in (Policy.library, Policy.refine) and token is not None
         if use_token:
             self.t2i.set_token(token.vectors)
         sample_text = token_text if use_token else text
@@ -190,18 +194,18 @@ class CountEngine:
             for s, image, verdict in zip(seeds, images, verdicts):
                 (verified if verdict.verified else misses).append(_Candidate(s, image, verdict))
             cost["candidates"] += n
-            events({"stage": "sampling", "candidates": cost["candidates"], "images_verified": len(verified),
+            events({"stage": Stage.sampling, "candidates": cost["candidates"], "images_verified": len(verified),
                     "detected_counts": [v.detected_count for v in verdicts]})
 
         # 4. refine the token on the nearest misses
-        if policy == "refine":
+        if policy == Policy.refine:
             start_vectors = token.vectors if use_token else self.word_vectors(init_word)
             for miss in sorted(misses, key=lambda c: c.verification.miss):
                 left_s = budget.max_seconds - (time.perf_counter() - started)
                 left_it = budget.max_iterations - cost["iterations"]
                 if len(verified) >= num_images or left_s <= 0 or left_it <= 0:
                     break
-                config = replace(self.refine_config, mode="refine", max_iterations=left_it, max_seconds=left_s)
+                config = self.refine_config.model_copy(update={"max_iterations": left_it, "max_seconds": left_s})
                 result = self.refine(token_text, cls, count, miss.seed, start_vectors, config,
                                      progress=lambda r: events(self._refine_event(r, cost, len(verified))),
                                      should_stop=should_stop)
@@ -219,13 +223,13 @@ class CountEngine:
                               f"refined:{self.token_key(cls, count).id}" if c.iteration is not None else token_label,
                               c.iteration)
                   for c in chosen]
-        events({"stage": "verifying", "candidates": cost["candidates"], "iterations": cost["iterations"],
+        events({"stage": Stage.verifying, "candidates": cost["candidates"], "iterations": cost["iterations"],
                 "images_verified": sum(r.verified for r in images)})
         return EngineResult(text, cls, count, policy, images, cost, self.token_key(cls, count),
                             library_hit=token is not None)
 
     def refine(self, token_prompt: str, cls: str, count: int, seed: int, start: dict[str, torch.Tensor],
-               config: OptimizeConfig, progress: Callable[[IterationReport], None] | None = None,
+               config: RefineConfig, progress: Callable[[IterationReport], None] | None = None,
                should_stop: Callable[[], bool] | None = None) -> OptimizeResult:
         """The paper's setting: optimize the token on one seed until its image is verified."""
         return optimize(self.t2i, self.counter, token_prompt, cls, count, start, lambda _it: [seed], config,
@@ -235,34 +239,26 @@ class CountEngine:
     def word_vectors(self, word: str) -> dict[str, torch.Tensor]:
         try:
             return self.t2i.word_vectors(word)
-        except ValueError:  # a word the tokenizer splits: start from "a", which every CLIP vocabulary has whole
+        except InvalidRequest:  # a word the tokenizer splits: start from "a", which every CLIP vocabulary has whole
             return self.t2i.word_vectors("a")
 
     @staticmethod
     def _refine_event(report: IterationReport, cost: dict, verified: int) -> dict:
-        return {"stage": "refining", "candidates": cost["candidates"], "iterations": cost["iterations"] + report.iteration,
+        return {"stage": Stage.refining, "candidates": cost["candidates"], "iterations": cost["iterations"] + report.iteration,
                 "images_verified": verified, "loss": report.loss, "detected_counts": report.detected_counts}
 
     # ------------------------------------------------------------------------------------------- library
     def library_prompts(self, cls: str, count: int) -> list[str]:
-        """Prompts a library token learns on: on the reference world one per colour, else the paper's template."""
-        from .reference import COLOURS, PLURALS
-        from .reference.t2i import is_reference_pipeline
+        """The prompts a library token for (cls, count) learns on, from the model's configuration."""
+        return self.spec.library_texts(plural(cls) if count > 1 else cls, count)
 
-        if is_reference_pipeline(self.t2i.source) and cls in PLURALS:
-            noun = PLURALS[cls] if count > 1 else cls
-            return [f"a photo of {count} {colour} {noun}" for colour in COLOURS]
-        return [f"a photo of {count} {plural(cls) if count > 1 else cls}"]
-
-    def learn_library_token(self, cls: str, count: int, config: OptimizeConfig | None = None,
+    def learn_library_token(self, cls: str, count: int, config: LibraryConfig = LibraryConfig(),
                             progress: Callable[[IterationReport], None] | None = None,
                             should_stop: Callable[[], bool] | None = None,
                             warm_start: CountToken | None = None) -> CountToken:
         """Learn the reusable token for (model, cls, count) on fresh seeds; keep the best on held-out seeds."""
-        cls = self.counter.resolve(cls)
-        if not 1 <= count <= self.max_count:
-            raise ValueError(f"count must be between 1 and {self.max_count}, got {count}")
-        config = config or OptimizeConfig(mode="library", lr=5e-3, max_iterations=30)
+        cls = resolve(self.counter, cls)
+        self.check_count(count)
         prompts, init_word = [], "of"
         for p in self.library_prompts(cls, count):
             token_prompt, init_word = place_token(p, count)
@@ -272,5 +268,5 @@ class CountEngine:
         result = optimize(self.t2i, self.counter, prompts, cls, count, init, seeds_for, config,
                           validation_seeds=validation, progress=progress, should_stop=should_stop)
         metadata = {"mode": "library", "iterations": result.iterations, "seconds": round(result.seconds, 1),
-                    "validation": result.validation, "config": asdict(config), "prompts": prompts}
+                    "validation": result.validation, "config": config.model_dump(), "prompts": prompts}
         return CountToken(self.token_key(cls, count), result.vectors, init_word, metadata)

@@ -24,35 +24,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .counter import Detections, Verification, YoloCounter
+from .config import LibraryConfig, OptimizeConfig
+from .counter import Counter, Detections, Verification, count
 from .pipelines import TextToImage
-
-LIBRARY_TRAIN_SEED_BASE = 20_000_000  # library tokens learn on these seeds ...
-LIBRARY_VALIDATION_SEED_BASE = 30_000_000  # ... and are judged on these
+from .seeds import LIBRARY_TRAIN, LIBRARY_VALIDATION
 
 
 class Canceled(Exception):
     """Raised between iterations when the caller's ``should_stop`` says so."""
-
-
-@dataclass
-class OptimizeConfig:
-    mode: str = "refine"  # "refine" (one job's seeds) or "library" (fresh seeds, validated)
-    lr: float = 2e-2
-    max_iterations: int = 20
-    max_seconds: float | None = None
-    seeds_per_iteration: int = 16  # library
-    validation_seeds: int = 64  # library
-    validate_every: int = 5  # library
-    guard_weight: float = 0.1
-    l2_weight: float = 0.0
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.mode not in ("refine", "library"):
-            raise ValueError(f"unknown mode {self.mode!r}; allowed: refine, library")
-        if self.max_iterations < 1:
-            raise ValueError("max_iterations must be at least 1")
 
 
 @dataclass
@@ -111,7 +90,7 @@ def detector_guard(images: torch.Tensor, scores: torch.Tensor, cls_index: int, s
 
 def optimize(
     t2i: TextToImage,
-    counter: YoloCounter,
+    counter: Counter,
     prompt: str | list[str],
     cls: str,
     target: int,
@@ -126,10 +105,14 @@ def optimize(
 ) -> OptimizeResult:
     """Optimize a count token towards ``target`` objects of ``cls``.
 
+    A ``LibraryConfig`` learns a reusable token (validated, best kept); any other config refines: with a
+    ``verifier`` it stops at the first verified image.
+
     ``prompt`` holds the placeholder; a list of prompts (e.g. one per colour) is cycled over iterations, so a
     library token learns the count rather than one phrasing.
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    library = isinstance(config, LibraryConfig)
     torch.manual_seed(config.seed)
     params = {k: v.detach().clone().float().to(t2i.device).requires_grad_(True) for k, v in init.items()}
     anchor = {k: v.detach().clone() for k, v in params.items()}
@@ -139,7 +122,7 @@ def optimize(
     started = time.perf_counter()
     result = OptimizeResult(vectors=init, iterations=0, seconds=0.0)
     best_validation = None
-    if config.mode == "library" and validation_seeds:
+    if library and validation_seeds:
         best_validation = evaluate_token(t2i, counter, prompts, cls, target, params, validation_seeds)
         result.validation = {"base": best_validation, "token": best_validation, "best_iteration": 0}
         result.vectors = {k: v.detach().cpu().clone() for k, v in params.items()}
@@ -153,9 +136,9 @@ def optimize(
         images = t2i.generate_differentiable(prompts[iteration % len(prompts)], seeds, params)
         raw = counter.raw(images)
         detections = counter.detections_from_raw(raw, tuple(images.shape[-2:]))
-        detected = [d.count(cls) for d in detections]
+        detected = [count(counter, d, cls) for d in detections]
 
-        if config.mode == "refine" and verifier is not None:
+        if not library and verifier is not None:
             verdicts = verifier(images.detach().cpu(), detections)
             for seed, image, verdict in zip(seeds, images, verdicts):
                 if verdict.verified:
@@ -184,40 +167,43 @@ def optimize(
         result.history.append(report)
         if progress:
             progress(report)
-        if config.mode == "library" and validation_seeds and (iteration + 1) % config.validate_every == 0:
+        if library and validation_seeds and (iteration + 1) % config.validate_every == 0:
             score = evaluate_token(t2i, counter, prompts, cls, target, params, validation_seeds)
             if (score["exact"], -score["mae"]) > (best_validation["exact"], -best_validation["mae"]):
                 best_validation = score
                 result.vectors = {k: v.detach().cpu().clone() for k, v in params.items()}
                 result.validation.update(token=score, best_iteration=iteration + 1)
 
-    if config.mode == "refine" and result.hit is None:
+    if not library and result.hit is None:
         result.vectors = {k: v.detach().cpu().clone() for k, v in params.items()}
     result.seconds = time.perf_counter() - started
     return result
 
 
 @torch.no_grad()
-def evaluate_token(t2i: TextToImage, counter: YoloCounter, prompts: list[str], cls: str, target: int,
+def evaluate_token(t2i: TextToImage, counter: Counter, prompts: list[str], cls: str, target: int,
                    vectors: dict[str, torch.Tensor], seeds: list[int]) -> dict:
     """Exact rate and MAE of the detector count over ``seeds`` (shared round-robin among ``prompts``) with
     ``vectors`` as the token, no gradients."""
     t2i.set_token({k: v.detach() for k, v in vectors.items()})
     counts = []
     for i, prompt in enumerate(prompts):
-        images = t2i.generate(prompt, seeds[i::len(prompts)])
-        counts += [d.count(cls) for d in counter.detect(images)]
+        share = seeds[i::len(prompts)]
+        if not share:  # fewer seeds than prompts
+            continue
+        images = t2i.generate(prompt, share)
+        counts += [count(counter, d, cls) for d in counter.detect(images)]
     counts = np.array(counts)
     return {"exact": round(float((counts == target).mean()), 4), "mae": round(float(np.abs(counts - target).mean()), 4),
             "n": len(seeds)}
 
 
-def library_seeds(config: OptimizeConfig) -> tuple[Callable[[int], list[int]], list[int]]:
+def library_seeds(config: LibraryConfig) -> tuple[Callable[[int], list[int]], list[int]]:
     """Fresh training seeds per iteration and a disjoint validation set, both derived from ``config.seed``."""
-    base = LIBRARY_TRAIN_SEED_BASE + config.seed * 100_000
+    base = LIBRARY_TRAIN + config.seed * 100_000
 
     def seeds_for(iteration: int) -> list[int]:
         return [base + iteration * config.seeds_per_iteration + j for j in range(config.seeds_per_iteration)]
 
-    validation = [LIBRARY_VALIDATION_SEED_BASE + config.seed * 10_000 + j for j in range(config.validation_seeds)]
+    validation = [LIBRARY_VALIDATION + config.seed * 10_000 + j for j in range(config.validation_seeds)]
     return seeds_for, validation

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .reference.t2i import reference_sampler
+from .config import ModelSpec
+from .errors import InvalidRequest
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PLACEHOLDER = "<tally-count>"
@@ -46,22 +47,24 @@ class TextToImage:
 
     # ------------------------------------------------------------------------------------------- loading
     @classmethod
-    def load(cls, model: str | Path, device: str = "cpu", dtype: str = "fp32",
-             num_inference_steps: int | None = None, guidance_scale: float | None = None,
-             gradient_checkpointing: bool = False) -> "TextToImage":
+    def from_spec(cls, spec: ModelSpec, gradient_checkpointing: bool = False) -> "TextToImage":
+        """The pipeline and sampler a model entry names."""
+        return cls.load(spec.pipeline, spec.num_inference_steps, spec.guidance_scale, device=spec.device,
+                        dtype=spec.dtype, gradient_checkpointing=gradient_checkpointing)
+
+    @classmethod
+    def load(cls, model: str | Path, num_inference_steps: int, guidance_scale: float, device: str = "cpu",
+             dtype: str = "fp32", gradient_checkpointing: bool = False) -> "TextToImage":
         from diffusers import DiffusionPipeline
 
         if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+            raise InvalidRequest(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
         if str(model).startswith((".", "/", "~")) and not Path(model).expanduser().is_dir():
-            raise FileNotFoundError(f"pipeline folder not found: {model}")
+            raise InvalidRequest(f"pipeline folder not found: {model}")
         pipe = DiffusionPipeline.from_pretrained(str(model), dtype=DTYPES[dtype]).to(device)
         if gradient_checkpointing and hasattr(pipe.unet, "enable_gradient_checkpointing"):
             pipe.unet.enable_gradient_checkpointing()
-        sampler = reference_sampler(model) if Path(model).is_dir() else {}
-        steps = num_inference_steps or sampler.get("num_inference_steps", 1)  # 1 step: the Turbo setting
-        guidance = guidance_scale if guidance_scale is not None else sampler.get("guidance_scale", 0.0)
-        return cls(pipe, steps, guidance, source=str(model))
+        return cls(pipe, num_inference_steps, guidance_scale, source=str(model))
 
     def _modules(self):
         names = ("unet", "vae", "text_encoder", "text_encoder_2")
@@ -105,7 +108,7 @@ class TextToImage:
         for name, tokenizer, encoder in self.encoders():
             ids = tokenizer(word, add_special_tokens=False).input_ids
             if len(ids) != 1:
-                raise ValueError(f"{word!r} is {len(ids)} tokens for {name}; a count token starts from one word")
+                raise InvalidRequest(f"{word!r} is {len(ids)} tokens for {name}; a count token starts from one word")
             out[name] = encoder.get_input_embeddings().weight[ids[0]].detach().float().cpu().clone()
         return out
 
@@ -114,11 +117,11 @@ class TextToImage:
         """Write a count token into each encoder's placeholder row (workers run one job at a time)."""
         for name, _, encoder in self.encoders():
             if name not in vectors:
-                raise ValueError(f"the token has no vector for {name}; this model needs {', '.join(self.placeholder_ids)}")
+                raise InvalidRequest(f"the token has no vector for {name}; this model needs {', '.join(self.placeholder_ids)}")
             weight = encoder.get_input_embeddings().weight
             vector = vectors[name]
             if vector.numel() != weight.shape[1]:
-                raise ValueError(f"{name} vector has size {vector.numel()}, this encoder needs {weight.shape[1]}")
+                raise InvalidRequest(f"{name} vector has size {vector.numel()}, this encoder needs {weight.shape[1]}")
             weight[self.placeholder_ids[name]] = vector.reshape(-1).to(weight.device, weight.dtype)
 
     @contextmanager

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from .errors import InvalidRequest
+
 FUNCTION_WORDS = {"a", "an", "the", "of", "on", "in", "with", "and", "at", "by", "for", "to", "under", "over", "near"}
 QUANTIFIERS = {"some", "many", "several", "few", "multiple"}
 _NUMBER = re.compile(r"^\d+$")
@@ -35,7 +37,7 @@ def resolve_class(name: str, classes: list[str]) -> str:
     for candidate in singular_candidates(name):
         if candidate in known:
             return known[candidate]
-    raise ValueError(f"unknown object {name!r}; known objects: {', '.join(sorted(classes))}")
+    raise InvalidRequest(f"unknown object {name!r}; known objects: {', '.join(sorted(classes))}")
 
 
 def find_object(words: list[str], cls: str) -> int | None:
@@ -87,5 +89,5 @@ def object_in_prompt(prompt: str, classes: list[str]) -> str:
     found = [c for c in classes if find_object(words, c) is not None]
     if len(found) != 1:
         what = "no known object" if not found else f"several objects ({', '.join(found)})"
-        raise ValueError(f"the prompt names {what}; pass the object explicitly. Known objects: {', '.join(classes)}")
+        raise InvalidRequest(f"the prompt names {what}; pass the object explicitly. Known objects: {', '.join(classes)}")
     return found[0]

@@ -11,9 +11,6 @@ from workers.settings import Settings, get_settings
 from . import errors
 from .routes import health, jobs, models, tokens
 
-MAX_BODY_BYTES = 2 << 20
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(title="Tally", version="0.1.0",
@@ -24,9 +21,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return JSONResponse({"code": "too_large", "message": f"request bodies are at most {MAX_BODY_BYTES} bytes"},
+        length, limit = request.headers.get("content-length"), settings.max_body_bytes
+        if length and length.isdigit() and int(length) > limit:
+            return JSONResponse({"code": "too_large", "message": f"request bodies are at most {limit} bytes"},
                                 status_code=413)
         return await call_next(request)
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
 
-Policy = Literal["resample", "library", "refine"]
-Status = Literal["queued", "running", "succeeded", "failed", "canceled"]
-Stage = Literal["sampling", "refining", "verifying"]
+from optimization.config import Policy, Stage
+from workers.records import JobStatus as Status
 
 
 class Error(BaseModel):
@@ -70,8 +67,9 @@ class ImageOut(BaseModel):
     boxes: list[list[float]]
     confidences: list[float]
     crosscheck_count: int | None = None
-    policy: str
+    policy: Policy
     token: str | None = None
+    refine_iteration: int | None = None
 
 
 class Cost(BaseModel):
@@ -89,7 +87,7 @@ class JobOut(BaseModel):
     prompt: str | None = Field(None, description="The prompt as generated, with the count written in.")
     object: str | None = None
     count: int
-    policy: str
+    policy: Policy
     progress: Progress
     token: TokenUse | None = None
     results: list[ImageOut] = []
@@ -118,5 +116,6 @@ class ModelOut(BaseModel):
     fingerprint: str | None = None
     classes: list[str] | None = None
     max_count: int
+    default_policy: Policy
     live_workers: list[str]
     queue_depth: int

@@ -1,9 +1,14 @@
-"""Fixtures shared by all tests: offline, a runtime dir per session, the shipped reference models."""
+"""Fixtures shared by all tests: offline, a runtime dir per session, the shipped reference models, a
+private Redis server, and the ``tally`` command run in this process."""
 
 from __future__ import annotations
 
 import os
-import sys
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,30 +23,82 @@ os.environ["YOLO_CONFIG_DIR"] = str(_RUNTIME / "ultralytics")
 _RUNTIME.mkdir(parents=True, exist_ok=True)
 
 
-@pytest.fixture(scope="session")
-def counter():
-    from optimization.counter import YoloCounter
-    from optimization.reference import DETECTOR_PATH
-
-    return YoloCounter(DETECTOR_PATH)
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
-def t2i():
+def reference_spec():
+    from optimization.reference.models import reference_model
+
+    return reference_model()
+
+
+@pytest.fixture(scope="session")
+def counter(reference_spec):
+    from optimization.counter import load_counter
+
+    return load_counter(reference_spec)
+
+
+@pytest.fixture(scope="session")
+def t2i(reference_spec):
     from optimization.pipelines import TextToImage
-    from optimization.reference import PIPELINE_PATH
 
-    return TextToImage.load(PIPELINE_PATH)
+    return TextToImage.from_spec(reference_spec)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A private redis-server for this test session (never the machine's own)."""
+    port = free_port()
+    data = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(data)], stdout=subprocess.DEVNULL)
+    import redis
+
+    for _ in range(100):
+        try:
+            redis.Redis(port=port).ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait()
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
 @pytest.fixture
-def tally_cli(tmp_path):
-    """Runs the installed ``tally`` command in a subprocess; returns the CompletedProcess."""
-    import subprocess
+def tally_cli(tmp_path, monkeypatch, capsys, redis_url):
+    """Runs ``tally ARGS`` in this process (typer's app through the console entry point's error handling),
+    with its own runtime dir and the session's private Redis."""
+    from tally.cli import main
+    from workers.settings import get_settings
 
-    def run(*args: str, timeout: float = 600):
-        env = {**os.environ, "TALLY_RUNTIME_DIR": str(tmp_path / "runtime")}
-        exe = Path(sys.executable).with_name("tally")
-        return subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp_path)
+    def run(*args: str, env: dict | None = None) -> CliResult:
+        monkeypatch.setenv("TALLY_RUNTIME_DIR", str(tmp_path / "runtime"))
+        monkeypatch.setenv("TALLY_REDIS_URL", redis_url)
+        for k, v in (env or {}).items():
+            monkeypatch.setenv(k, v)
+        get_settings.cache_clear()
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            get_settings.cache_clear()
+        out = capsys.readouterr()
+        return CliResult(code, out.out, out.err)
 
     return run

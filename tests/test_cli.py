@@ -1,17 +1,21 @@
+"""The ``tally`` command, run in-process: results, one-line errors, and defaults shared with Settings."""
+
 import json
+import re
 
 import pytest
 
 from optimization.reference import CLASSES, MAX_COUNT
 
 
-def _one_line_error(result, *fragments):
-    assert result.returncode == 2, result.stderr
+def _one_line_error(result, *fragments, status=2):
+    assert result.returncode == status, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert len(lines) == 1, result.stderr
     for fragment in fragments:
         assert fragment in lines[0]
+    return lines[0]
 
 
 def test_reference_info_json_names_the_shipped_weights(tally_cli):
@@ -37,13 +41,14 @@ def test_generate_writes_images_with_detected_counts(tally_cli, tmp_path):
 
 
 @pytest.mark.parametrize("args, fragments", [
-    (["--prompt", "a photo of hexagons"], ["no known object", "circle"]),
+    (["--prompt", "a photo of hexagons", "--count", "3"], ["no known object", "circle"]),
     (["--prompt", "a photo of things", "--object", "hexagon"], ["unknown object 'hexagon'", "triangle"]),
     (["--prompt", "a photo of circles", "--count", "0"], [f"between 1 and {MAX_COUNT}", "got 0"]),
     (["--prompt", "a photo of circles", "--count", str(MAX_COUNT + 1)], [f"between 1 and {MAX_COUNT}"]),
-    (["--prompt", "a photo of circles", "--model", "./no-such-pipeline"], ["pipeline not found"]),
+    (["--prompt", "a photo of circles", "--model", "./no-such-pipeline"], ["no configured model", "reference"]),
     (["--prompt", "a photo of circles", "--detector", "missing.pt"], ["detector weights not found"]),
     (["--prompt", "   "], ["prompt is empty"]),
+    (["--prompt", "a photo of circles", "--budget-seconds", "0"], ["--budget-seconds"]),
 ])
 def test_generate_rejects_bad_input_with_one_line(tally_cli, tmp_path, args, fragments):
     _one_line_error(tally_cli("generate", "--out", str(tmp_path / "o"), *args), *fragments)
@@ -56,6 +61,7 @@ def test_generate_without_count_reports_what_the_detector_sees(tally_cli, tmp_pa
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert [i["seed"] for i in report["images"]] == [3, 4] and report["object"] == "square"
+    assert all(i["detected_count"] == len(i["boxes"]) for i in report["images"])
 
 
 def test_generate_refuses_a_corrupt_token_file_and_writes_nothing(tally_cli, tmp_path):
@@ -66,13 +72,29 @@ def test_generate_refuses_a_corrupt_token_file_and_writes_nothing(tally_cli, tmp
     assert not (tmp_path / "o").exists()
 
 
-def test_optimize_refine_writes_a_token_file(tally_cli, tmp_path):
+def test_a_bug_is_one_line_with_exit_status_1_and_the_traceback_in_a_file(tally_cli, tmp_path, monkeypatch):
+    from optimization.engine import CountEngine
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("boom inside the engine")
+
+    monkeypatch.setattr(CountEngine, "generate", broken)
+    result = tally_cli("generate", "--prompt", "a photo of circles", "--count", "3", "--out", str(tmp_path / "o"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]  # after the progress bar, one line says what broke
+    assert line.startswith("internal error: RuntimeError: boom inside the engine")
+    path = re.search(r"traceback in (\S+)\)", line)[1]
+    assert "Traceback" in open(path).read() and "boom inside the engine" in open(path).read()
+
+
+def test_optimize_refine_writes_a_token_file_and_not_the_library(tally_cli, tmp_path):
     out = tmp_path / "t.safetensors"
     result = tally_cli("optimize", "--object", "square", "--count", "6", "--mode", "refine", "--iterations", "2",
                        "--out", str(out), "--json", str(tmp_path / "o.json"))
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "o.json").read_text())
     assert report["key"].startswith("square-6-") and out.exists() and report["iterations"] <= 2
+    assert not list((tmp_path / "runtime").glob("tokens/*.safetensors"))
 
 
 def test_generate_rejects_a_file_as_output_folder(tally_cli, tmp_path):
@@ -80,6 +102,31 @@ def test_generate_rejects_a_file_as_output_folder(tally_cli, tmp_path):
     _one_line_error(tally_cli("generate", "--prompt", "circles", "--out", str(tmp_path / "f")), "is a file")
 
 
+def _shown_default(help_text: str, option: str) -> str:
+    """The ``[default: ...]`` of one option in typer's help table."""
+    start = help_text.index(option + " ")
+    following = re.search(r"│\s+(\*\s+)?--[a-z]", help_text[start + len(option):])
+    block = help_text[start:start + len(option) + (following.start() if following else len(help_text))]
+    return re.search(r"\[default: ([^\]]+)\]", block)[1]
+
+
+def test_help_shows_the_defaults_settings_hold(tally_cli):
+    from workers.settings import Settings
+
+    settings = Settings()
+    generate = tally_cli("generate", "--help").stdout
+    for option, value in (("--budget-seconds", settings.default_budget.max_seconds),
+                          ("--budget-candidates", settings.default_budget.max_candidates),
+                          ("--budget-iterations", settings.default_budget.max_iterations)):
+        assert _shown_default(generate, option) == str(value), option
+    optimize = tally_cli("optimize", "--help").stdout
+    for option, value in (("--iterations", settings.library.max_iterations),
+                          ("--seeds-per-iteration", settings.library.seeds_per_iteration),
+                          ("--validation-seeds", settings.library.validation_seeds)):
+        assert _shown_default(optimize, option) == str(value), option
+
+
+@pytest.mark.slow
 def test_bench_detector_reports_json(tally_cli, tmp_path):
     result = tally_cli("bench", "detector", "--scenes", "24", "--json", str(tmp_path / "d.json"))
     assert result.returncode == 0, result.stderr
@@ -88,6 +135,7 @@ def test_bench_detector_reports_json(tally_cli, tmp_path):
     assert set(report["per_count"]) <= {str(n) for n in range(1, MAX_COUNT + 1)}
 
 
+@pytest.mark.slow
 def test_bench_base_reports_json_and_pictures(tally_cli, tmp_path):
     result = tally_cli("bench", "base", "--seeds", "1", "--out", str(tmp_path / "b"), "--json", str(tmp_path / "b.json"))
     assert result.returncode == 0, result.stderr

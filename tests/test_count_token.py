@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from optimization.count_token import CountToken, TokenKey, place_token
-from optimization.optimizer import OptimizeConfig, optimize
+from optimization.config import RefineConfig
+from optimization.optimizer import optimize
 from optimization.pipelines import PLACEHOLDER
 
 
@@ -27,7 +28,7 @@ def test_gradient_reaches_only_the_token(t2i, counter):
     rows_before = t2i.pipe.text_encoder.get_input_embeddings().weight.detach().clone()
     init = t2i.word_vectors(word)
     result = optimize(t2i, counter, token_prompt, "circle", 5, init, lambda i: [1, 2],
-                      OptimizeConfig(mode="refine", max_iterations=3, lr=5e-2))
+                      RefineConfig(max_iterations=3, lr=5e-2))
     assert result.iterations == 3
     assert not torch.equal(result.vectors["clip_l"], init["clip_l"])  # the token moved ...
     for n, p in t2i.pipe.unet.named_parameters():  # ... and nothing else did

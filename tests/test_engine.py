@@ -2,19 +2,23 @@ import numpy as np
 import pytest
 import torch
 
+from pydantic import ValidationError
+
+from optimization.config import Budget, LibraryConfig
 from optimization.count_token import CountToken, TokenKey
-from optimization.counter import verify
-from optimization.engine import Budget, CountEngine
-from optimization.optimizer import Canceled, OptimizeConfig
+from optimization.counter import load_crosscheck, potential, verify
+from optimization.engine import CountEngine
+from optimization.optimizer import Canceled
 from optimization.reference.crosscheck import crosscheck_count
 from optimization.reference.scenes import render_scene
+from optimization.seeds import TEST_FRESH
 
-FRESH = 8_600_000
+FRESH = TEST_FRESH + 100_000
 
 
 @pytest.fixture(scope="module")
-def engine(t2i, counter):
-    return CountEngine(t2i, counter, crosscheck=crosscheck_count)
+def engine(t2i, counter, reference_spec):
+    return CountEngine(t2i, counter, reference_spec, crosscheck=load_crosscheck(reference_spec.crosscheck))
 
 
 def _tensor(image):
@@ -23,18 +27,18 @@ def _tensor(image):
 
 def _verdict(counter, image, cls, n):
     x = _tensor(image)
-    return verify(counter.detect(x)[0], cls, n, crosscheck_count(np.asarray(image)))
+    return verify(counter.detect(x)[0], cls, n, counter.config, crosscheck_count(np.asarray(image)))
 
 
 def test_potential_falls_when_objects_are_removed(counter):
     scene = render_scene(FRESH, count=8, cls="triangle")
     img = np.asarray(scene.image).copy()
     background = np.median(np.concatenate([img[0], img[-1]]), axis=0)
-    before = counter.potential(_tensor(img), "triangle")
+    before = potential(counter, _tensor(img), "triangle")
     for obj in scene.objects[:4]:
         x0, y0, x1, y1 = obj.box
         img[y0:y1, x0:x1] = background
-    after = counter.potential(_tensor(img), "triangle")
+    after = potential(counter, _tensor(img), "triangle")
     assert float(after) < 0.75 * float(before)
 
 
@@ -78,9 +82,12 @@ def test_repeated_request_gives_the_same_images(engine):
 
 def test_verified_images_have_the_requested_count_by_every_check(engine):
     result = engine.generate("a photo of red circles", 3, num_images=2, seed=1, budget=Budget(max_candidates=64))
-    for image in result.images:
-        if image.verified:
-            assert image.verification.detected_count == 3 and image.verification.crosscheck == 3
+    verified = [image for image in result.images if image.verified]
+    assert verified, "64 candidates of 3 red circles gave no verified image"
+    for image in verified:
+        v = image.verification
+        assert v.detected_count == v.confident == 3 and v.ambiguous == 0 and v.crosscheck == 3
+        assert crosscheck_count(np.asarray(image.image.permute(1, 2, 0).mul(255).round().byte())) == 3
 
 
 def test_cancellation_stops_the_refine_loop_within_one_iteration(engine):
@@ -105,13 +112,20 @@ def test_refine_policy_refines_the_nearest_miss(engine):
     ({"count": 13}, "count must be between 1 and 12"),
     ({"object_": "hexagon"}, "unknown object 'hexagon'"),
     ({"policy": "magic"}, "unknown policy 'magic'; allowed: resample, library, refine"),
-    ({"budget": Budget(max_candidates=0)}, "budget max_candidates must be positive"),
-    ({"budget": Budget(max_seconds=0)}, "budget max_seconds must be positive"),
+    ({"prompt": " "}, "the prompt is empty"),
 ])
 def test_bad_requests_are_refused_with_what_is_allowed(engine, kwargs, message):
+    from optimization.errors import InvalidRequest
+
     args = {"prompt": "a photo of circles", "count": 3, **kwargs}
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InvalidRequest, match=message):
         engine.generate(**args)
+
+
+@pytest.mark.parametrize("field", ["max_seconds", "max_candidates", "max_iterations"])
+def test_a_budget_must_be_positive(field):
+    with pytest.raises(ValidationError, match=field):
+        Budget(**{field: 0})
 
 
 def test_token_for_another_model_or_key_is_refused(engine):
@@ -124,8 +138,7 @@ def test_token_for_another_model_or_key_is_refused(engine):
 
 
 def test_library_learning_validates_on_disjoint_seeds_and_keeps_the_best(engine):
-    config = OptimizeConfig(mode="library", lr=5e-3, max_iterations=2, seeds_per_iteration=2, validation_seeds=4,
-                            validate_every=1)
+    config = LibraryConfig(max_iterations=2, seeds_per_iteration=2, validation_seeds=4, validate_every=1)
     token = engine.learn_library_token("triangle", 4, config)
     validation = token.metadata["validation"]
     assert validation["base"]["n"] == 4 and validation["best_iteration"] in (0, 1, 2)

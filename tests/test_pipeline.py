@@ -28,6 +28,9 @@ def test_shipped_weights_are_small():
     assert total <= 30 * 2**20
 
 
-def test_shipped_pipeline_states_its_sampler():
-    reference = json.loads((PIPELINE_PATH / "tally_reference.json").read_text())
-    assert reference["sampler"]["num_inference_steps"] >= 1
+def test_the_reference_model_entry_takes_its_sampler_from_the_shipped_pipeline(reference_spec, t2i):
+    sampler = json.loads((PIPELINE_PATH / "tally_reference.json").read_text())["sampler"]
+    assert sampler["num_inference_steps"] >= 1
+    assert (reference_spec.num_inference_steps, reference_spec.guidance_scale) == (
+        sampler["num_inference_steps"], sampler["guidance_scale"])
+    assert (t2i.num_inference_steps, t2i.guidance_scale) == (sampler["num_inference_steps"], sampler["guidance_scale"])

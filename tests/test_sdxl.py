@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from optimization.count_token import CountToken, TokenKey, place_token
-from optimization.optimizer import OptimizeConfig, optimize
+from optimization.config import RefineConfig
+from optimization.optimizer import optimize
 from optimization.pipelines import TextToImage
 
 
@@ -46,7 +47,7 @@ def test_tiny_sdxl_refine_step_moves_the_token_in_both_encoders(tiny_sdxl, count
     assert init["clip_l"].shape == (32,) and init["clip_g"].shape == (48,)
     weights = {n: p.detach().clone() for n, p in t2i.pipe.unet.named_parameters()}
     result = optimize(t2i, counter, token_prompt, "circle", 3, init, lambda i: [0],
-                      OptimizeConfig(mode="refine", max_iterations=1, lr=0.1))
+                      RefineConfig(max_iterations=1, lr=0.1))
     assert result.iterations == 1
     for name in ("clip_l", "clip_g"):
         assert not torch.equal(result.vectors[name], init[name])

@@ -1,6 +1,9 @@
 """The two training entry points run end to end on tiny data (the shipped weights come from their defaults)."""
 
+import pytest
 import torch
+
+pytestmark = pytest.mark.slow
 
 
 def test_train_detector_runs_a_few_steps_and_writes_loadable_weights(tally_cli, tmp_path):
@@ -8,7 +11,7 @@ def test_train_detector_runs_a_few_steps_and_writes_loadable_weights(tally_cli, 
     result = tally_cli("reference", "train-detector", "--scenes", "16", "--val-scenes", "8", "--epochs", "1",
                        "--batch", "8", "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
-    from optimization.counter import YoloCounter
+    from optimization.yolo import YoloCounter
 
     assert YoloCounter(out).classes == ["circle", "square", "triangle", "cross"]
 

@@ -1,4 +1,4 @@
-"""Every Redis key Tally uses, built in one place (RQ's own keys stay RQ's)."""
+"""Every Redis key and queue name Tally uses, built in one place (RQ's own keys stay RQ's)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,14 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Keys:
     prefix: str = "tally"
+
+    def generation_queue(self, model_id: str) -> str:
+        """RQ queue name of a model's user jobs."""
+        return f"{self.prefix}-{model_id}"
+
+    def library_queue(self, model_id: str) -> str:
+        """RQ queue name of a model's library-learning tasks."""
+        return f"{self.prefix}-{model_id}-library"
 
     def job_images(self, job_id: str, n: int) -> str:
         return f"{self.prefix}:job:{job_id}:image:{n}"
@@ -40,4 +48,5 @@ class Keys:
         return f"{self.prefix}:model:{model_id}"
 
     def metrics(self) -> str:
+        """A hash of counters; ``library_tasks_started:<key id>`` counts per key."""
         return f"{self.prefix}:metrics"

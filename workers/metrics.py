@@ -21,8 +21,8 @@ class _RedisCollector:
         depth = GaugeMetricFamily("tally_queue_depth", "Jobs waiting", labels=["model", "queue"])
         workers = GaugeMetricFamily("tally_live_workers", "Workers with a live heartbeat", labels=["model"])
         for m in self.settings.models:
-            for kind, queue in (("user", generation_queue(self.connection, m.id)),
-                                ("library", library_queue(self.connection, m.id))):
+            for kind, queue in (("user", generation_queue(self.connection, self.settings, m.id)),
+                                ("library", library_queue(self.connection, self.settings, m.id))):
                 depth.add_metric([m.id, kind], len(queue))
                 jobs.add_metric([m.id, kind, "queued"], len(queue))
                 for state, registry in (("started", StartedJobRegistry), ("finished", FinishedJobRegistry),

@@ -10,6 +10,7 @@ import redis
 from rq import Callback, Queue, Retry
 
 from .keys import Keys
+from .requests import JobRequest
 from .settings import Settings
 
 
@@ -26,12 +27,12 @@ def keys(settings: Settings) -> Keys:
     return Keys(settings.redis_prefix)
 
 
-def generation_queue(connection: redis.Redis, model_id: str) -> Queue:
-    return Queue(f"tally-{model_id}", connection=connection)
+def generation_queue(connection: redis.Redis, settings: Settings, model_id: str) -> Queue:
+    return Queue(keys(settings).generation_queue(model_id), connection=connection)
 
 
-def library_queue(connection: redis.Redis, model_id: str) -> Queue:
-    return Queue(f"tally-{model_id}-library", connection=connection)
+def library_queue(connection: redis.Redis, settings: Settings, model_id: str) -> Queue:
+    return Queue(keys(settings).library_queue(model_id), connection=connection)
 
 
 def schedule_library(connection: redis.Redis, settings: Settings, model_id: str, cls: str, count: int,
@@ -45,22 +46,24 @@ def schedule_library(connection: redis.Redis, settings: Settings, model_id: str,
     job_id = f"library-{key_id}-{uuid.uuid4().hex[:8]}"
     if not connection.set(k.library_lock(key_id), job_id, nx=True, ex=settings.library_timeout + 60):
         return False
-    library_queue(connection, model_id).enqueue_call(
-        "workers.jobs.library_job", kwargs={"model_id": model_id, "cls": cls, "count": count, "key_id": key_id},
+    library_queue(connection, settings, model_id).enqueue_call(
+        "workers.tasks.library_job", kwargs={"model_id": model_id, "cls": cls, "count": count, "key_id": key_id},
         job_id=job_id, timeout=settings.library_timeout, result_ttl=settings.result_ttl,
-        failure_ttl=settings.result_ttl, on_failure=Callback("workers.jobs.release_library_lock"),
+        failure_ttl=settings.result_ttl, on_failure=Callback("workers.tasks.release_library_lock"),
         meta={"key": key_id, "kind": "library"})
-    connection.hincrby(k.metrics(), "library_tasks_started", 1)
-    connection.hincrby(k.metrics(), f"library_tasks_started:{key_id}", 1)
+    with connection.pipeline() as pipe:
+        pipe.hincrby(k.metrics(), "library_tasks_started", 1)
+        pipe.hincrby(k.metrics(), f"library_tasks_started:{key_id}", 1)
+        pipe.execute()
     return True
 
 
-def enqueue_generation(connection: redis.Redis, settings: Settings, model_id: str, request: dict, meta: dict,
+def enqueue_generation(connection: redis.Redis, settings: Settings, request: JobRequest, meta: dict,
                        job_id: str) -> None:
-    generation_queue(connection, model_id).enqueue_call(
-        "workers.jobs.generate_job", kwargs={"request": request}, job_id=job_id, timeout=settings.job_timeout,
-        result_ttl=settings.result_ttl, failure_ttl=settings.result_ttl, ttl=settings.result_ttl, meta=meta,
-        retry=Retry(max=settings.job_retries) if settings.job_retries else None)
+    generation_queue(connection, settings, request.model).enqueue_call(
+        "workers.tasks.generate_job", kwargs={"request": request.model_dump(mode="json")}, job_id=job_id,
+        timeout=settings.job_timeout, result_ttl=settings.result_ttl, failure_ttl=settings.result_ttl,
+        ttl=settings.result_ttl, meta=meta, retry=Retry(max=settings.job_retries) if settings.job_retries else None)
 
 
 def live_workers(connection: redis.Redis, settings: Settings, model_id: str) -> list[str]:

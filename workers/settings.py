@@ -1,7 +1,9 @@
 """The one settings object of Tally, shared by the API, the workers and the CLI (env prefix ``TALLY_``).
 
-Models are a list (``TALLY_MODELS`` as JSON); each gets its own queue and its own workers. The default
-is the shipped reference world; production sets e.g.
+Every default is declared once: here for the deployment, in ``optimization.config`` for the algorithm
+(budgets, refine and library learning, verification thresholds, the model entry). Models are a list
+(``TALLY_MODELS`` as JSON of ``optimization.config.ModelSpec``); each gets its own queue and its own
+workers. The default is the shipped reference world; production sets e.g.
 ``TALLY_MODELS='[{"id": "sdxl-turbo", "pipeline": "stabilityai/sdxl-turbo", "detector": "/models/yolo11x.pt",
 "device": "cuda", "dtype": "fp16"}]'``.
 """
@@ -12,37 +14,13 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from optimization.policy import DEFAULT_POLICY, POLICIES
-from optimization.reference import DETECTOR_PATH, MAX_COUNT, PIPELINE_PATH
-
-
-class ModelConfig(BaseModel):
-    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
-    pipeline: str = Field(description="diffusers pipeline: hub id or local folder.")
-    detector: str = Field(description="ultralytics YOLO weights (.pt).")
-    device: str = "cpu"
-    dtype: str = "fp32"
-    num_inference_steps: int | None = None
-    guidance_scale: float | None = None
-
-
-class BudgetLimits(BaseModel):
-    max_seconds: float = 60.0
-    max_candidates: int = 64
-    max_iterations: int = 20
-
-
-class LibraryConfig(BaseModel):
-    """How background library learning runs (per key): fresh seeds per iteration, held-out validation."""
-
-    iterations: int = 30
-    seeds_per_iteration: int = 16
-    validation_seeds: int = 64
-    validate_every: int = 5
-    lr: float = 5e-3
+from optimization.config import Budget, LibraryConfig, ModelSpec, Policy, RefineConfig
+from optimization.errors import InvalidRequest
+from optimization.policy import DEFAULT_POLICY
+from optimization.reference.models import reference_model
 
 
 class Settings(BaseSettings):
@@ -52,18 +30,19 @@ class Settings(BaseSettings):
     token_dir: Path | None = Field(None, description="Durable count-token files; default <runtime_dir>/tokens.")
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "tally"
-    models: list[ModelConfig] = Field(default_factory=lambda: [
-        ModelConfig(id="reference", pipeline=str(PIPELINE_PATH), detector=str(DETECTOR_PATH))])
+    models: list[ModelSpec] = Field(default_factory=lambda: [reference_model()])
     default_model: str = "reference"
 
-    default_policy: str = Field(DEFAULT_POLICY, pattern="^(" + "|".join(POLICIES) + ")$")
-    max_count: int = MAX_COUNT
+    default_policy: Policy = Field(DEFAULT_POLICY, description="For models whose entry names none.")
     max_prompt_length: int = 500
     max_images: int = 8
-    default_budget: BudgetLimits = BudgetLimits()
-    max_budget: BudgetLimits = BudgetLimits(max_seconds=600.0, max_candidates=1024, max_iterations=500)
+    default_budget: Budget = Budget()
+    max_budget: Budget = Budget(max_seconds=600.0, max_candidates=1024, max_iterations=500)
+    refine: RefineConfig = RefineConfig()
     library: LibraryConfig = LibraryConfig()
 
+    max_body_bytes: int = Field(2 << 20, description="Largest request body the API reads.")
+    max_token_bytes: int = Field(1 << 20, description="Largest token file accepted (a token is a few KB).")
     result_ttl: int = Field(86_400, description="Seconds images and job records are kept.")
     job_timeout: int = 1_800
     library_timeout: int = 7_200
@@ -74,12 +53,15 @@ class Settings(BaseSettings):
     def tokens_path(self) -> Path:
         return self.token_dir or self.runtime_dir / "tokens"
 
-    def model(self, model_id: str | None = None) -> ModelConfig:
+    def model(self, model_id: str | None = None) -> ModelSpec:
         wanted = model_id or self.default_model
         for m in self.models:
             if m.id == wanted:
                 return m
-        raise KeyError(f"unknown model {wanted!r}; configured: {', '.join(m.id for m in self.models)}")
+        raise InvalidRequest(f"unknown model {wanted!r}; configured: {', '.join(m.id for m in self.models)}")
+
+    def policy_for(self, spec: ModelSpec) -> Policy:
+        return spec.default_policy or self.default_policy
 
     def prepare_runtime(self) -> None:
         """Create the runtime dir and keep ultralytics' settings file inside it rather than in $HOME."""

@@ -1,85 +1,153 @@
-"""``TokenStore``: the library of count tokens, in Redis (fast, shared) and in a durable directory.
+"""``TokenStore``: the library of count tokens, one store for the workers, the API and the CLI.
 
-A token is its textual-inversion safetensors file, stored whole: bytes in Redis under the key id, and
-the same bytes as ``<dir>/<key id>.safetensors``. The directory is the source of truth: workers re-seed
-Redis from it at start, so a Redis flush loses no learned token. This module never imports torch (the
-API uses it): metadata comes from the safetensors header (``optimization.token_file``).
+A token is its textual-inversion safetensors file, stored whole. The durable directory is the source of
+truth (``<dir>/<key id>.safetensors``); Redis holds the index and a cache of the bytes, so every API
+replica lists the same library. Every write goes to the file first, then to Redis, so a token learned or
+imported by any process is listed at once; workers re-seed Redis from the directory at start, so a
+Redis flush loses no learned token. Torch-free (the API uses it): metadata comes from the safetensors
+header (``optimization.token_file``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
 
-from optimization.token_file import token_info
+from optimization.errors import InvalidRequest
+from optimization.token_file import SUFFIX, TokenKey, token_info, write_atomic
 
 from .keys import Keys
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from optimization.config import LibraryConfig
+    from optimization.count_token import CountToken
+    from optimization.engine import CountEngine
+
+log = logging.getLogger("tally.tokens")
+
 
 class TokenStore:
-    def __init__(self, connection: redis.Redis, directory: Path, keys: Keys = Keys()):
+    """``redis_optional``: for commands that may run where no Redis answers (benchmarks, ``tally
+    optimize``): the store then works on the directory alone, and workers index the files when they start."""
+
+    def __init__(self, connection: redis.Redis, directory: Path, keys: Keys = Keys(), redis_optional: bool = False):
         self.redis = connection
         self.directory = Path(directory)
         self.keys = keys
+        self.redis_optional = redis_optional
+        self._redis_ok = True
+
+    @classmethod
+    def for_settings(cls, settings: Settings, connection: redis.Redis, redis_optional: bool = False) -> "TokenStore":
+        return cls(connection, settings.tokens_path, Keys(settings.redis_prefix), redis_optional)
+
+    def _index(self, operation, default=None):
+        """Run a Redis operation; where Redis is optional and away, warn once and work on files alone."""
+        if not self._redis_ok:
+            return default
+        try:
+            return operation(self.redis)
+        except redis.ConnectionError as exc:
+            if not self.redis_optional:
+                raise
+            log.warning("no Redis (%s): token files only; workers index them when they start", exc)
+            self._redis_ok = False
+            return default
 
     def path(self, key_id: str) -> Path:
-        return self.directory / f"{key_id}.safetensors"
+        """The file of a key; the key is parsed and validated, so the path stays inside the directory."""
+        return self.directory / TokenKey.parse(key_id).filename
 
     def put(self, data: bytes) -> dict:
-        """Store a token file (validated) durably first, then in Redis; returns its info."""
+        """Store a token file (validated) durably first, then in the Redis index; returns its info."""
         info = token_info(data)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.path(info["key"])
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        write_atomic(self.path(info["key"]), data)
         self._cache(info, data)
         return info
 
     def _cache(self, info: dict, data: bytes) -> None:
-        with self.redis.pipeline() as pipe:
-            pipe.hset(self.keys.token(info["key"]), mapping={"data": data, "info": json.dumps(info)})
-            pipe.sadd(self.keys.token_index(), info["key"])
-            pipe.execute()
+        def write(r: redis.Redis) -> None:
+            with r.pipeline() as pipe:
+                pipe.hset(self.keys.token(info["key"]), mapping={"data": data, "info": json.dumps(info)})
+                pipe.sadd(self.keys.token_index(), info["key"])
+                pipe.execute()
+
+        self._index(write)
 
     def get(self, key_id: str) -> bytes | None:
-        data = self.redis.hget(self.keys.token(key_id), "data")
-        if data is None and self.path(key_id).is_file():  # flushed Redis: the file is the truth
-            data = self.path(key_id).read_bytes()
+        try:
+            path = self.path(key_id)
+        except InvalidRequest:
+            return None
+        data = self._index(lambda r: r.hget(self.keys.token(key_id), "data"))
+        if data is None and path.is_file():  # flushed Redis: the file is the truth
+            data = path.read_bytes()
             self._cache(token_info(data), data)
         return data
 
     def info(self, key_id: str) -> dict | None:
-        raw = self.redis.hget(self.keys.token(key_id), "info")
+        raw = self._index(lambda r: r.hget(self.keys.token(key_id), "info"))
         if raw is not None:
             return json.loads(raw)
         data = self.get(key_id)
         return token_info(data) if data is not None else None
 
     def list(self, model: str | None = None, object_: str | None = None, count: int | None = None) -> list[dict]:
-        ids = sorted(k.decode() if isinstance(k, bytes) else k for k in self.redis.smembers(self.keys.token_index()))
+        members = self._index(lambda r: r.smembers(self.keys.token_index()))
+        if members is None:  # no index: the files are the library
+            members = [p.name.removesuffix(SUFFIX) for p in self.directory.glob(f"*{SUFFIX}")]
+        ids = sorted(k.decode() if isinstance(k, bytes) else k for k in members)
         infos = [i for i in (self.info(k) for k in ids) if i is not None]
         return [i for i in infos if (model is None or i["model"] == model)
                 and (object_ is None or i["object"] == object_) and (count is None or i["count"] == count)]
 
     def delete(self, key_id: str) -> bool:
-        existed = self.path(key_id).is_file() or bool(self.redis.exists(self.keys.token(key_id)))
-        self.path(key_id).unlink(missing_ok=True)
-        with self.redis.pipeline() as pipe:
-            pipe.delete(self.keys.token(key_id))
-            pipe.srem(self.keys.token_index(), key_id)
-            pipe.execute()
-        return existed
+        try:
+            path = self.path(key_id)
+        except InvalidRequest:  # not a key: only an index entry can exist under it, never a file
+            path = None
+        existed = path is not None and path.is_file()
+        if path is not None:
+            path.unlink(missing_ok=True)
+        def unindex(r: redis.Redis) -> list:
+            with r.pipeline() as pipe:
+                pipe.delete(self.keys.token(key_id))
+                pipe.srem(self.keys.token_index(), key_id)
+                return pipe.execute()
+
+        indexed = any(self._index(unindex, [0, 0]))
+        return existed or indexed
 
     def reseed(self) -> int:
         """Load every durable token file into Redis (a worker does this at start); returns how many."""
         n = 0
-        for path in sorted(self.directory.glob("*.safetensors")):
+        for path in sorted(self.directory.glob(f"*{SUFFIX}")):
             data = path.read_bytes()
             try:
-                self._cache(token_info(data), data)
-                n += 1
-            except ValueError:
-                continue  # a foreign or corrupt file in the directory is skipped, never fatal
+                info = token_info(data)
+            except InvalidRequest as exc:  # a foreign or corrupt file is skipped, never fatal
+                log.warning("skipping %s: %s", path.name, exc)
+                continue
+            self._cache(info, data)
+            n += 1
         return n
+
+    # ----------------------------------------------------------------------------- with a loaded model
+    def token_for(self, engine: CountEngine, cls: str, count: int) -> CountToken | None:
+        """The library token of (engine's model, cls, count), or None."""
+        from optimization.count_token import CountToken
+
+        data = self.get(engine.token_key(cls, count).id)
+        return CountToken.from_bytes(data, expected_model=engine.t2i.fingerprint) if data else None
+
+    def learn(self, engine: CountEngine, cls: str, count: int, config: LibraryConfig, progress=None,
+              should_stop=None) -> CountToken:
+        """Learn the library token of (engine's model, cls, count) and store it."""
+        token = engine.learn_library_token(cls, count, config, progress=progress, should_stop=should_stop)
+        self.put(token.to_bytes())
+        return token

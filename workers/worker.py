@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import redis
 from rq import SimpleWorker
 
-from .keys import Keys
+from optimization.config import ModelSpec
+
 from .queue import connect, generation_queue, keys, library_queue
-from .settings import ModelConfig, Settings
+from .settings import Settings
 from .tokens import TokenStore
 
 
@@ -28,7 +29,7 @@ class WorkerRuntime:
     """What job functions need, loaded once per worker process."""
 
     settings: Settings
-    model: ModelConfig
+    model: ModelSpec
     connection: redis.Redis
     engine: object  # optimization.engine.CountEngine
     store: TokenStore
@@ -48,10 +49,8 @@ def load_runtime(settings: Settings, model_id: str | None = None) -> WorkerRunti
 
     model = settings.model(model_id)
     connection = connect(settings, blocking=True)
-    engine = CountEngine.load(model.pipeline, model.detector, device=model.device, dtype=model.dtype,
-                              max_count=settings.max_count, num_inference_steps=model.num_inference_steps,
-                              guidance_scale=model.guidance_scale)
-    store = TokenStore(connection, settings.tokens_path, Keys(settings.redis_prefix))
+    engine = CountEngine.from_spec(model, refine_config=settings.refine)
+    store = TokenStore(connection, settings.tokens_path, keys(settings))
     return WorkerRuntime(settings, model, connection, engine, store)
 
 
@@ -86,7 +85,8 @@ def run_worker(settings: Settings, model_id: str | None = None, burst: bool = Fa
     beat.start()
     if on_ready:
         on_ready(runtime, reseeded)
-    queues = [generation_queue(runtime.connection, runtime.model.id), library_queue(runtime.connection, runtime.model.id)]
+    queues = [generation_queue(runtime.connection, settings, runtime.model.id),
+              library_queue(runtime.connection, settings, runtime.model.id)]
     worker = SimpleWorker(queues, connection=runtime.connection, name=name)
     try:
         worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..seeds import DETECTOR_TRAIN, DETECTOR_VAL
 from .scenes import CLASSES, IMAGE_SIZE, degrade, render_scene
 
-TRAIN_SEED_BASE = 1_000_000  # detector training scenes; benchmarks use other ranges (see seeds.py)
-VAL_SEED_BASE = 2_000_000
 DETECTOR_IMGSZ = 128  # 64 px scenes are upsampled 2x: small objects then span several stride-8 cells
 
 Progress = Callable[[int, int], None]
@@ -32,7 +31,7 @@ def write_detector_dataset(
     if root.exists():
         shutil.rmtree(root)
     total, done = n_train + n_val, 0
-    for split, n, base in (("train", n_train, TRAIN_SEED_BASE), ("val", n_val, VAL_SEED_BASE)):
+    for split, n, base in (("train", n_train, DETECTOR_TRAIN), ("val", n_val, DETECTOR_VAL)):
         (root / "images" / split).mkdir(parents=True)
         (root / "labels" / split).mkdir(parents=True)
         for i in range(n):

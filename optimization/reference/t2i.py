@@ -21,11 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..seeds import T2I_TRAIN
+from .models import REFERENCE_CONFIG
 from .scenes import CLASSES, IMAGE_SIZE, noisy_caption, render_scene
 from .tokenizer import build_tokenizer_files, load_tokenizer
 
-T2I_SEED_BASE = 0  # training scenes of the generator: seeds [0, scenes)
-REFERENCE_CONFIG = "tally_reference.json"  # sampler defaults and classes, beside model_index.json
 SAMPLER = {"num_inference_steps": 4, "guidance_scale": 4.0}  # 4 steps: as exact as 6 or 8, half the cost
 
 Progress = Callable[[int, int], None]
@@ -82,7 +82,7 @@ def render_training_set(n: int, seed: int, progress: Progress | None = None) -> 
     captions = []
     rng = np.random.default_rng(seed)
     for i in range(n):
-        scene = render_scene(T2I_SEED_BASE + seed * 1_000_000 + i, count=int(rng.integers(1, 13)),
+        scene = render_scene(T2I_TRAIN + seed * 1_000_000 + i, count=int(rng.integers(1, 13)),
                              cls=CLASSES[int(rng.integers(len(CLASSES)))])
         images[i] = np.asarray(scene.image)
         obj = scene.objects[0]
@@ -212,13 +212,3 @@ def train_t2i(out: Path, work_dir: Path, cfg: T2ITrainConfig,
     reference = {"image_size": IMAGE_SIZE, "classes": list(CLASSES), "sampler": SAMPLER, "training": summary}
     (Path(out) / REFERENCE_CONFIG).write_text(json.dumps(reference, indent=2) + "\n")
     return summary
-
-
-def reference_sampler(pipeline_path: str | Path) -> dict:
-    """Sampler defaults shipped with a reference pipeline (steps, guidance); empty for other pipelines."""
-    path = Path(pipeline_path) / REFERENCE_CONFIG
-    return json.loads(path.read_text())["sampler"] if path.exists() else {}
-
-
-def is_reference_pipeline(pipeline_path: str | Path) -> bool:
-    return (Path(pipeline_path) / REFERENCE_CONFIG).is_file()

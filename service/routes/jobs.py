@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from typing import Annotated
@@ -10,8 +9,8 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
-from workers import jobs
-from workers.settings import Settings
+from workers import records
+from workers.requests import build_request
 
 from ..deps import OwnerDep, RedisDep, SettingsDep
 from ..errors import ApiError
@@ -19,25 +18,6 @@ from ..schemas import Error, JobAccepted, JobCreate, JobOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 NOT_FOUND = {404: {"model": Error, "description": "No such job for this caller."}}
-
-
-def _check(body: JobCreate, settings: Settings) -> None:
-    """Limits of this deployment; each message says what is allowed."""
-    if not body.prompt.strip():
-        raise ApiError(422, "invalid_request", "prompt: must not be blank")
-    if len(body.prompt) > settings.max_prompt_length:
-        raise ApiError(422, "invalid_request",
-                       f"prompt: {len(body.prompt)} characters; at most {settings.max_prompt_length} are allowed")
-    if not 1 <= body.count <= settings.max_count:
-        raise ApiError(422, "invalid_request", f"count: must be between 1 and {settings.max_count}, got {body.count}")
-    if not 1 <= body.num_images <= settings.max_images:
-        raise ApiError(422, "invalid_request",
-                       f"num_images: must be between 1 and {settings.max_images}, got {body.num_images}")
-    if body.budget:
-        for name, value in body.budget.model_dump(exclude_none=True).items():
-            limit = getattr(settings.max_budget, name)
-            if value > limit:
-                raise ApiError(422, "invalid_request", f"budget.{name}: at most {limit} is allowed, got {value}")
 
 
 def _record_out(record: dict, request: Request) -> JobOut:
@@ -55,24 +35,14 @@ def _record_out(record: dict, request: Request) -> JobOut:
              responses={409: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}})
 def create_job(body: JobCreate, request: Request, settings: SettingsDep, connection: RedisDep, owner: OwnerDep,
                idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JobAccepted:
-    _check(body, settings)
+    req = build_request(settings, prompt=body.prompt, count=body.count, object_=body.object,
+                        num_images=body.num_images, seed=body.seed, model=body.model, policy=body.policy,
+                        budget=body.budget.model_dump() if body.budget else None,
+                        classes_of=lambda spec: records.model_classes(connection, settings, spec),
+                        idempotency_key=idempotency_key)
     try:
-        model = settings.model(body.model)
-    except KeyError as exc:
-        raise ApiError(422, "invalid_request", f"model: {exc.args[0]}") from None
-    try:
-        cls = jobs.resolve_object(jobs.model_info(connection, settings, model.id), body.prompt, body.object)
-    except ValueError as exc:
-        raise ApiError(422, "invalid_request", f"object: {exc}") from None
-    budget = {**settings.default_budget.model_dump(), **(body.budget.model_dump(exclude_none=True) if body.budget else {})}
-    req = {"prompt": body.prompt, "count": body.count, "object": cls, "num_images": body.num_images,
-           "seed": body.seed if body.seed is not None else int(time.time_ns() % 2**31), "model": model.id,
-           "policy": body.policy or settings.default_policy, "budget": budget}
-    if idempotency_key and body.seed is None:  # a retried request must be the same request
-        req["seed"] = int(hashlib.sha256(idempotency_key.encode()).hexdigest()[:8], 16)
-    try:
-        submitted = jobs.submit(connection, settings, req, owner, idempotency_key)
-    except jobs.IdempotencyConflict as exc:
+        submitted = records.submit(connection, settings, req, owner, idempotency_key)
+    except records.IdempotencyConflict as exc:
         raise ApiError(409, "idempotency_conflict", str(exc)) from None
     links = {"self": str(request.url_for("get_job", job_id=submitted.job_id)),
              "events": str(request.url_for("job_events", job_id=submitted.job_id)),
@@ -81,7 +51,7 @@ def create_job(body: JobCreate, request: Request, settings: SettingsDep, connect
 
 
 def _record(connection, settings, job_id: str, owner: str) -> dict:
-    record = jobs.job_record(connection, settings, job_id, owner)
+    record = records.job_record(connection, settings, job_id, owner)
     if record is None:
         raise ApiError(404, "not_found", f"no job {job_id!r}")
     return record
@@ -94,7 +64,7 @@ def get_job(job_id: str, request: Request, settings: SettingsDep, connection: Re
 
 @router.delete("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
 def cancel_job(job_id: str, request: Request, settings: SettingsDep, connection: RedisDep, owner: OwnerDep) -> JobOut:
-    record = jobs.cancel(connection, settings, job_id, owner)
+    record = records.cancel(connection, settings, job_id, owner)
     if record is None:
         raise ApiError(404, "not_found", f"no job {job_id!r}")
     return _record_out(record, request)
@@ -109,12 +79,12 @@ def job_events(job_id: str, request: Request, settings: SettingsDep, connection:
     def stream():
         seen = (last_event_id + 1) if last_event_id is not None else 0
         while True:
-            for event in jobs.events_since(connection, settings, job_id, seen):
+            for event in records.events_since(connection, settings, job_id, seen):
                 yield f"id: {seen}\nevent: progress\ndata: {json.dumps(event)}\n\n"
                 seen += 1
-            record = jobs.job_record(connection, settings, job_id, owner)
-            if record is None or record["status"] in jobs.TERMINAL:
-                for event in jobs.events_since(connection, settings, job_id, seen):  # the last ones, in order
+            record = records.job_record(connection, settings, job_id, owner)
+            if record is None or record["status"] in records.TERMINAL:
+                for event in records.events_since(connection, settings, job_id, seen):  # the last ones, in order
                     yield f"id: {seen}\nevent: progress\ndata: {json.dumps(event)}\n\n"
                     seen += 1
                 final = _record_out(record, request).model_dump(mode="json") if record else {"status": "expired"}
@@ -128,10 +98,10 @@ def job_events(job_id: str, request: Request, settings: SettingsDep, connection:
 @router.get("/{job_id}/images/{n}", name="job_image", responses={200: {"content": {"image/png": {}}}, **NOT_FOUND})
 def job_image(job_id: str, n: int, settings: SettingsDep, connection: RedisDep, owner: OwnerDep,
               boxes: Annotated[bool, Query(description="Draw the detections.")] = False) -> Response:
-    png = jobs.image_png(connection, settings, job_id, n, owner)
+    png = records.image_png(connection, settings, job_id, n, owner)
     if png is None:
         raise ApiError(404, "not_found", f"job {job_id!r} has no image {n} (or it expired)")
     if boxes:
         record = _record(connection, settings, job_id, owner)
-        png = jobs.draw_detections(png, record["results"][n]["boxes"])
+        png = records.draw_detections(png, record["results"][n]["boxes"])
     return Response(png, media_type="image/png")

@@ -7,21 +7,20 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from workers import jobs
-from workers.tokens import TokenStore, token_info
+from optimization.errors import InvalidRequest
+from optimization.token_file import token_info
+from workers import records
+from workers.tokens import TokenStore
 
 from ..deps import RedisDep, SettingsDep
 from ..errors import ApiError
 from ..schemas import Error, TokenOut
 
 router = APIRouter(prefix="/v1/tokens", tags=["tokens"])
-MAX_TOKEN_BYTES = 1 << 20  # a token is a few KB (SDXL: 2 x 1 row); anything near this is not a token
 
 
 def _store(settings, connection) -> TokenStore:
-    from workers.queue import keys
-
-    return TokenStore(connection, settings.tokens_path, keys(settings))
+    return TokenStore.for_settings(settings, connection)
 
 
 def _out(info: dict, request: Request) -> TokenOut:
@@ -35,7 +34,7 @@ def list_tokens(request: Request, settings: SettingsDep, connection: RedisDep,
                 object: str | None = None, count: Annotated[int | None, Query(ge=1)] = None) -> list[TokenOut]:
     fingerprint = model
     if model is not None and any(m.id == model for m in settings.models):
-        info = jobs.model_info(connection, settings, model)
+        info = records.model_info(connection, settings, model)
         fingerprint = info["fingerprint"] if info else "unknown"
     return [_out(i, request) for i in _store(settings, connection).list(fingerprint, object, count)]
 
@@ -64,14 +63,14 @@ def token_file(key: str, settings: SettingsDep, connection: RedisDep) -> Respons
 async def import_token(request: Request, settings: SettingsDep, connection: RedisDep) -> TokenOut:
     """Import a token file (the raw safetensors bytes as the body) learned for a configured model."""
     data = await request.body()
-    if len(data) > MAX_TOKEN_BYTES:
-        raise ApiError(413, "too_large", f"a token file is at most {MAX_TOKEN_BYTES} bytes, got {len(data)}")
+    if len(data) > settings.max_token_bytes:
+        raise ApiError(413, "too_large", f"a token file is at most {settings.max_token_bytes} bytes, got {len(data)}")
     try:
         info = token_info(data)
-    except ValueError as exc:
+    except InvalidRequest as exc:
         raise ApiError(422, "invalid_token", str(exc)) from None
     known = {i["fingerprint"]: m.id for m in settings.models
-             if (i := jobs.model_info(connection, settings, m.id)) is not None}
+             if (i := records.model_info(connection, settings, m.id)) is not None}
     if info["model"] not in known:
         raise ApiError(422, "unknown_model",
                        f"the token was learned for model {info['model']}; this deployment serves "

@@ -24,7 +24,9 @@ import redis
 
 from workers.settings import Settings
 
-from .launcher import Launcher
+from tally.launcher import Launcher
+from workers.keys import Keys
+from workers.queue import generation_queue
 
 
 def _port() -> int:
@@ -57,16 +59,17 @@ async def _load(url: str, make_request, total: int, concurrency: int) -> list[fl
 
 def run(repeats: int = 7, load_requests: int = 2000, concurrency: int = 32, api_workers: int = 2,
         progress=None) -> dict:
+    from optimization.config import Budget
     from optimization.count_token import CountToken
-    from optimization.engine import Budget, CountEngine
+    from optimization.engine import CountEngine
 
     step = progress or (lambda name: None)
     root = Path(tempfile.mkdtemp(prefix="tally-bench-service-"))
     redis_url = f"redis://127.0.0.1:{_port()}/0"
     reference = Settings().model("reference")
-    models = [reference.model_dump(), {**reference.model_dump(), "id": "load-only"}]  # "load-only": no worker
+    models = [reference.model_dump(mode="json"), {**reference.model_dump(mode="json"), "id": "load-only"}]  # "load-only": no worker
     env = {"TALLY_REDIS_URL": redis_url, "TALLY_RUNTIME_DIR": str(root), "TALLY_TOKEN_DIR": str(root / "tokens"),
-           "TALLY_MODELS": json.dumps(models), "TALLY_LIBRARY__ITERATIONS": "2",
+           "TALLY_MODELS": json.dumps(models), "TALLY_LIBRARY__MAX_ITERATIONS": "2",
            "TALLY_LIBRARY__SEEDS_PER_ITERATION": "2", "TALLY_LIBRARY__VALIDATION_SEEDS": "4"}
     settings = Settings(redis_url=redis_url, runtime_dir=root, token_dir=root / "tokens")
     port = _port()
@@ -82,7 +85,7 @@ def run(repeats: int = 7, load_requests: int = 2000, concurrency: int = 32, api_
 
         # 1. library hit through the service vs the same work done directly
         step("library-hit latency: service vs direct")
-        engine = CountEngine.load(reference.pipeline, reference.detector)
+        engine = CountEngine.from_spec(reference)
         cls, count = "triangle", 6
         token = CountToken(engine.token_key(cls, count), engine.word_vectors("of"), "of", {"source": "bench"})
         assert http.post("/v1/tokens", content=token.to_bytes()).status_code == 201
@@ -122,7 +125,7 @@ def run(repeats: int = 7, load_requests: int = 2000, concurrency: int = 32, api_
         t = time.perf_counter()
         asyncio.run(_load(url, lambda c, i: c.post("/v1/jobs", json={**load_body, "seed": i}), load_requests, concurrency))
         result["submit_rps"] = round(load_requests / (time.perf_counter() - t), 1)
-        job_ids = [j.decode() for j in redis.Redis.from_url(redis_url).lrange("rq:queue:tally-load-only", 0, 99)]
+        job_ids = generation_queue(redis.Redis.from_url(redis_url), settings, "load-only").get_job_ids(0, 99)
         latencies = asyncio.run(_load(url, lambda c, i: c.get(f"/v1/jobs/{job_ids[i % len(job_ids)]}"),
                                       load_requests, concurrency))
         ordered = sorted(latencies)
@@ -152,7 +155,7 @@ def run(repeats: int = 7, load_requests: int = 2000, concurrency: int = 32, api_
                 time.sleep(0.1)
             records.append(record)
         key = records[0]["token"]["key"]
-        started = redis.Redis.from_url(redis_url).hget(f"{settings.redis_prefix}:metrics", f"library_tasks_started:{key}")
+        started = redis.Redis.from_url(redis_url).hget(Keys(settings.redis_prefix).metrics(), f"library_tasks_started:{key}")
         result["single_flight_library_tasks"] = int(started or 0)
         http.close()
     return result

@@ -1,0 +1,119 @@
+"""Every tunable of the algorithm, declared once, with its default.
+
+``ModelSpec`` is one served model: everything that differs between models is a field here, so the
+engine, the optimizer and the pipelines never ask which model they hold. ``workers.settings`` lists
+these specs (``TALLY_MODELS``), the CLI and the benchmarks read the same objects, and the shipped
+reference world is simply two specs (``optimization.reference.models``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Policy(StrEnum):
+    """How the engine looks for verified images (see ``engine`` and ``policy``)."""
+
+    resample = "resample"  # candidates from the base prompt
+    library = "library"  # candidates conditioned on the cached library token, when there is one
+    refine = "refine"  # library, then token refinement on the nearest misses
+
+
+class Stage(StrEnum):
+    """What a running job is doing; the engine's progress events name it."""
+
+    sampling = "sampling"
+    refining = "refining"
+    verifying = "verifying"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Budget(_Frozen):
+    """What one job may spend; the engine stops at the first limit reached."""
+
+    max_seconds: float = Field(60.0, gt=0, description="Wall-clock seconds in the engine.")
+    max_candidates: int = Field(64, gt=0, description="Candidate images sampled.")
+    max_iterations: int = Field(20, gt=0, description="Token-refinement iterations.")
+
+
+class OptimizeConfig(_Frozen):
+    """The optimizer loop: AdamW on the token, counting loss + detector guard (+ optional L2)."""
+
+    lr: float = Field(2e-2, gt=0)
+    max_iterations: int = Field(20, ge=1)
+    max_seconds: float | None = Field(None, gt=0)
+    guard_weight: float = Field(0.1, ge=0)
+    l2_weight: float = Field(0.0, ge=0)
+    seed: int = Field(0, ge=0, description="Seed stream of library learning (training and validation seeds).")
+
+
+class RefineConfig(OptimizeConfig):
+    """Per-job refinement (the paper's setting): the seeds of one job, until one image is verified."""
+
+
+class LibraryConfig(OptimizeConfig):
+    """Background learning of a reusable token: fresh seeds every iteration, validated on disjoint seeds."""
+
+    lr: float = Field(5e-3, gt=0)
+    max_iterations: int = Field(30, ge=1)
+    seeds_per_iteration: int = Field(16, ge=1)
+    validation_seeds: int = Field(64, ge=1)
+    validate_every: int = Field(5, ge=1)
+
+
+class VerifyConfig(_Frozen):
+    """Conservative verification: a wrong "verified" is worse than an honest "not verified"."""
+
+    count_confidence: float = Field(0.5, gt=0, lt=1, description="A detection counts from this confidence on.")
+    verify_confidence: float = Field(0.7, gt=0, lt=1, description="Every object must be detected this surely.")
+    ambiguous_floor: float = Field(0.15, gt=0, lt=1,
+                                   description="Detections of the class in [floor, verify) make an image doubtful.")
+    nms_iou: float = Field(0.5, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "VerifyConfig":
+        if not self.ambiguous_floor <= self.count_confidence <= self.verify_confidence:
+            raise ValueError("need ambiguous_floor <= count_confidence <= verify_confidence")
+        return self
+
+
+class ModelSpec(_Frozen):
+    """One served model: pipeline, detector and everything that differs between models."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    pipeline: str = Field(description="diffusers pipeline: hub id or local folder.")
+    detector: str = Field(description="Detector weights (for ``yolo``: an ultralytics .pt file).")
+    detector_kind: str = Field("yolo", description="Counter backend (``optimization.counter.COUNTERS``).")
+    device: str = "cpu"
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    # Sampler: 1 step without guidance is the SDXL-Turbo setting.
+    num_inference_steps: int = Field(1, ge=1)
+    guidance_scale: float = Field(0.0, ge=0)
+    max_count: int = Field(12, ge=1, le=100)
+    classes: list[str] | None = Field(
+        None, description="Detector classes, so the API checks objects before any worker starts; None: the "
+                          "classes the model's workers publish.")
+    verify: VerifyConfig = VerifyConfig()
+    crosscheck: str | None = Field(
+        None, description="An independent second counter by name (``optimization.counter.CROSSCHECKS``); "
+                          "it must agree for an image to be verified.")
+    library_prompts: list[str] = Field(
+        ["a photo of {count} {objects}"],
+        description="Templates a library token learns on ({count}, {objects}, and {attribute} when "
+                    "attribute_words is set: one prompt per word).")
+    attribute_words: list[str] = []
+    default_policy: Policy | None = Field(None, description="None: the deployment's default policy.")
+
+    def library_texts(self, objects: str, count: int) -> list[str]:
+        """The library prompts of one key, every attribute word substituted."""
+        out = []
+        for template in self.library_prompts:
+            words = self.attribute_words if "{attribute}" in template else [""]
+            out += [" ".join(template.format(count=count, objects=objects, attribute=w).split()) for w in words]
+        return out

@@ -1,0 +1,70 @@
+"""``YoloCounter``: the ``Counter`` over any ultralytics YOLO detection model, on image tensors.
+
+The counter runs the detection network directly on ``[B, 3, H, W]`` tensors in [0, 1] (resized to the
+detector's input size), then ultralytics' own NMS. Counting and the differentiable potential read the
+same raw predictions, so what the loss optimizes is what the count reports.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .config import VerifyConfig
+from .counter import Detections
+from .errors import InvalidRequest
+
+
+class YoloCounter:
+    """Counts objects of named classes with an ultralytics YOLO model kept resident."""
+
+    def __init__(self, weights: str | Path, device: str | torch.device = "cpu", config: VerifyConfig = VerifyConfig()):
+        from ultralytics import YOLO
+
+        if not Path(weights).is_file():
+            raise InvalidRequest(f"detector weights not found: {weights}")
+        yolo = YOLO(str(weights))
+        self.config = config
+        self.device = torch.device(device)
+        self.net = yolo.model.float().eval().to(self.device)
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.classes: list[str] = [yolo.names[i] for i in sorted(yolo.names)]
+        self.imgsz = int(yolo.model.args.get("imgsz", 640)) if isinstance(yolo.model.args, dict) else 640
+        # NMS keeps everything down to the ambiguous band, so verification sees the doubtful detections too.
+        self.nms_floor = min(0.1, config.ambiguous_floor)
+
+    def raw(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw predictions ``[B, 4 + nc, A]`` (xywh in detector pixels, then class scores), differentiable."""
+        x = F.interpolate(images.to(self.device), size=(self.imgsz, self.imgsz), mode="bilinear", align_corners=False)
+        y = self.net(x)
+        return y[0] if isinstance(y, (list, tuple)) else y
+
+    @torch.no_grad()
+    def detect(self, images: torch.Tensor) -> list[Detections]:
+        return self.detections_from_raw(self.raw(images), tuple(images.shape[-2:]))
+
+    def class_scores(self, raw: torch.Tensor) -> torch.Tensor:
+        # YOLO's raw class scores are already after the sigmoid. Their plain sum over-counts (several
+        # predictions fire per object), hence the loss divides the potential by a scale from the NMS count.
+        return raw[:, 4:4 + len(self.classes)]
+
+    @torch.no_grad()
+    def detections_from_raw(self, raw: torch.Tensor, image_size: tuple[int, int]) -> list[Detections]:
+        from ultralytics.utils.nms import non_max_suppression
+
+        height, width = image_size
+        preds = non_max_suppression(raw.detach(), conf_thres=self.nms_floor, iou_thres=self.config.nms_iou,
+                                    nc=len(self.classes), max_det=300)
+        sx, sy = width / self.imgsz, height / self.imgsz
+        out = []
+        for det in preds:
+            det = det.cpu()
+            out.append(Detections(
+                boxes=[(float(b[0]) * sx, float(b[1]) * sy, float(b[2]) * sx, float(b[3]) * sy) for b in det[:, :4]],
+                confidences=[float(c) for c in det[:, 4]],
+                classes=[self.classes[int(k)] for k in det[:, 5]],
+            ))
+        return out

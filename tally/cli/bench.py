@@ -1,0 +1,133 @@
+"""``tally bench ...``: thin shells over ``tally.benchmarks``; each prints a table and writes JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from optimization.config import Budget, Policy
+from optimization.errors import InvalidRequest
+
+from .common import DetectorOption, JsonOption, ModelOption, app, console, load_engine, model_spec, prepare, \
+    progress_bar, quiet_model_loading, token_store, write_json
+
+bench_app = typer.Typer(help="Benchmarks that print a table and write JSON.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+OutOption = Annotated[Path, typer.Option(help="Folder for the pictures.")]
+
+
+@bench_app.command("detector")
+def detector(
+    scenes: Annotated[int, typer.Option(min=1, help="Fresh rendered scenes (seeds disjoint from training).")] = 1000,
+    model: ModelOption = None,
+    detector: DetectorOption = None,
+    json_path: JsonOption = None,
+) -> None:
+    """Exact-count accuracy and MAE of the detector on fresh rendered scenes of the reference world."""
+    from optimization.counter import load_counter
+    from tally.benchmarks.common import markdown_table
+    from tally.benchmarks.detector import bench_detector
+
+    counter = load_counter(model_spec(model, detector))
+    with progress_bar("count rendered scenes", scenes) as update:
+        result = bench_detector(counter, scenes, progress=update)
+    console.print(markdown_table(result["per_count"], result["overall"]), highlight=False)
+    console.print(f"degraded copies (blur/noise): {result['degraded']}")
+    write_json(result, json_path)
+
+
+@bench_app.command("base")
+def base(
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per prompt (every class x counts 1..10).")] = 10,
+    model: ModelOption = None,
+    detector: DetectorOption = None,
+    out: OutOption = Path("out/bench"),
+    json_path: JsonOption = None,
+) -> None:
+    """Count accuracy of the base pipeline (no count token), with a sample grid and a per-count plot."""
+    from tally.benchmarks.base import base_prompts, bench_base
+    from tally.benchmarks.common import markdown_table
+
+    engine = load_engine(model_spec(model, detector))
+    with progress_bar("generate and count", len(base_prompts(engine))) as update:
+        result = bench_base(engine, seeds, out, progress=update)
+    console.print(markdown_table(result["per_count"], result["overall"]), highlight=False)
+    console.print({k: result[k] for k in ("class_presence", "detector_vs_crosscheck_agreement", "speed")})
+    console.print(f"pictures: {', '.join(result['pictures'])}")
+    write_json(result, json_path)
+
+
+def _policies(text: str) -> tuple[Policy, ...]:
+    chosen = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not chosen or set(chosen) - set(Policy):
+        raise InvalidRequest(f"--policies takes a comma-separated subset of {', '.join(Policy)}; got {text!r}")
+    return tuple(Policy(p) for p in chosen)
+
+
+@bench_app.command("engine")
+def engine(
+    quick: Annotated[bool, typer.Option(help="4 counts x 4 classes x 1 job, short budget (< 10 min).")] = False,
+    budget_seconds: Annotated[Optional[float], typer.Option(min=0.001, help="Wall-clock budget per job and policy [default: 4 quick, else 8].")] = None,
+    budget_candidates: Annotated[Optional[int], typer.Option(min=1, help="Candidate budget per job and policy [default: 16 quick, else 32].")] = None,
+    policies: Annotated[str, typer.Option(help="Comma-separated policies to compare.")] = ",".join(Policy),
+    jobs_per_key: Annotated[Optional[int], typer.Option(min=1, help="Jobs (seeds) per class and count.")] = None,
+    model: ModelOption = None,
+    out: OutOption = Path("out/bench"),
+    json_path: JsonOption = None,
+) -> None:
+    """Each policy on the same jobs at the same budget: verified, falsely verified, clean images per second."""
+    from tally.benchmarks import engine as bench
+
+    chosen = _policies(policies)
+    budget = Budget(max_seconds=budget_seconds or (4.0 if quick else 8.0),
+                    max_candidates=budget_candidates or (16 if quick else 32), max_iterations=100_000)
+    result = bench.run(load_engine(model_spec(model)), token_store(), quick, budget, chosen, jobs_per_key, out,
+                       progress_bar)
+    console.print(bench.policies_table(result), highlight=False)
+    console.print(f"default policy by this run: {result['default_policy']}")
+    write_json(result, json_path)
+
+
+@bench_app.command("optimize")
+def optimize(
+    quick: Annotated[bool, typer.Option(help="Fewer keys and seeds (< 10 min).")] = False,
+    model: ModelOption = None,
+    json_path: JsonOption = None,
+) -> None:
+    """Refinement success on near-miss seeds; library tokens vs the base prompt on held-out seeds."""
+    from tally.benchmarks import optimize as bench
+
+    result = bench.run(load_engine(model_spec(model)), token_store(), quick, progress_bar)
+    console.print(result["refine"])
+    console.print(result["library"])
+    write_json(result, json_path)
+
+
+@bench_app.command("iteration")
+def iteration(model: ModelOption = None, json_path: JsonOption = None) -> None:
+    """Seconds per optimization iteration against one forward + backward of the same generation."""
+    from tally.benchmarks.iteration import bench_iteration
+
+    result = bench_iteration(load_engine(model_spec(model)))
+    console.print(result)
+    write_json(result, json_path)
+
+
+@bench_app.command("service")
+def service(
+    repeats: Annotated[int, typer.Option(min=1, help="Library-hit jobs timed (after one warm-up).")] = 7,
+    requests: Annotated[int, typer.Option(min=10, help="Requests per load phase (bounded).")] = 2000,
+    json_path: JsonOption = None,
+) -> None:
+    """Service overhead and throughput; starts a private Redis, API and worker, and cleans up."""
+    from tally.benchmarks import service as bench
+
+    prepare()
+    quiet_model_loading()
+    with console.status("benchmarking the service") as status:
+        result = bench.run(repeats=repeats, load_requests=requests,
+                           progress=lambda name: status.update(f"bench service: {name}"))
+    console.print(result)
+    write_json(result, json_path)

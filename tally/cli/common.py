@@ -1,0 +1,133 @@
+"""What every command shares: the app, the console, progress bars, ``--json`` output, loading a model by
+its configured id, the token store, and the one place where errors become exit statuses."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from optimization.config import ModelSpec
+from optimization.errors import InvalidRequest
+from workers.settings import Settings, get_settings
+
+app = typer.Typer(help="Tally: text-to-image with the exact number of objects.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+console = Console(stderr=True)
+# The defaults every command shows in --help: the same settings the API and the workers read.
+DEFAULTS = get_settings()
+
+JsonOption = Annotated[Optional[Path], typer.Option("--json", help="Write the result here ('-' for stdout).")]
+ModelOption = Annotated[Optional[str], typer.Option(
+    help="A configured model id, as `model` in the API (default: the default model). A pipeline folder or "
+         "hub id runs as an ad-hoc model with the default model's settings.")]
+DetectorOption = Annotated[Optional[str], typer.Option(help="Detector weights; default: the model's.")]
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None = None):
+    """A rich progress bar; yields ``update(done, total)``."""
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:
+        task = bar.add_task(description, total=total)
+
+        def update(done: int, total: int | None = None) -> None:
+            bar.update(task, completed=done, total=total)  # rich keeps the total when given None
+
+        yield update
+
+
+def write_json(payload: dict, path: Optional[Path]) -> None:
+    if path is None:
+        return
+    if str(path) == "-":
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    console.print(f"JSON written to {path}")
+
+
+def prepare() -> Settings:
+    settings = get_settings()
+    settings.prepare_runtime()
+    return settings
+
+
+def quiet_model_loading() -> None:
+    """Our progress bars are the CLI's; the libraries' loading bars would bury them (and one-line errors)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for lib in (diffusers_logging, transformers_logging):
+        lib.disable_progress_bar()
+        lib.set_verbosity_error()
+
+
+def model_spec(model: Optional[str], detector: Optional[str] = None) -> ModelSpec:
+    """A configured model by id, or a pipeline folder / hub id as an ad-hoc model; checked before loading."""
+    settings = prepare()
+    if model is None or model in {m.id for m in settings.models}:
+        spec = settings.model(model)
+    else:
+        if model.startswith((".", "/", "~")) and not Path(model).expanduser().is_dir():
+            raise InvalidRequest(f"--model: no configured model and no pipeline folder {model!r}; configured: "
+                                 f"{', '.join(m.id for m in settings.models)}")
+        spec = settings.model().model_copy(update={"id": "adhoc", "pipeline": model, "crosscheck": None})
+    if detector is not None:
+        spec = spec.model_copy(update={"detector": detector})
+    if not Path(spec.detector).expanduser().is_file():
+        raise InvalidRequest(f"detector weights not found: {spec.detector}")
+    return spec
+
+
+def load_engine(spec: ModelSpec):
+    from optimization.engine import CountEngine
+
+    quiet_model_loading()
+    with console.status(f"loading model {spec.id}"):
+        return CountEngine.from_spec(spec, refine_config=get_settings().refine)
+
+
+def token_store():
+    """The token library the service uses; without Redis, its folder alone."""
+    from workers.queue import connect
+    from workers.tokens import TokenStore
+
+    settings = prepare()
+    return TokenStore.for_settings(settings, connect(settings), redis_optional=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: bad input is one line on stderr and exit status 2; a bug is one line and exit
+    status 1, with the traceback written to a file the line names."""
+    try:
+        code = app(args=argv, prog_name="tally", standalone_mode=False)
+    except InvalidRequest as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+    except typer.Abort:
+        raise SystemExit(130) from None
+    except typer.TyperException as exc:  # the command line's own usage errors (exit status 2)
+        console.print(f"[red]error:[/red] {escape(exc.format_message())}", highlight=False, soft_wrap=True)
+        raise SystemExit(exc.exit_code) from None
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        logs = get_settings().runtime_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        path = (logs / f"tally-error-{time.strftime('%Y%m%d-%H%M%S')}.log").resolve()
+        path.write_text(traceback.format_exc())
+        console.print(f"[red]internal error:[/red] {escape(type(exc).__name__)}: {escape(str(exc))} "
+                      f"(traceback in {path})", highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
+    raise SystemExit(code if isinstance(code, int) else 0)

@@ -1,0 +1,54 @@
+"""``tally tokens ...``: the token library, the same store the service lists (``GET /v1/tokens``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from optimization.errors import InvalidRequest
+
+from .common import app, console, token_store
+
+tokens_app = typer.Typer(help="The count-token library (files, indexed in Redis when it answers).",
+                         no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
+
+
+@tokens_app.command("list")
+def list_tokens(
+    object_: Annotated[Optional[str], typer.Option("--object")] = None,
+    count: Annotated[Optional[int], typer.Option(min=1)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """The library's tokens with their validation figures."""
+    infos = token_store().list(object_=object_, count=count)
+    if as_json:
+        sys.stdout.write(json.dumps(infos, indent=2) + "\n")
+        return
+    for info in infos:
+        validation = info["metadata"].get("validation") or {}
+        token, base = validation.get("token") or {}, validation.get("base") or {}
+        console.print(f"{info['key']}: exact {base.get('exact')} -> {token.get('exact')} "
+                      f"(n={token.get('n')}), {info['metadata'].get('mode', '?')}", highlight=False)
+    console.print(f"{len(infos)} token(s)")
+
+
+@tokens_app.command("import")
+def import_token(path: Annotated[Path, typer.Argument(help="A Tally token file (.safetensors).")]) -> None:
+    """Add a token file to the library."""
+    if not path.is_file():
+        raise InvalidRequest(f"token file not found: {path}")
+    info = token_store().put(path.read_bytes())
+    console.print(f"imported {info['key']}")
+
+
+@tokens_app.command("delete")
+def delete_token(key: Annotated[str, typer.Argument(help="OBJECT-COUNT-FINGERPRINT")]) -> None:
+    """Remove a token from the library."""
+    if not token_store().delete(key):
+        raise InvalidRequest(f"no token {key!r}")
+    console.print(f"deleted {key}")

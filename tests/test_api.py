@@ -1,0 +1,139 @@
+"""The API in this process (FastAPI's TestClient) against a private Redis: validation, errors, the token
+library shared with the CLI. No worker is needed for any of this."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from workers.settings import Settings
+
+from .conftest import free_port
+
+
+@pytest.fixture
+def settings(redis_url, tmp_path):
+    return Settings(redis_url=redis_url, redis_prefix=f"t{uuid.uuid4().hex[:8]}", runtime_dir=tmp_path / "runtime",
+                    token_dir=tmp_path / "tokens")
+
+
+@pytest.fixture
+def api(settings):
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"count": 0}, "count: must be between 1 and 12, got 0"),
+    ({"count": -1}, "count: must be between 1 and 12, got -1"),
+    ({"count": 13}, "count: must be between 1 and 12, got 13"),
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": "   "}, "prompt: must not be blank"),
+    ({"prompt": "circles " * 1250}, "at most 500 are allowed"),
+    ({"prompt": "a photo of apples"}, "no known object"),
+    ({"object": "hexagon"}, "unknown object 'hexagon'; known objects: circle, cross, square, triangle"),
+    ({"model": "sdxl"}, "unknown model 'sdxl'; configured: reference"),
+    ({"num_images": 0}, "num_images: must be between 1 and 8, got 0"),
+    ({"num_images": 100}, "num_images: must be between 1 and 8, got 100"),
+    ({"policy": "magic"}, "policy"),
+    ({"budget": {"max_seconds": 0}}, "budget.max_seconds"),
+    ({"budget": {"max_candidates": 5000}}, "budget.max_candidates: at most 1024 is allowed, got 5000"),
+])
+def test_bad_requests_get_422_saying_what_is_allowed(api, body, fragment):
+    response = api.post("/v1/jobs", json={"prompt": "a photo of red circles", "count": 3, **body})
+    assert response.status_code == 422
+    assert response.json()["code"] == "invalid_request" and fragment in response.json()["message"]
+
+
+def test_a_valid_request_is_queued_with_its_object_resolved_from_configuration(api, settings):
+    from workers.queue import generation_queue
+
+    response = api.post("/v1/jobs", json={"prompt": "a photo of red circles", "count": 3, "seed": 5})
+    assert response.status_code == 202
+    job_id = response.json()["id"]
+    record = api.get(f"/v1/jobs/{job_id}").json()
+    assert record["status"] == "queued" and record["object"] == "circle" and record["policy"] == "resample"
+    assert record["queue_position"] == 0
+    queue = generation_queue(redis.Redis.from_url(settings.redis_url), settings, "reference")
+    assert queue.get_job_ids() == [job_id]
+    assert queue.fetch_job(job_id).kwargs["request"]["budget"] == settings.default_budget.model_dump()
+
+
+def test_unknown_job_and_token_are_404_json(api):
+    for path in ("/v1/jobs/nope", "/v1/jobs/nope/images/0", "/v1/tokens/circle-3-0000000000000000",
+                 "/v1/tokens/..%2F..%2Fetc"):
+        response = api.get(path)
+        assert response.status_code == 404 and response.json()["code"] == "not_found", path
+    assert api.delete("/v1/tokens/circle-3-0000000000000000").status_code == 404
+
+
+def test_bad_token_uploads_are_refused(api):
+    corrupt = api.post("/v1/tokens", content=b"\x10" * 64)
+    assert corrupt.status_code == 422 and corrupt.json()["code"] == "invalid_token"
+    huge = api.post("/v1/tokens", content=b"0" * (3 << 20))
+    assert huge.status_code == 413
+
+
+def test_readiness_needs_a_live_worker(api):
+    response = api.get("/readyz")
+    assert response.status_code == 503 and response.json()["code"] == "no_worker"
+
+
+def test_models_describe_their_configuration(api):
+    [model] = api.get("/v1/models").json()
+    assert model["id"] == "reference" and model["classes"] == ["circle", "square", "triangle", "cross"]
+    assert model["max_count"] == 12 and model["default_policy"] == "resample" and model["live_workers"] == []
+
+
+def test_a_token_learned_by_the_cli_is_listed_by_the_api_at_once(api, settings, tally_cli, monkeypatch):
+    env = {"TALLY_REDIS_PREFIX": settings.redis_prefix, "TALLY_TOKEN_DIR": str(settings.tokens_path)}
+    assert api.get("/v1/tokens").json() == []
+    result = tally_cli("optimize", "--object", "circle", "--count", "3", "--iterations", "1",
+                       "--seeds-per-iteration", "1", "--validation-seeds", "2", env=env)
+    assert result.returncode == 0, result.stderr
+    [token] = api.get("/v1/tokens").json()
+    assert token["object"] == "circle" and token["count"] == 3 and token["metadata"]["mode"] == "library"
+    assert (settings.tokens_path / f"{token['key']}.safetensors").is_file()
+    listed = tally_cli("tokens", "list", "--json", env=env)
+    assert token["key"] in listed.stdout
+    deleted = tally_cli("tokens", "delete", token["key"], env=env)
+    assert deleted.returncode == 0, deleted.stderr
+    assert api.get("/v1/tokens").json() == []
+
+
+def test_api_answers_503_while_redis_is_away_and_recovers(tmp_path):
+    port = free_port()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)]
+    client = TestClient(create_app(Settings(redis_url=f"redis://127.0.0.1:{port}/0")))
+
+    def start():
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        for _ in range(50):
+            try:
+                redis.Redis(port=port).ping()
+                return proc
+            except redis.ConnectionError:
+                time.sleep(0.1)
+        raise RuntimeError("redis did not start")
+
+    server = start()
+    assert client.get("/v1/tokens").status_code == 200
+    server.terminate()
+    server.wait()
+    t = time.monotonic()
+    response = client.get("/v1/tokens")
+    assert response.status_code == 503 and response.json()["code"] == "redis_unavailable"
+    assert client.post("/v1/jobs", json={"prompt": "a photo of circles", "count": 2}).status_code == 503
+    assert time.monotonic() - t < 10
+    server = start()
+    try:
+        assert client.get("/v1/tokens").status_code == 200
+    finally:
+        server.terminate()
+        server.wait()

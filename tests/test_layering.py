@@ -1,0 +1,55 @@
+"""The layout is the architecture: service -> workers -> optimization, and the reference world is
+configuration, not a code path of the engine."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.ImportFrom) and node.level > 0:
+            package = path.relative_to(ROOT).parent.parts
+            base = ".".join(package[:len(package) - node.level + 1])
+            names.add(f"{base}.{node.module}" if node.module else base)
+    return names
+
+
+@pytest.mark.parametrize("package, forbidden", [
+    ("optimization", ("workers", "service", "tally", "redis", "rq", "fastapi")),
+    ("workers", ("service", "tally", "fastapi")),
+    ("service", ("tally", "torch")),
+])
+def test_imports_flow_service_workers_optimization(package, forbidden):
+    for path in (ROOT / package).rglob("*.py"):
+        for name in _imports(path):
+            assert name.split(".")[0] not in forbidden, f"{path.relative_to(ROOT)} imports {name}"
+
+
+@pytest.mark.parametrize("path", ["optimization/engine.py", "optimization/pipelines.py", "optimization/optimizer.py",
+                                  "optimization/counter.py", "optimization/yolo.py", *[
+                                      str(p.relative_to(ROOT)) for d in ("workers", "service")
+                                      for p in (ROOT / d).rglob("*.py")]])
+def test_production_paths_never_ask_which_model_they_hold(path):
+    for name in _imports(ROOT / path):
+        if name.startswith("optimization.reference"):
+            assert path == "workers/settings.py" and name == "optimization.reference.models", (path, name)
+    assert "is_reference" not in (ROOT / path).read_text()
+
+
+def test_the_engine_imports_nothing_from_the_reference_world():
+    import subprocess
+    import sys
+
+    code = ("import sys, optimization.engine, optimization.pipelines, optimization.optimizer; "
+            "print([m for m in sys.modules if m.startswith('optimization.reference')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.strip() == "[]"

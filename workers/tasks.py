@@ -1,0 +1,121 @@
+"""The worker side of the job lifecycle: the functions RQ runs (``generate_job``, ``library_job``).
+
+Errors: bad input only a worker can see (``InvalidRequest``) fails the job with ``invalid_request``;
+anything else is a bug: the job fails with ``internal``, the traceback goes to the worker's log, and the
+worker keeps serving. Torch is imported inside the functions only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from rq.job import Job, get_current_job
+
+from optimization.config import LibraryConfig
+from optimization.errors import InvalidRequest
+
+from .queue import keys, schedule_library
+from .records import push_event
+from .requests import JobRequest
+
+log = logging.getLogger("tally.worker")
+
+
+class _Reporter:
+    """Writes a running job's record (meta) and its event stream."""
+
+    def __init__(self, runtime, job: Job):
+        self.runtime, self.job = runtime, job
+
+    def update(self, **fields) -> None:
+        self.job.meta.update(fields)
+        self.job.save_meta()
+
+    def progress(self, event: dict) -> None:
+        progress = {**self.job.meta["progress"], **{k: v for k, v in event.items() if k != "stage"}}
+        self.update(stage=event.get("stage"), progress=progress)
+        push_event(self.runtime.connection, self.runtime.settings, self.job.id,
+                   {"status": "running", "stage": event.get("stage"), "progress": progress})
+
+    def finish(self, **fields) -> dict:
+        timings = {**self.job.meta["timings"], "finished": time.time()}
+        self.update(**fields, timings=timings)
+        return {k: v for k, v in fields.items() if k != "results"}
+
+
+def generate_job(request: dict) -> dict:
+    """Run in a worker: library token lookup, the count engine, PNGs to Redis, the record completed."""
+    from optimization.optimizer import Canceled
+
+    from .worker import current_runtime
+
+    rt = current_runtime()
+    job = get_current_job()
+    req = JobRequest.model_validate(request)
+    report = _Reporter(rt, job)
+    report.update(stage="sampling", timings={**job.meta["timings"], "started": time.time()})
+    try:
+        result = _run_engine(rt, job, req, report)
+    except Canceled:
+        return report.finish(canceled=True, stage=None)
+    except InvalidRequest as exc:  # bad input that only the worker could see (e.g. an object the detector lacks)
+        return report.finish(error={"code": "invalid_request", "message": str(exc)}, stage=None)
+    except Exception:
+        log.exception("job %s failed", job.id)
+        return report.finish(error={"code": "internal", "message": "internal error in the worker; it has been logged"},
+                             stage=None)
+    return _store_results(rt, job, result, report)
+
+
+def _run_engine(rt, job: Job, req: JobRequest, report: _Reporter):
+    engine = rt.engine
+    k = keys(rt.settings)
+    cls = engine.resolve_object(req.prompt, req.object)
+    token = rt.store.token_for(engine, cls, req.count)
+    rt.connection.hincrby(k.metrics(), "cache_hits" if token else "cache_misses", 1)
+    scheduled = False
+    if token is None and req.policy in ("library", "refine"):
+        key_id = engine.token_key(cls, req.count).id
+        scheduled = schedule_library(rt.connection, rt.settings, rt.model.id, cls, req.count, key_id)
+    report.update(token={"key": engine.token_key(cls, req.count).id, "library_hit": token is not None,
+                         "learning_scheduled": scheduled})
+    return engine.generate(req.prompt, req.count, object_=cls, num_images=req.num_images, seed=req.seed,
+                           budget=req.budget, policy=req.policy, token=token, progress=report.progress,
+                           should_stop=lambda: bool(rt.connection.exists(k.job_cancel(job.id))))
+
+
+def _store_results(rt, job: Job, result, report: _Reporter) -> dict:
+    from optimization.visualize import png_bytes
+
+    k = keys(rt.settings)
+    results = []
+    with rt.connection.pipeline() as pipe:
+        for n, image in enumerate(result.images):
+            pipe.set(k.job_images(job.id, n), png_bytes(image.image), ex=rt.settings.result_ttl)
+            results.append({**image.to_dict(), "index": n})
+        pipe.hincrby(k.metrics(), "optimization_iterations", result.cost["iterations"])
+        pipe.hincrbyfloat(k.metrics(), "engine_seconds", result.cost["seconds"])
+        pipe.hincrby(k.metrics(), "candidates", result.cost["candidates"])
+        pipe.execute()
+    return report.finish(results=results, cost=result.cost, stage=None, prompt=result.prompt, object=result.object)
+
+
+def library_job(model_id: str, cls: str, count: int, key_id: str) -> dict:
+    """Run in a worker at low priority: learn the library token for one key and store it."""
+    from .worker import current_runtime
+
+    rt = current_runtime()
+    config: LibraryConfig = rt.settings.library
+    try:
+        token = rt.store.learn(rt.engine, cls, count, config)
+    finally:
+        rt.connection.delete(keys(rt.settings).library_lock(key_id))
+    return {"key": token.key.id, "validation": token.metadata.get("validation")}
+
+
+def release_library_lock(job: Job, connection, *exc_info) -> None:
+    """RQ failure callback (also run for tasks abandoned by a dead worker): the next miss may start another."""
+    from .settings import get_settings
+
+    connection.delete(keys(get_settings()).library_lock(job.meta["key"]))
