@@ -8,6 +8,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
 from .queue import generation_queue, keys, library_queue, live_workers
+from .records import JobStatus
 from .settings import Settings
 
 
@@ -24,7 +25,7 @@ class _RedisCollector:
             for kind, queue in (("user", generation_queue(self.connection, self.settings, m.id)),
                                 ("library", library_queue(self.connection, self.settings, m.id))):
                 depth.add_metric([m.id, kind], len(queue))
-                jobs.add_metric([m.id, kind, "queued"], len(queue))
+                jobs.add_metric([m.id, kind, JobStatus.queued], len(queue))
                 for state, registry in (("started", StartedJobRegistry), ("finished", FinishedJobRegistry),
                                         ("failed", FailedJobRegistry), ("canceled", CanceledJobRegistry)):
                     jobs.add_metric([m.id, kind, state], registry(queue=queue).count)

@@ -12,11 +12,11 @@ import time
 
 from rq.job import Job, get_current_job
 
-from optimization.config import LibraryConfig
+from optimization.config import LibraryConfig, Policy, Stage
 from optimization.errors import InvalidRequest
 
 from .queue import keys, schedule_library
-from .records import push_event
+from .records import JobStatus, push_event
 from .requests import JobRequest
 
 log = logging.getLogger("tally.worker")
@@ -36,7 +36,7 @@ class _Reporter:
         progress = {**self.job.meta["progress"], **{k: v for k, v in event.items() if k != "stage"}}
         self.update(stage=event.get("stage"), progress=progress)
         push_event(self.runtime.connection, self.runtime.settings, self.job.id,
-                   {"status": "running", "stage": event.get("stage"), "progress": progress})
+                   {"status": JobStatus.running, "stage": event.get("stage"), "progress": progress})
 
     def finish(self, **fields) -> dict:
         timings = {**self.job.meta["timings"], "finished": time.time()}
@@ -54,7 +54,7 @@ def generate_job(request: dict) -> dict:
     job = get_current_job()
     req = JobRequest.model_validate(request)
     report = _Reporter(rt, job)
-    report.update(stage="sampling", timings={**job.meta["timings"], "started": time.time()})
+    report.update(stage=Stage.sampling, timings={**job.meta["timings"], "started": time.time()})
     try:
         result = _run_engine(rt, job, req, report)
     except Canceled:
@@ -75,7 +75,7 @@ def _run_engine(rt, job: Job, req: JobRequest, report: _Reporter):
     token = rt.store.token_for(engine, cls, req.count)
     rt.connection.hincrby(k.metrics(), "cache_hits" if token else "cache_misses", 1)
     scheduled = False
-    if token is None and req.policy in ("library", "refine"):
+    if token is None and req.policy in (Policy.library, Policy.refine):
         key_id = engine.token_key(cls, req.count).id
         scheduled = schedule_library(rt.connection, rt.settings, rt.model.id, cls, req.count, key_id)
     report.update(token={"key": engine.token_key(cls, req.count).id, "library_hit": token is not None,

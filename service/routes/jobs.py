@@ -47,7 +47,7 @@ def create_job(body: JobCreate, request: Request, settings: SettingsDep, connect
     links = {"self": str(request.url_for("get_job", job_id=submitted.job_id)),
              "events": str(request.url_for("job_events", job_id=submitted.job_id)),
              "images": str(request.url_for("get_job", job_id=submitted.job_id)) + "/images/{n}"}
-    return JobAccepted(id=submitted.job_id, status="queued", links=links)
+    return JobAccepted(id=submitted.job_id, status=records.JobStatus.queued, links=links)
 
 
 def _record(connection, settings, job_id: str, owner: str) -> dict:
