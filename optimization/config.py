@@ -65,6 +65,9 @@ class LibraryConfig(OptimizeConfig):
     seeds_per_iteration: int = Field(16, ge=1)
     validation_seeds: int = Field(64, ge=1)
     validate_every: int = Field(5, ge=1)
+    min_gain: float = Field(0.05, ge=-1, le=1, description=(
+        "Held-out exact-rate gain over the base prompt a token needs to enter the library; a token that "
+        "cannot beat the base is not worth its GPU time."))
 
 
 class VerifyConfig(_Frozen):

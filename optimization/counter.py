@@ -120,13 +120,25 @@ class Verification:
                 and (self.crosscheck is None or self.crosscheck == self.target))
 
     @property
+    def reason(self) -> str | None:
+        """Why the image is not verified (the first check that failed), None if it is."""
+        if self.verified:
+            return None
+        if self.confident != self.target or self.detected_count != self.target:
+            return "count_mismatch"
+        if self.ambiguous:
+            return "ambiguous_detections"
+        return "crosscheck_disagrees"
+
+    @property
     def miss(self) -> float:
         """How far from verified: count error first, then doubt (ambiguous detections, cross-check error)."""
         doubt = self.ambiguous + (abs(self.crosscheck - self.target) if self.crosscheck is not None else 0)
         return abs(self.detected_count - self.target) + 0.1 * doubt
 
     def to_dict(self) -> dict:
-        return {**self.detections.report(), "verified": self.verified, "crosscheck_count": self.crosscheck}
+        return {**self.detections.report(), "verified": self.verified, "reason": self.reason,
+                "confident": self.confident, "ambiguous": self.ambiguous, "crosscheck_count": self.crosscheck}
 
 
 def verify(det: Detections, cls: str, target: int, config: VerifyConfig, crosscheck: int | None = None) -> Verification:

@@ -29,7 +29,7 @@ from .config import Budget, LibraryConfig, ModelSpec, Policy, RefineConfig, Stag
 from .count_token import CountToken, TokenKey, place_token
 from .counter import Counter, Detections, Verification, load_counter, load_crosscheck, resolve, verify
 from .errors import InvalidRequest
-from .optimizer import Canceled, IterationReport, OptimizeResult, library_seeds, optimize
+from .optimizer import Canceled, IterationReport, OptimizeResult, gain, library_seeds, optimize
 from .pipelines import TextToImage
 from .policy import DEFAULT_POLICY
 from .prompts import object_in_prompt, plural, with_count
@@ -70,7 +70,13 @@ class EngineResult:
     def to_dict(self) -> dict:
         return {"prompt": self.prompt, "object": self.object, "count": self.count, "policy": self.policy,
                 "token": {"key": self.token_key.id, "library_hit": self.library_hit},
-                "images": [r.to_dict() for r in self.images], "cost": self.cost}
+                "images": [r.to_dict() for r in self.images], "cost": self.cost,
+                "budget_exhausted": self.budget_exhausted}
+
+    @property
+    def budget_exhausted(self) -> bool:
+        """The budget ran out before as many verified images as asked were found."""
+        return not all(r.verified for r in self.images)
 
 
 @dataclass
@@ -81,9 +87,17 @@ class _Candidate:
     iteration: int | None = None  # set when token refinement produced it
 
 
+SEED_STRIDE = 2**32 + 15  # candidates past the first lie above every seed range in optimization.seeds
+
+
 def derive_seed(job_seed: int, index: int) -> int:
-    """Candidate ``index`` of a job: distinct across jobs with nearby seeds, identical on a repeat."""
-    return (int(job_seed) * 1_000_003 + index) % (2**63)
+    """Candidate ``index`` of a job: ``job_seed + index * SEED_STRIDE`` (mod 2**63).
+
+    Candidate 0 is the job's seed itself, so an image's reported seed, submitted back as the job's seed with
+    the same prompt, count, model and token, gives that image again as the first candidate; jobs whose seeds
+    are below 2**32 share no candidates. (A refined image also needs its refined token: its seed alone is not enough.)
+    """
+    return (int(job_seed) + index * SEED_STRIDE) % (2**63)
 
 
 class CountEngine:
@@ -254,19 +268,47 @@ class CountEngine:
 
     def learn_library_token(self, cls: str, count: int, config: LibraryConfig = LibraryConfig(),
                             progress: Callable[[IterationReport], None] | None = None,
-                            should_stop: Callable[[], bool] | None = None,
-                            warm_start: CountToken | None = None) -> CountToken:
+                            should_stop: Callable[[], bool] | None = None) -> CountToken:
         """Learn the reusable token for (model, cls, count) on fresh seeds; keep the best on held-out seeds."""
+        return self.library_slice(cls, count, config, progress=progress, should_stop=should_stop).token
+
+    def library_slice(self, cls: str, count: int, config: LibraryConfig = LibraryConfig(), resume: dict | None = None,
+                      slice_seconds: float | None = None, progress: Callable[[IterationReport], None] | None = None,
+                      should_stop: Callable[[], bool] | None = None) -> LibrarySlice:
+        """Library learning in bounded slices: run about ``slice_seconds`` (all of it when None), starting from
+        ``resume`` (a previous slice's ``state``); the token is the best validated one so far."""
         cls = resolve(self.counter, cls)
         self.check_count(count)
         prompts, init_word = [], "of"
         for p in self.library_prompts(cls, count):
             token_prompt, init_word = place_token(p, count)
             prompts.append(token_prompt)
-        init = warm_start.vectors if warm_start else self.word_vectors(init_word)
         seeds_for, validation = library_seeds(config)
-        result = optimize(self.t2i, self.counter, prompts, cls, count, init, seeds_for, config,
-                          validation_seeds=validation, progress=progress, should_stop=should_stop)
+        result = optimize(self.t2i, self.counter, prompts, cls, count, self.word_vectors(init_word), seeds_for, config,
+                          validation_seeds=validation, progress=progress, should_stop=should_stop, resume=resume,
+                          slice_seconds=slice_seconds)
         metadata = {"mode": "library", "iterations": result.iterations, "seconds": round(result.seconds, 1),
-                    "validation": result.validation, "config": config.model_dump(), "prompts": prompts}
-        return CountToken(self.token_key(cls, count), result.vectors, init_word, metadata)
+                    "validation": result.validation, "gain": gain(result.validation), "config": config.model_dump(),
+                    "prompts": prompts}
+        return LibrarySlice(CountToken(self.token_key(cls, count), result.vectors, init_word, metadata), result.done,
+                            result.state)
+
+
+@dataclass
+class LibrarySlice:
+    token: CountToken  # the best validated token so far
+    done: bool
+    state: dict  # pass back as ``resume`` to continue
+
+    def state_bytes(self) -> bytes:
+        import io
+
+        buffer = io.BytesIO()
+        torch.save(self.state, buffer)
+        return buffer.getvalue()
+
+    @staticmethod
+    def load_state(data: bytes) -> dict:
+        import io
+
+        return torch.load(io.BytesIO(data), weights_only=True)

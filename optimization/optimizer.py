@@ -61,6 +61,8 @@ class OptimizeResult:
     history: list[IterationReport] = field(default_factory=list)
     hit: Hit | None = None
     validation: dict | None = None
+    done: bool = True  # False: a slice ended before the run did; ``state`` resumes it
+    state: dict | None = None
 
     def summary(self) -> dict:
         return {"iterations": self.iterations, "seconds": round(self.seconds, 2), "validation": self.validation,
@@ -102,6 +104,8 @@ def optimize(
     validation_seeds: list[int] | None = None,
     progress: Callable[[IterationReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    resume: dict | None = None,
+    slice_seconds: float | None = None,
 ) -> OptimizeResult:
     """Optimize a count token towards ``target`` objects of ``cls``.
 
@@ -110,27 +114,39 @@ def optimize(
 
     ``prompt`` holds the placeholder; a list of prompts (e.g. one per colour) is cycled over iterations, so a
     library token learns the count rather than one phrasing.
+
+    Slices: with ``slice_seconds`` the run stops after the first iteration that ends past that time and
+    returns ``result.state``; passing that state back as ``resume`` continues exactly where it stopped
+    (token, AdamW moments, best validated token), so background learning never holds a worker for long.
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     library = isinstance(config, LibraryConfig)
     torch.manual_seed(config.seed)
-    params = {k: v.detach().clone().float().to(t2i.device).requires_grad_(True) for k, v in init.items()}
-    anchor = {k: v.detach().clone() for k, v in params.items()}
+    start = resume["vectors"] if resume else init
+    params = {k: v.detach().clone().float().to(t2i.device).requires_grad_(True) for k, v in start.items()}
+    anchor = {k: v.detach().clone().float().to(t2i.device) for k, v in init.items()}
     opt = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=0.0)  # decay would move the token home
     cls_index = counter.classes.index(cls)
-    fallback_scale = 1.0
     started = time.perf_counter()
     result = OptimizeResult(vectors=init, iterations=0, seconds=0.0)
-    best_validation = None
-    if library and validation_seeds:
+    fallback_scale, first, best_validation = 1.0, 0, None
+    if resume:
+        opt.load_state_dict(resume["adam"])
+        fallback_scale, first = resume["fallback_scale"], resume["iteration"]
+        result.vectors, result.validation = resume["best_vectors"], resume["validation"]
+        best_validation = resume["validation"]["token"] if resume["validation"] else None
+    elif library and validation_seeds:
         best_validation = evaluate_token(t2i, counter, prompts, cls, target, params, validation_seeds)
         result.validation = {"base": best_validation, "token": best_validation, "best_iteration": 0}
-        result.vectors = {k: v.detach().cpu().clone() for k, v in params.items()}
+        result.vectors = _detached(params)
+    result.iterations = first
 
-    for iteration in range(config.max_iterations):
+    for iteration in range(first, config.max_iterations):
         if should_stop and should_stop():
             raise Canceled()
-        if config.max_seconds is not None and time.perf_counter() - started >= config.max_seconds:
+        elapsed = time.perf_counter() - started
+        if (config.max_seconds is not None and elapsed >= config.max_seconds) or \
+                (slice_seconds is not None and iteration > first and elapsed >= slice_seconds):
             break
         seeds = seeds_for(iteration)
         images = t2i.generate_differentiable(prompts[iteration % len(prompts)], seeds, params)
@@ -145,7 +161,7 @@ def optimize(
                     result.hit = Hit(seed, image.detach().cpu(), verdict, iteration)
                     break
             if result.hit:
-                result.vectors = {k: v.detach().cpu().clone() for k, v in params.items()}
+                result.vectors = _detached(params)
                 break
 
         scores = counter.class_scores(raw)
@@ -171,13 +187,29 @@ def optimize(
             score = evaluate_token(t2i, counter, prompts, cls, target, params, validation_seeds)
             if (score["exact"], -score["mae"]) > (best_validation["exact"], -best_validation["mae"]):
                 best_validation = score
-                result.vectors = {k: v.detach().cpu().clone() for k, v in params.items()}
+                result.vectors = _detached(params)
                 result.validation.update(token=score, best_iteration=iteration + 1)
 
     if not library and result.hit is None:
-        result.vectors = {k: v.detach().cpu().clone() for k, v in params.items()}
-    result.seconds = time.perf_counter() - started
+        result.vectors = _detached(params)
+    result.seconds = time.perf_counter() - started + (resume["seconds"] if resume else 0.0)
+    result.done = result.hit is not None or result.iterations >= config.max_iterations or (
+        config.max_seconds is not None and time.perf_counter() - started >= config.max_seconds)
+    result.state = {"vectors": _detached(params), "adam": opt.state_dict(), "fallback_scale": fallback_scale,
+                    "iteration": result.iterations, "best_vectors": result.vectors, "validation": result.validation,
+                    "seconds": result.seconds}
     return result
+
+
+def _detached(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in params.items()}
+
+
+def gain(validation: dict | None) -> float:
+    """Held-out exact rate the kept token adds over the base prompt (0 when it kept the start)."""
+    if not validation:
+        return 0.0
+    return round(validation["token"]["exact"] - validation["base"]["exact"], 4)
 
 
 @torch.no_grad()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from optimization.config import Policy, Stage
@@ -30,6 +32,8 @@ class JobCreate(BaseModel):
     model: str | None = Field(None, description="A configured model id; default: the deployment's default.")
     policy: Policy | None = Field(None, description="Default: the policy measured best (see README).")
     budget: BudgetIn | None = None
+    queue_if_offline: bool = Field(False, description="Queue the job even if no worker serves the model now "
+                                                      "(else 503 no_worker).")
 
 
 class Links(BaseModel):
@@ -66,10 +70,15 @@ class ImageOut(BaseModel):
     verified: bool
     boxes: list[list[float]]
     confidences: list[float]
+    reason: Literal["count_mismatch", "ambiguous_detections", "crosscheck_disagrees"] | None = Field(
+        None, description="Why the image is not verified (the first check that failed); null when verified.")
+    confident: int | None = Field(None, description="Detections of the object at the verification confidence.")
+    ambiguous: int | None = Field(None, description="Detections of the object in the ambiguous confidence band.")
     crosscheck_count: int | None = None
     policy: Policy
     token: str | None = None
-    refine_iteration: int | None = None
+    refine_iteration: int | None = Field(None, description="Set when token refinement produced the image: its "
+                                                           "seed alone does not reproduce it.")
 
 
 class Cost(BaseModel):
@@ -88,12 +97,38 @@ class JobOut(BaseModel):
     object: str | None = None
     count: int
     policy: Policy
+    seed: int = Field(description="The job's seed; candidate i has seed + i * 4294967311 (mod 2**63), so an "
+                                  "image's seed submitted back as the job's seed gives that image first.")
+    seed_source: Literal["request", "idempotency_key", "server"] = Field(
+        "request", description="Who chose the seed: the request, its idempotency key, or the server.")
     progress: Progress
     token: TokenUse | None = None
     results: list[ImageOut] = []
+    budget_exhausted: bool | None = Field(None, description="The budget ran out before every image asked for "
+                                                           "was verified.")
     cost: Cost | None = None
     timings: dict[str, float] = {}
     error: Error | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+    next_cursor: str | None = Field(None, description="Pass as ?cursor= for the next page; null at the end.")
+
+
+class LearningTask(BaseModel):
+    key: str
+    model: str
+    object: str
+    count: int
+    status: Literal["queued", "running", "canceling", "canceled", "stored", "no_gain", "failed"]
+    iterations: int
+    max_iterations: int
+    slices: int
+    validation: dict | None = None
+    gain: float | None = None
+    created: float
+    updated: float
 
 
 class TokenOut(BaseModel):
@@ -110,8 +145,10 @@ class TokenOut(BaseModel):
 
 class ModelOut(BaseModel):
     id: str
-    pipeline: str
-    detector: str
+    pipeline: str = Field(description="The diffusers pipeline: its hub id as configured, or for a local folder "
+                                      "only the folder's name (server paths are never shown).")
+    detector: str = Field(description="The detector weights: as configured when not a path, or for a local file "
+                                      "only the file's name (server paths are never shown).")
     device: str
     fingerprint: str | None = None
     classes: list[str] | None = None

@@ -1,5 +1,8 @@
 """Starts and stops the service's processes (Redis if none answers, the API, workers): ``tally up``, the
-end-to-end tests and ``tally bench service`` share it. Everything it started, it stops."""
+end-to-end tests and ``tally bench service`` share it. Everything it started, it stops: on Ctrl-C or
+SIGTERM each child gets SIGTERM (workers put their running job back in its queue), and if the launcher is
+killed outright its children get SIGTERM from the kernel (Linux ``PR_SET_PDEATHSIG``) instead of lingering
+on the port. ``supervise`` restarts a child that dies, with backoff, and says why in the log."""
 
 from __future__ import annotations
 
@@ -12,10 +15,25 @@ import time
 import urllib.parse
 from pathlib import Path
 
+import ctypes
+import logging
+
 import httpx
 import redis
 
 from workers.settings import Settings
+
+
+log = logging.getLogger("tally.launcher")
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the launcher dies, however it dies (Linux only)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
 
 
 class Launcher:
@@ -25,6 +43,7 @@ class Launcher:
         self.log_dir = Path(log_dir or settings.runtime_dir / "logs")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.processes: dict[str, subprocess.Popen] = {}
+        self.argv: dict[str, list[str]] = {}
 
     def __enter__(self) -> "Launcher":
         return self
@@ -33,9 +52,10 @@ class Launcher:
         self.stop_all()
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "ab")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
-        self.processes[name] = proc
+        output = open(self.log_dir / f"{name}.log", "ab")
+        proc = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+                                preexec_fn=_die_with_parent)
+        self.processes[name], self.argv[name] = proc, argv
         return proc
 
     def redis_answers(self) -> bool:
@@ -90,10 +110,31 @@ class Launcher:
             time.sleep(0.2)
         raise RuntimeError(message)
 
-    def wait(self) -> None:
-        """Block until Ctrl-C or until a process exits."""
+    def supervise(self, max_backoff: float = 60.0) -> None:
+        """Until Ctrl-C or SIGTERM: restart any child that exits, waiting 1, 2, 4 ... s (reset after a
+        minute of good health) and logging why, while the others keep serving."""
+        backoff = {name: 1.0 for name in self.processes}
+        restart_at: dict[str, float] = {}
+        started = {name: time.monotonic() for name in self.processes}
         try:
-            while all(p.poll() is None for p in self.processes.values()):
+            while True:
+                now = time.monotonic()
+                for name, proc in list(self.processes.items()):
+                    if name in restart_at:
+                        if now >= restart_at.pop(name):
+                            log.warning("restarting %s", name)
+                            self._spawn(name, self.argv[name])
+                            started[name] = now
+                        continue
+                    if proc.poll() is None:
+                        if now - started[name] > 60:
+                            backoff[name] = 1.0
+                        continue
+                    delay = backoff[name]
+                    log.warning("%s exited with status %s; restarting in %.0f s (log: %s)", name, proc.returncode,
+                                delay, self.log_dir / f"{name}.log")
+                    restart_at[name] = now + delay
+                    backoff[name] = min(delay * 2, max_backoff)
                 time.sleep(0.5)
         except KeyboardInterrupt:
             pass

@@ -3,11 +3,13 @@ private Redis server, and the ``tally`` command run in this process."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +70,68 @@ def redis_url(tmp_path_factory):
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait()
+
+
+@dataclass
+class Service:
+    """A running service: private Redis, the API (uvicorn) and worker ``w1``, all real processes."""
+
+    url: str
+    settings: object  # workers.settings.Settings
+    launcher: object  # tally.launcher.Launcher
+    redis: object  # redis.Redis
+    http: object  # httpx.Client
+
+    def submit(self, **body) -> str:
+        response = self.http.post("/v1/jobs", json=body)
+        assert response.status_code == 202, response.text
+        return response.json()["id"]
+
+    def record(self, job_id: str) -> dict:
+        return self.http.get(f"/v1/jobs/{job_id}").json()
+
+    def wait(self, job_id: str, timeout: float = 180, until=("succeeded", "failed", "canceled")) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            record = self.record(job_id)
+            if record["status"] in until:
+                return record
+            time.sleep(0.2)
+        raise AssertionError(f"job {job_id} still {record['status']} after {timeout} s")
+
+    def start_worker(self, name: str = "w1") -> None:
+        self.launcher.start_worker("reference", name)
+        self.launcher.wait_ready(self.url, timeout=180, models=["reference"])
+
+    def restart_worker(self, name: str = "w1") -> None:
+        self.launcher.stop(f"worker-{name}")
+        self.start_worker(name)
+
+
+@contextmanager
+def launch_service(root: Path, env: dict | None = None, models: list | None = None):
+    """Redis, the API and one worker ``w1`` for the reference model, stopped on exit."""
+    import httpx
+    import redis
+
+    from tally.launcher import Launcher
+    from workers.settings import Settings
+
+    redis_url = f"redis://127.0.0.1:{free_port()}/0"
+    env = {"TALLY_REDIS_URL": redis_url, "TALLY_RUNTIME_DIR": str(root / "runtime"),
+           "TALLY_TOKEN_DIR": str(root / "tokens"), "TALLY_WORKER_HEARTBEAT_S": "1", **(env or {})}
+    if models is not None:
+        env["TALLY_MODELS"] = json.dumps(models)
+    settings = Settings(redis_url=redis_url, runtime_dir=root / "runtime", token_dir=root / "tokens")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with Launcher(settings, env=env, log_dir=root / "logs") as launcher:
+        launcher.ensure_redis()
+        launcher.start_api("127.0.0.1", port)
+        launcher.start_worker("reference", "w1")
+        launcher.wait_ready(url, timeout=180, models=["reference"])
+        with httpx.Client(base_url=url, timeout=30) as http:
+            yield Service(url, settings, launcher, redis.Redis.from_url(redis_url), http)
 
 
 @dataclass

@@ -54,7 +54,8 @@ def test_bad_requests_get_422_saying_what_is_allowed(api, body, fragment):
 def test_a_valid_request_is_queued_with_its_object_resolved_from_configuration(api, settings):
     from workers.queue import generation_queue
 
-    response = api.post("/v1/jobs", json={"prompt": "a photo of red circles", "count": 3, "seed": 5})
+    response = api.post("/v1/jobs", json={"prompt": "a photo of red circles", "count": 3, "seed": 5,
+                                          "queue_if_offline": True})
     assert response.status_code == 202
     job_id = response.json()["id"]
     record = api.get(f"/v1/jobs/{job_id}").json()
@@ -63,6 +64,37 @@ def test_a_valid_request_is_queued_with_its_object_resolved_from_configuration(a
     queue = generation_queue(redis.Redis.from_url(settings.redis_url), settings, "reference")
     assert queue.get_job_ids() == [job_id]
     assert queue.fetch_job(job_id).kwargs["request"]["budget"] == settings.default_budget.model_dump()
+
+
+def test_a_job_for_a_model_without_a_live_worker_is_refused_not_left_waiting(api, settings):
+    from workers.queue import generation_queue
+
+    response = api.post("/v1/jobs", json={"prompt": "a photo of red circles", "count": 3})
+    assert response.status_code == 503 and response.json()["code"] == "no_worker"
+    assert "queue_if_offline" in response.json()["message"] and int(response.headers["Retry-After"]) > 0
+    assert len(generation_queue(redis.Redis.from_url(settings.redis_url), settings, "reference")) == 0
+
+
+def test_the_callers_jobs_are_listed_newest_first_page_by_page(api):
+    def submit(seed, key="owner-a"):
+        return api.post("/v1/jobs", headers={"X-API-Key": key}, json={
+            "prompt": "a photo of red circles", "count": 3, "seed": seed, "queue_if_offline": True}).json()["id"]
+
+    mine = [submit(s) for s in range(5)]
+    other = submit(99, key="owner-b")
+    api.delete(f"/v1/jobs/{mine[1]}", headers={"X-API-Key": "owner-a"})
+    first = api.get("/v1/jobs", params={"limit": 2}, headers={"X-API-Key": "owner-a"}).json()
+    assert [j["id"] for j in first["jobs"]] == mine[::-1][:2] and first["next_cursor"]
+    second = api.get("/v1/jobs", params={"limit": 2, "cursor": first["next_cursor"]},
+                     headers={"X-API-Key": "owner-a"}).json()
+    rest = api.get("/v1/jobs", params={"limit": 2, "cursor": second["next_cursor"]}, headers={"X-API-Key": "owner-a"}).json()
+    assert [j["id"] for j in second["jobs"] + rest["jobs"]] == mine[::-1][2:] and rest["next_cursor"] is None
+    canceled = api.get("/v1/jobs", params={"status": "canceled"}, headers={"X-API-Key": "owner-a"}).json()
+    assert [j["id"] for j in canceled["jobs"]] == [mine[1]]
+    assert other not in {j["id"] for j in api.get("/v1/jobs", headers={"X-API-Key": "owner-a"}).json()["jobs"]}
+    record = first["jobs"][0]
+    assert record["seed"] == 4 and record["seed_source"] == "request"
+    assert api.get("/v1/jobs", params={"status": "lost"}).status_code == 422
 
 
 def test_unknown_job_and_token_are_404_json(api):
@@ -94,8 +126,12 @@ def test_models_describe_their_configuration(api):
 def test_a_token_learned_by_the_cli_is_listed_by_the_api_at_once(api, settings, tally_cli, monkeypatch):
     env = {"TALLY_REDIS_PREFIX": settings.redis_prefix, "TALLY_TOKEN_DIR": str(settings.tokens_path)}
     assert api.get("/v1/tokens").json() == []
-    result = tally_cli("optimize", "--object", "circle", "--count", "3", "--iterations", "1",
-                       "--seeds-per-iteration", "1", "--validation-seeds", "2", env=env)
+    args = ("optimize", "--object", "circle", "--count", "3", "--iterations", "1", "--seeds-per-iteration", "1",
+            "--validation-seeds", "2")
+    no_gain = tally_cli(*args, env=env)  # one iteration, no validation after it: the base is kept, no gain
+    assert no_gain.returncode == 0 and "NOT stored" in no_gain.stderr, no_gain.stderr
+    assert api.get("/v1/tokens").json() == []
+    result = tally_cli(*args, "--min-gain", "-1", env=env)
     assert result.returncode == 0, result.stderr
     [token] = api.get("/v1/tokens").json()
     assert token["object"] == "circle" and token["count"] == 3 and token["metadata"]["mode"] == "library"

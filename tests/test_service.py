@@ -4,68 +4,27 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from tally.client import sse_events
-from tally.launcher import Launcher
 from workers.keys import Keys
 from workers.settings import Settings
 
-from .conftest import free_port
+from .conftest import launch_service
 
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class Service:
-    url: str
-    settings: Settings
-    launcher: Launcher
-    redis: redis.Redis
-    http: httpx.Client
-
-    def submit(self, **body) -> str:
-        response = self.http.post("/v1/jobs", json=body)
-        assert response.status_code == 202, response.text
-        return response.json()["id"]
-
-    def wait(self, job_id: str, timeout: float = 180, until=("succeeded", "failed", "canceled")) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            record = self.http.get(f"/v1/jobs/{job_id}").json()
-            if record["status"] in until:
-                return record
-            time.sleep(0.2)
-        raise AssertionError(f"job {job_id} still {record['status']} after {timeout} s")
-
-    def restart_worker(self) -> None:
-        self.launcher.stop("worker-w1")
-        self.launcher.start_worker("reference", "w1")
-        self.launcher.wait_ready(self.url, timeout=180)
-
-
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    root = tmp_path_factory.mktemp("service")
-    redis_url = f"redis://127.0.0.1:{free_port()}/0"
-    env = {"TALLY_REDIS_URL": redis_url, "TALLY_RUNTIME_DIR": str(root / "runtime"), "TALLY_TOKEN_DIR": str(root / "tokens"),
-           "TALLY_LIBRARY__MAX_ITERATIONS": "2", "TALLY_LIBRARY__SEEDS_PER_ITERATION": "2",
-           "TALLY_LIBRARY__VALIDATION_SEEDS": "4", "TALLY_LIBRARY__VALIDATE_EVERY": "1", "TALLY_WORKER_HEARTBEAT_S": "1"}
-    settings = Settings(redis_url=redis_url, runtime_dir=root / "runtime", token_dir=root / "tokens")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with Launcher(settings, env=env, log_dir=root / "logs") as launcher:
-        launcher.ensure_redis()
-        launcher.start_api("127.0.0.1", port)
-        launcher.start_worker("reference", "w1")
-        launcher.wait_ready(url, timeout=180)
-        with httpx.Client(base_url=url, timeout=30) as http:
-            yield Service(url, settings, launcher, redis.Redis.from_url(redis_url), http)
+    env = {"TALLY_LIBRARY__MAX_ITERATIONS": "2", "TALLY_LIBRARY__SEEDS_PER_ITERATION": "2",
+           "TALLY_LIBRARY__VALIDATION_SEEDS": "4", "TALLY_LIBRARY__VALIDATE_EVERY": "1",
+           "TALLY_LIBRARY__MIN_GAIN": "-1"}  # tiny learning runs: admit whatever they learn
+    with launch_service(tmp_path_factory.mktemp("service"), env) as service:
+        yield service
 
 
 def _import_token(service: Service, t2i, cls: str, count: int) -> str:

@@ -26,6 +26,10 @@ class Keys:
     def job_cancel(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}:cancel"
 
+    def owner_jobs(self, owner: str) -> str:
+        """An owner's job ids by submission time (``GET /v1/jobs``)."""
+        return f"{self.prefix}:owner:{owner}:jobs"
+
     def idempotency(self, owner: str, key: str) -> str:
         return f"{self.prefix}:idempotency:{owner}:{key}"
 
@@ -37,6 +41,24 @@ class Keys:
 
     def library_lock(self, key_id: str) -> str:
         return f"{self.prefix}:library-lock:{key_id}"
+
+    def library_state(self, key_id: str) -> str:
+        """Where a sliced library task keeps its optimizer state between slices."""
+        return f"{self.prefix}:library-state:{key_id}"
+
+    def library_cancel(self, key_id: str) -> str:
+        return f"{self.prefix}:library-cancel:{key_id}"
+
+    def library_no_gain(self, key_id: str) -> str:
+        """A key whose learning found no gain (its figures), until it may be retried."""
+        return f"{self.prefix}:library-no-gain:{key_id}"
+
+    def learning(self, key_id: str) -> str:
+        """A library task's public progress (``GET /v1/tokens/learning``)."""
+        return f"{self.prefix}:learning:{key_id}"
+
+    def learning_index(self) -> str:
+        return f"{self.prefix}:learning"
 
     def worker(self, model_id: str, name: str) -> str:
         return f"{self.prefix}:worker:{model_id}:{name}"

@@ -1,13 +1,11 @@
 """Queues (RQ): one per configured model for user jobs, one per model for library learning (lower priority:
-a worker listens to its user queue first), the single-flight rule for library tasks, and worker liveness.
+a worker listens to its user queue first), and worker liveness. Library tasks themselves: ``library``.
 """
 
 from __future__ import annotations
 
-import uuid
-
 import redis
-from rq import Callback, Queue, Retry
+from rq import Queue, Retry
 
 from .keys import Keys
 from .requests import JobRequest
@@ -23,6 +21,14 @@ def connect(settings: Settings, blocking: bool = False) -> redis.Redis:
                                 health_check_interval=10)
 
 
+def connect_async(settings: Settings):
+    """An asyncio client for the event streams: they block on Redis (XREAD) without holding a thread."""
+    import redis.asyncio
+
+    return redis.asyncio.Redis.from_url(settings.redis_url, socket_connect_timeout=2,
+                                        socket_timeout=settings.sse_heartbeat_s + 10, health_check_interval=10)
+
+
 def keys(settings: Settings) -> Keys:
     return Keys(settings.redis_prefix)
 
@@ -33,29 +39,6 @@ def generation_queue(connection: redis.Redis, settings: Settings, model_id: str)
 
 def library_queue(connection: redis.Redis, settings: Settings, model_id: str) -> Queue:
     return Queue(keys(settings).library_queue(model_id), connection=connection)
-
-
-def schedule_library(connection: redis.Redis, settings: Settings, model_id: str, cls: str, count: int,
-                     key_id: str) -> bool:
-    """Start one library-learning task for ``key_id`` unless one is already queued or running.
-
-    Single flight: the lock is taken atomically (SET NX) and released when the task ends, fails or is
-    abandoned by a dead worker (RQ runs the failure callback then); its TTL is the last resort.
-    """
-    k = keys(settings)
-    job_id = f"library-{key_id}-{uuid.uuid4().hex[:8]}"
-    if not connection.set(k.library_lock(key_id), job_id, nx=True, ex=settings.library_timeout + 60):
-        return False
-    library_queue(connection, settings, model_id).enqueue_call(
-        "workers.tasks.library_job", kwargs={"model_id": model_id, "cls": cls, "count": count, "key_id": key_id},
-        job_id=job_id, timeout=settings.library_timeout, result_ttl=settings.result_ttl,
-        failure_ttl=settings.result_ttl, on_failure=Callback("workers.tasks.release_library_lock"),
-        meta={"key": key_id, "kind": "library"})
-    with connection.pipeline() as pipe:
-        pipe.hincrby(k.metrics(), "library_tasks_started", 1)
-        pipe.hincrby(k.metrics(), f"library_tasks_started:{key_id}", 1)
-        pipe.execute()
-    return True
 
 
 def enqueue_generation(connection: redis.Redis, settings: Settings, request: JobRequest, meta: dict,

@@ -2,8 +2,10 @@
 the event stream's events, cancel, images. Torch-free; the worker side lives in ``tasks``.
 
 A job is an RQ job; Tally's record lives in its ``meta`` (owner, request, stage, progress, token, results,
-cost, timings, error). Progress events are also appended to a Redis list so that a client following the
-event stream sees every change in order. Images are PNGs in Redis with the result TTL.
+cost, timings, error). Every change is also appended to the job's Redis stream, whose statuses are
+``JobStatus`` values, so a client following the event stream sees every change in order and is woken
+the moment the job ends (``XREAD BLOCK``, no polling). An owner's jobs are indexed by submission time.
+Images are PNGs in Redis with the result TTL; every key a job leaves expires with it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from rq.job import JobStatus as RQStatus
 
 from optimization.config import ModelSpec
 
-from .queue import enqueue_generation, generation_queue, keys
+from .queue import enqueue_generation, generation_queue, keys, live_workers
 from .requests import JobRequest
 from .settings import Settings
 
@@ -82,8 +84,43 @@ def submit(connection: redis.Redis, settings: Settings, request: JobRequest, own
             "token": None, "results": [], "cost": None, "timings": {"submitted": time.time()}, "error": None}
     enqueue_generation(connection, settings, request, meta, job_id)
     push_event(connection, settings, job_id, {"status": JobStatus.queued})
-    connection.hincrby(k.metrics(), "jobs_submitted", 1)
+    now = time.time()
+    with connection.pipeline() as pipe:
+        pipe.zadd(k.owner_jobs(owner), {job_id: now})
+        pipe.zremrangebyscore(k.owner_jobs(owner), 0, now - settings.result_ttl)  # their records have expired
+        pipe.expire(k.owner_jobs(owner), settings.result_ttl)
+        pipe.hincrby(k.metrics(), "jobs_submitted", 1)
+        pipe.execute()
     return Submitted(job_id, created=True)
+
+
+class NoWorker(Exception):
+    """No live worker serves the model: a job would wait for ever."""
+
+
+def require_worker(connection: redis.Redis, settings: Settings, model_id: str) -> None:
+    if not live_workers(connection, settings, model_id):
+        raise NoWorker(f"no live worker serves model {model_id!r}; retry later, or pass queue_if_offline: true "
+                       "to queue the job until one starts")
+
+
+def list_jobs(connection: redis.Redis, settings: Settings, owner: str, status: JobStatus | None = None,
+              cursor: float | None = None, limit: int = 20) -> tuple[list[dict], float | None]:
+    """The owner's jobs, newest first, ``limit`` a page; ``cursor`` (the previous page's last submission
+    time) continues where that page ended. Returns the records and the next cursor (None at the end)."""
+    key, out, upper = keys(settings).owner_jobs(owner), [], f"({cursor}" if cursor is not None else "+inf"
+    while len(out) < limit:
+        page = connection.zrevrangebyscore(key, upper, "-inf", start=0, num=limit * 2, withscores=True)
+        if not page:
+            return out, None
+        for job_id, score in page:
+            record = job_record(connection, settings, job_id.decode(), owner)
+            if record is not None and (status is None or record["status"] == status):
+                out.append(record)
+                if len(out) == limit:
+                    return out, score
+            upper = f"({score}"
+    return out, None
 
 
 # ------------------------------------------------------------------------------------------------- record
@@ -97,6 +134,8 @@ def _fetch(connection: redis.Redis, job_id: str, owner: str) -> Job | None:
 
 def status_of(job: Job) -> JobStatus:
     meta = job.meta
+    if (meta.get("timings") or {}).get("finished"):  # the worker's own word, a moment before RQ's
+        return JobStatus.canceled if meta.get("canceled") else JobStatus.failed if meta.get("error") else JobStatus.succeeded
     rq_status = job.get_status(refresh=False)
     if meta.get("canceled") or rq_status in (RQStatus.CANCELED, RQStatus.STOPPED):
         return JobStatus.canceled
@@ -122,22 +161,26 @@ def job_record(connection: redis.Redis, settings: Settings, job_id: str, owner: 
         error = {"code": "internal", "message": "the job failed in the worker; it was retried and gave up"}
     position = job.get_position() if status == JobStatus.queued else None
     return {"id": job.id, "status": status, "stage": meta.get("stage") if status == JobStatus.running else None,
+            "submitted": (meta.get("timings") or {}).get("submitted"),
             "queue_position": position, "model": meta.get("model"), "request": meta.get("request"),
             "progress": meta.get("progress"), "token": meta.get("token"), "results": meta.get("results") or [],
             "cost": meta.get("cost"), "timings": meta.get("timings"), "error": error, "owner": meta.get("owner"),
+            "budget_exhausted": meta.get("budget_exhausted"),
             "prompt": meta.get("prompt"), "object": meta.get("object")}
-
-
-def events_since(connection: redis.Redis, settings: Settings, job_id: str, start: int) -> list[dict]:
-    return [json.loads(e) for e in connection.lrange(keys(settings).job_events(job_id), start, -1)]
 
 
 def push_event(connection: redis.Redis, settings: Settings, job_id: str, event: dict) -> None:
     key = keys(settings).job_events(job_id)
     with connection.pipeline() as pipe:
-        pipe.rpush(key, json.dumps({**event, "time": round(time.time(), 3)}))
+        pipe.xadd(key, {"event": json.dumps({**event, "time": round(time.time(), 3)})}, maxlen=10_000,
+                  approximate=True)
         pipe.expire(key, settings.result_ttl)
         pipe.execute()
+
+
+def decode_events(entries) -> list[tuple[str, dict]]:
+    """(stream id, event) pairs of XRANGE / XREAD entries."""
+    return [(i.decode(), json.loads(fields[b"event"])) for i, fields in entries]
 
 
 # ------------------------------------------------------------------------------------------------- cancel
@@ -154,9 +197,12 @@ def cancel(connection: redis.Redis, settings: Settings, job_id: str, owner: str)
             pass  # it started meanwhile: the flag below stops it
         job.meta["canceled"] = True
         job.save_meta()
+    if status == JobStatus.queued:
+        push_event(connection, settings, job_id, {"status": JobStatus.canceled})
     if status in (JobStatus.queued, JobStatus.running):
         connection.set(keys(settings).job_cancel(job_id), 1, ex=settings.result_ttl)
-        push_event(connection, settings, job_id, {"status": "canceling"})
+    if status == JobStatus.running:
+        push_event(connection, settings, job_id, {"status": JobStatus.running, "cancel_requested": True})
     return job_record(connection, settings, job_id, owner)
 
 

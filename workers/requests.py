@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,6 +29,7 @@ class JobRequest(BaseModel):
     object: str | None = Field(description="The detector class; None until a worker of the model has said its classes.")
     num_images: int
     seed: int = Field(ge=0, lt=2**63)
+    seed_source: Literal["request", "idempotency_key", "server"] = "request"
     model: str
     policy: Policy
     budget: Budget
@@ -63,9 +65,12 @@ def build_request(settings: Settings, *, prompt: str, count: int, object_: str |
             cls = resolve_class(object_, classes) if object_ else object_in_prompt(prompt, classes)
         except InvalidRequest as exc:
             raise InvalidRequest(f"object: {exc}") from None
+    source = "request"
     if seed is None:  # a retried request (same idempotency key) must be the same request
+        source = "idempotency_key" if idempotency_key else "server"
         seed = (int(hashlib.sha256(idempotency_key.encode()).hexdigest()[:8], 16) if idempotency_key
                 else time.time_ns() % 2**31)
-    return JobRequest(prompt=prompt, count=count, object=cls, num_images=num_images, seed=seed, model=spec.id,
+    return JobRequest(prompt=prompt, count=count, object=cls, num_images=num_images, seed=seed, seed_source=source,
+                      model=spec.id,
                       policy=policy or settings.policy_for(spec),
                       budget=settings.default_budget.model_copy(update=overrides))

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     max_budget: Budget = Budget(max_seconds=600.0, max_candidates=1024, max_iterations=500)
     refine: RefineConfig = RefineConfig()
     library: LibraryConfig = LibraryConfig()
+    library_slice_seconds: float = Field(10.0, gt=0, description=(
+        "Library learning runs in slices of about this long, re-queued behind user jobs: a user job waits "
+        "at most one slice for a worker busy learning."))
+    library_retry_after_s: int = Field(86_400, ge=0, description=(
+        "A key whose learning found no gain is not learned again for this long."))
 
     max_body_bytes: int = Field(2 << 20, description="Largest request body the API reads.")
     max_token_bytes: int = Field(1 << 20, description="Largest token file accepted (a token is a few KB).")
@@ -48,6 +53,7 @@ class Settings(BaseSettings):
     library_timeout: int = 7_200
     job_retries: int = 2
     worker_heartbeat_s: float = 5.0
+    sse_heartbeat_s: float = Field(15.0, gt=0, description="An idle event stream sends a comment this often.")
 
     @property
     def tokens_path(self) -> Path:

@@ -15,7 +15,8 @@ from rq.job import Job, get_current_job
 from optimization.config import LibraryConfig, Policy, Stage
 from optimization.errors import InvalidRequest
 
-from .queue import keys, schedule_library
+from . import library
+from .queue import keys
 from .records import JobStatus, push_event
 from .requests import JobRequest
 
@@ -41,7 +42,14 @@ class _Reporter:
     def finish(self, **fields) -> dict:
         timings = {**self.job.meta["timings"], "finished": time.time()}
         self.update(**fields, timings=timings)
+        status = (JobStatus.canceled if fields.get("canceled") else
+                  JobStatus.failed if fields.get("error") else JobStatus.succeeded)
+        push_event(self.runtime.connection, self.runtime.settings, self.job.id, {"status": status})
         return {k: v for k, v in fields.items() if k != "results"}
+
+
+class WorkerStopping(Exception):
+    """The worker is shutting down: the job goes back to the front of its queue (RQ's retry, not counted)."""
 
 
 def generate_job(request: dict) -> dict:
@@ -55,9 +63,16 @@ def generate_job(request: dict) -> dict:
     req = JobRequest.model_validate(request)
     report = _Reporter(rt, job)
     report.update(stage=Stage.sampling, timings={**job.meta["timings"], "started": time.time()})
+    push_event(rt.connection, rt.settings, job.id, {"status": JobStatus.running, "stage": Stage.sampling})
     try:
         result = _run_engine(rt, job, req, report)
     except Canceled:
+        if not rt.connection.exists(keys(rt.settings).job_cancel(job.id)):  # not the caller: the worker stops
+            job.retries_left = (job.retries_left or 0) + 1
+            job.enqueue_at_front_on_retry = True
+            report.update(stage=None)
+            push_event(rt.connection, rt.settings, job.id, {"status": JobStatus.queued, "requeued": True})
+            raise WorkerStopping(f"job {job.id} goes back to its queue") from None
         return report.finish(canceled=True, stage=None)
     except InvalidRequest as exc:  # bad input that only the worker could see (e.g. an object the detector lacks)
         return report.finish(error={"code": "invalid_request", "message": str(exc)}, stage=None)
@@ -77,12 +92,12 @@ def _run_engine(rt, job: Job, req: JobRequest, report: _Reporter):
     scheduled = False
     if token is None and req.policy in (Policy.library, Policy.refine):
         key_id = engine.token_key(cls, req.count).id
-        scheduled = schedule_library(rt.connection, rt.settings, rt.model.id, cls, req.count, key_id)
+        scheduled = library.schedule(rt.connection, rt.settings, rt.model.id, cls, req.count, key_id)
     report.update(token={"key": engine.token_key(cls, req.count).id, "library_hit": token is not None,
                          "learning_scheduled": scheduled})
     return engine.generate(req.prompt, req.count, object_=cls, num_images=req.num_images, seed=req.seed,
                            budget=req.budget, policy=req.policy, token=token, progress=report.progress,
-                           should_stop=lambda: bool(rt.connection.exists(k.job_cancel(job.id))))
+                           should_stop=lambda: rt.shutdown.is_set() or bool(rt.connection.exists(k.job_cancel(job.id))))
 
 
 def _store_results(rt, job: Job, result, report: _Reporter) -> dict:
@@ -98,24 +113,19 @@ def _store_results(rt, job: Job, result, report: _Reporter) -> dict:
         pipe.hincrbyfloat(k.metrics(), "engine_seconds", result.cost["seconds"])
         pipe.hincrby(k.metrics(), "candidates", result.cost["candidates"])
         pipe.execute()
-    return report.finish(results=results, cost=result.cost, stage=None, prompt=result.prompt, object=result.object)
+    return report.finish(results=results, cost=result.cost, stage=None, prompt=result.prompt, object=result.object,
+                         budget_exhausted=result.budget_exhausted)
 
 
 def library_job(model_id: str, cls: str, count: int, key_id: str) -> dict:
-    """Run in a worker at low priority: learn the library token for one key and store it."""
+    """Run in a worker at low priority: one slice of learning the library token of one key."""
     from .worker import current_runtime
 
-    rt = current_runtime()
-    config: LibraryConfig = rt.settings.library
-    try:
-        token = rt.store.learn(rt.engine, cls, count, config)
-    finally:
-        rt.connection.delete(keys(rt.settings).library_lock(key_id))
-    return {"key": token.key.id, "validation": token.metadata.get("validation")}
+    return library.run_slice(current_runtime(), model_id, cls, count, key_id)
 
 
 def release_library_lock(job: Job, connection, *exc_info) -> None:
     """RQ failure callback (also run for tasks abandoned by a dead worker): the next miss may start another."""
     from .settings import get_settings
 
-    connection.delete(keys(get_settings()).library_lock(job.meta["key"]))
+    library.conclude(connection, get_settings(), job.meta["key"], "failed")

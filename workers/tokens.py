@@ -146,8 +146,27 @@ class TokenStore:
         return CountToken.from_bytes(data, expected_model=engine.t2i.fingerprint) if data else None
 
     def learn(self, engine: CountEngine, cls: str, count: int, config: LibraryConfig, progress=None,
-              should_stop=None) -> CountToken:
-        """Learn the library token of (engine's model, cls, count) and store it."""
+              should_stop=None, retry_after_s: int = 0) -> CountToken | None:
+        """Learn the library token of (engine's model, cls, count); stored (and returned) only if it helps."""
         token = engine.learn_library_token(cls, count, config, progress=progress, should_stop=should_stop)
-        self.put(token.to_bytes())
-        return token
+        return token if self.admit(token, config.min_gain, retry_after_s) else None
+
+    def admit(self, token: CountToken, min_gain: float, retry_after_s: int = 0) -> bool:
+        """The library's door: a learned token enters only if its held-out exact rate beats the base prompt's
+        by ``min_gain``; otherwise its figures are recorded so the key is not learned again for a while."""
+        key_id, metadata = token.key.id, token.metadata
+        if metadata.get("mode") == "library" and metadata.get("gain", 0.0) >= min_gain and metadata.get("validation"):
+            self.put(token.to_bytes())
+            self._index(lambda r: r.delete(self.keys.library_no_gain(key_id)))
+            return True
+        figures = {"key": key_id, "gain": metadata.get("gain"), "validation": metadata.get("validation"),
+                   "iterations": metadata.get("iterations"), "min_gain": min_gain}
+        log.info("token %s not admitted: gain %s < %s", key_id, metadata.get("gain"), min_gain)
+        if retry_after_s > 0:
+            self._index(lambda r: r.set(self.keys.library_no_gain(key_id), json.dumps(figures), ex=retry_after_s))
+        return False
+
+    def no_gain(self, key_id: str) -> dict | None:
+        """The figures of a key whose last learning found no gain, while it is not retried."""
+        raw = self._index(lambda r: r.get(self.keys.library_no_gain(key_id)))
+        return json.loads(raw) if raw else None

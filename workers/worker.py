@@ -3,16 +3,23 @@
 CUDA is not fork-safe and loading a pipeline costs seconds, so the worker is an RQ ``SimpleWorker`` that
 runs jobs in its own process. It listens to its model's user queue before the library queue (user jobs
 first), publishes the model's fingerprint and classes for the API, keeps a heartbeat key alive for
-``/readyz`` and ``/v1/models``, and re-seeds Redis from the durable token directory at start.
+``/readyz``, ``/v1/models`` and orphan detection, and re-seeds Redis from the durable token directory.
+
+Lifecycle: a stale registration of the same name (a killed predecessor) is cleared at start; jobs of dead
+workers are recovered at start and every few seconds (``recovery``); a lost Redis is waited for with
+backoff, never a reason to exit; SIGTERM or Ctrl-C interrupts the running job at its next check, puts it
+back at the front of its queue, and exits.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
+import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 from rq import SimpleWorker
@@ -20,6 +27,7 @@ from rq import SimpleWorker
 from optimization.config import ModelSpec
 
 from .queue import connect, generation_queue, keys, library_queue
+from .recovery import recover_orphans, worker_alive
 from .settings import Settings
 from .tokens import TokenStore
 
@@ -33,6 +41,7 @@ class WorkerRuntime:
     connection: redis.Redis
     engine: object  # optimization.engine.CountEngine
     store: TokenStore
+    shutdown: threading.Event = field(default_factory=threading.Event)  # set by SIGTERM / Ctrl-C
 
 
 _runtime: WorkerRuntime | None = None  # set once by run_worker; RQ calls job functions by import path
@@ -54,15 +63,35 @@ def load_runtime(settings: Settings, model_id: str | None = None) -> WorkerRunti
     return WorkerRuntime(settings, model, connection, engine, store)
 
 
+log = logging.getLogger("tally.worker")
+
+
+class TallyWorker(SimpleWorker):
+    """RQ's in-process worker whose stop signal also interrupts the running job at its next check."""
+
+    shutdown: threading.Event
+
+    def request_stop(self, signum, frame):
+        self.shutdown.set()
+        super().request_stop(signum, frame)
+
+
 def _heartbeat(runtime: WorkerRuntime, name: str, stop: threading.Event) -> None:
+    """Keep the worker's key alive; every few beats, recover the jobs of dead workers of this model."""
     k = keys(runtime.settings)
     ttl = max(2, int(runtime.settings.worker_heartbeat_s * 3))
     info = json.dumps({"name": name, "host": socket.gethostname(), "pid": os.getpid()})
+    beats = 0
     while not stop.is_set():
         try:
             runtime.connection.set(k.worker(runtime.model.id, name), info, ex=ttl)
+            if beats % 2 == 1:
+                recover_orphans(runtime.connection, runtime.settings, runtime.model.id)
         except redis.RedisError:
             pass  # Redis away: the heartbeat lapses and /readyz says so; the next beat restores it
+        except Exception:
+            log.exception("orphan recovery failed")
+        beats += 1
         stop.wait(runtime.settings.worker_heartbeat_s)
 
 
@@ -73,23 +102,61 @@ def publish_model_info(runtime: WorkerRuntime) -> None:
     runtime.connection.set(keys(runtime.settings).model_info(runtime.model.id), json.dumps(info))
 
 
+def _clear_stale_registration(runtime: WorkerRuntime, name: str) -> None:
+    """A predecessor of the same name that was killed leaves RQ's registration behind; RQ would refuse to
+    start. It is stale when that name has no live heartbeat (or its process is gone from this host)."""
+    beat = runtime.connection.get(keys(runtime.settings).worker(runtime.model.id, name))
+    if beat and json.loads(beat)["pid"] != os.getpid() and worker_alive(runtime.connection, runtime.settings,
+                                                                        runtime.model.id, name):
+        raise RuntimeError(f"a live worker named {name!r} already serves model {runtime.model.id}")
+    runtime.connection.delete(SimpleWorker.redis_worker_namespace_prefix + name)
+
+
+def _prepare(runtime: WorkerRuntime, name: str) -> int:
+    """What a worker does before serving, at start and after Redis came back."""
+    _clear_stale_registration(runtime, name)
+    reseeded = runtime.store.reseed()
+    publish_model_info(runtime)
+    recovered = recover_orphans(runtime.connection, runtime.settings, runtime.model.id, starting=name)
+    if recovered:
+        log.warning("recovered %d job(s) of dead workers: %s", len(recovered), ", ".join(recovered))
+    return reseeded
+
+
 def run_worker(settings: Settings, model_id: str | None = None, burst: bool = False, name: str | None = None,
                on_ready=None) -> None:
     global _runtime
     _runtime = runtime = load_runtime(settings, model_id)
-    reseeded = runtime.store.reseed()
-    publish_model_info(runtime)
-    name = name or f"{socket.gethostname()}-{os.getpid()}"
-    stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(runtime, name, stop), daemon=True)
-    beat.start()
-    if on_ready:
-        on_ready(runtime, reseeded)
+    name = name or f"{runtime.model.id}-{socket.gethostname()}-{os.getpid()}"
     queues = [generation_queue(runtime.connection, settings, runtime.model.id),
               library_queue(runtime.connection, settings, runtime.model.id)]
-    worker = SimpleWorker(queues, connection=runtime.connection, name=name)
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(runtime, name, stop), daemon=True)
+    delay, ready = 1.0, False
+    for sig in (signal.SIGTERM, signal.SIGINT):  # outside RQ's work loop (e.g. waiting for Redis) too
+        signal.signal(sig, lambda *_: runtime.shutdown.set())
     try:
-        worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
+        while not runtime.shutdown.is_set():
+            try:
+                reseeded = _prepare(runtime, name)
+                if not beat.is_alive():
+                    beat.start()
+                if on_ready and not ready:
+                    on_ready(runtime, reseeded)
+                ready, delay = True, 1.0
+                worker = TallyWorker(queues, connection=runtime.connection, name=name)
+                worker.shutdown = runtime.shutdown
+                worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
+                runtime.connection.ping()  # work() also returns after losing Redis: tell that from an end
+                if burst or runtime.shutdown.is_set():
+                    break
+            except redis.ConnectionError as exc:
+                log.warning("Redis unreachable (%s); retrying in %.0f s", exc, delay)
+                runtime.shutdown.wait(delay)
+                delay = min(delay * 2, 30.0)
     finally:
         stop.set()
-        runtime.connection.delete(keys(settings).worker(runtime.model.id, name))
+        try:
+            runtime.connection.delete(keys(settings).worker(runtime.model.id, name))
+        except redis.RedisError:
+            pass

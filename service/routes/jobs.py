@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-import time
+import re
 from typing import Annotated
 
+import redis
 from fastapi import APIRouter, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
 from workers import records
+from workers.queue import keys
 from workers.requests import build_request
 
+from .. import images
 from ..deps import OwnerDep, RedisDep, SettingsDep
 from ..errors import ApiError
-from ..schemas import Error, JobAccepted, JobCreate, JobOut
+from ..schemas import Error, JobAccepted, JobCreate, JobList, JobOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 NOT_FOUND = {404: {"model": Error, "description": "No such job for this caller."}}
+STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 
 def _record_out(record: dict, request: Request) -> JobOut:
@@ -27,8 +33,10 @@ def _record_out(record: dict, request: Request) -> JobOut:
     return JobOut(id=record["id"], status=record["status"], stage=record["stage"],
                   queue_position=record["queue_position"], model=record["model"],
                   prompt=record.get("prompt") or req["prompt"], object=record.get("object") or req.get("object"),
-                  count=req["count"], policy=req["policy"], progress=record["progress"], token=record["token"],
-                  results=results, cost=record["cost"], timings=record["timings"] or {}, error=record["error"])
+                  count=req["count"], policy=req["policy"], seed=req["seed"],
+                  seed_source=req.get("seed_source", "request"), progress=record["progress"], token=record["token"],
+                  results=results, budget_exhausted=record.get("budget_exhausted"), cost=record["cost"],
+                  timings=record["timings"] or {}, error=record["error"])
 
 
 @router.post("", status_code=202, response_model=JobAccepted,
@@ -40,6 +48,11 @@ def create_job(body: JobCreate, request: Request, settings: SettingsDep, connect
                         budget=body.budget.model_dump() if body.budget else None,
                         classes_of=lambda spec: records.model_classes(connection, settings, spec),
                         idempotency_key=idempotency_key)
+    if not body.queue_if_offline:
+        try:
+            records.require_worker(connection, settings, req.model)
+        except records.NoWorker as exc:
+            raise ApiError(503, "no_worker", str(exc), headers={"Retry-After": "30"}) from None
     try:
         submitted = records.submit(connection, settings, req, owner, idempotency_key)
     except records.IdempotencyConflict as exc:
@@ -48,6 +61,18 @@ def create_job(body: JobCreate, request: Request, settings: SettingsDep, connect
              "events": str(request.url_for("job_events", job_id=submitted.job_id)),
              "images": str(request.url_for("get_job", job_id=submitted.job_id)) + "/images/{n}"}
     return JobAccepted(id=submitted.job_id, status=records.JobStatus.queued, links=links)
+
+
+@router.get("", response_model=JobList, responses={422: {"model": Error}})
+def list_jobs(request: Request, settings: SettingsDep, connection: RedisDep, owner: OwnerDep,
+              status: Annotated[records.JobStatus | None, Query(description="Only jobs in this status.")] = None,
+              cursor: Annotated[str | None, Query(pattern=r"^\d{1,12}(\.\d{1,9})?$",
+                                                  description="next_cursor of the previous page.")] = None,
+              limit: Annotated[int, Query(ge=1, le=100)] = 20) -> JobList:
+    """The caller's jobs, newest first (kept for the result TTL)."""
+    found, next_cursor = records.list_jobs(connection, settings, owner, status, float(cursor) if cursor else None, limit)
+    return JobList(jobs=[_record_out(r, request) for r in found],
+                   next_cursor=repr(next_cursor) if next_cursor is not None else None)
 
 
 def _record(connection, settings, job_id: str, owner: str) -> dict:
@@ -70,38 +95,62 @@ def cancel_job(job_id: str, request: Request, settings: SettingsDep, connection:
     return _record_out(record, request)
 
 
-@router.get("/{job_id}/events", responses={200: {"content": {"text/event-stream": {}}}, **NOT_FOUND})
-def job_events(job_id: str, request: Request, settings: SettingsDep, connection: RedisDep, owner: OwnerDep,
-               last_event_id: Annotated[int | None, Header()] = None):
-    """Server-Sent Events: one ``progress`` event per change, in order, then one ``final`` event."""
-    _record(connection, settings, job_id, owner)
+@router.get("/{job_id}/events", responses={200: {"content": {"text/event-stream": {}}}, **NOT_FOUND,
+                                           422: {"model": Error}})
+async def job_events(job_id: str, request: Request, settings: SettingsDep, connection: RedisDep, owner: OwnerDep,
+                     last_event_id: Annotated[str | None, Header(description="Resume after this event id.")] = None):
+    """Server-Sent Events: one ``progress`` event per change, in order, then one ``final`` event (the record).
 
-    def stream():
-        seen = (last_event_id + 1) if last_event_id is not None else 0
+    Pushed, not polled: the stream blocks on the job's Redis stream, costs no thread, sends a comment line
+    every ``sse_heartbeat_s``, and is released the moment the client goes away."""
+    await run_in_threadpool(_record, connection, settings, job_id, owner)
+    if last_event_id is not None and not STREAM_ID.fullmatch(last_event_id):
+        raise ApiError(422, "invalid_request", "Last-Event-ID: must be an event id this stream sent (like 1700000000000-0)")
+    events, key = request.app.state.async_redis, keys(settings).job_events(job_id)
+
+    async def final() -> str:
+        record = await run_in_threadpool(records.job_record, connection, settings, job_id, owner)
+        body = _record_out(record, request).model_dump(mode="json") if record else {"id": job_id, "status": "expired"}
+        return f"event: final\ndata: {json.dumps(body)}\n\n"
+
+    async def stream():
+        last = last_event_id or "0-0"
         while True:
-            for event in records.events_since(connection, settings, job_id, seen):
-                yield f"id: {seen}\nevent: progress\ndata: {json.dumps(event)}\n\n"
-                seen += 1
-            record = records.job_record(connection, settings, job_id, owner)
-            if record is None or record["status"] in records.TERMINAL:
-                for event in records.events_since(connection, settings, job_id, seen):  # the last ones, in order
-                    yield f"id: {seen}\nevent: progress\ndata: {json.dumps(event)}\n\n"
-                    seen += 1
-                final = _record_out(record, request).model_dump(mode="json") if record else {"status": "expired"}
-                yield f"event: final\ndata: {json.dumps(final)}\n\n"
-                return
-            time.sleep(0.1)
+            try:
+                found = await events.xread({key: last}, count=100, block=int(settings.sse_heartbeat_s * 1000))
+            except redis.RedisError:
+                yield ": the job store is unreachable; retrying\n\n"
+                await asyncio.sleep(1)
+                continue
+            if not found:  # a heartbeat; and a job whose record expired or ended unseen still ends its stream
+                yield ": heartbeat\n\n"
+                record = await run_in_threadpool(records.job_record, connection, settings, job_id, owner)
+                if record is None or record["status"] in records.TERMINAL:
+                    yield await final()
+                    return
+                continue
+            for event_id, event in records.decode_events(found[0][1]):
+                last = event_id
+                yield f"id: {event_id}\nevent: progress\ndata: {json.dumps(event)}\n\n"
+                if event.get("status") in records.TERMINAL:
+                    yield await final()
+                    return
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@router.get("/{job_id}/images/{n}", name="job_image", responses={200: {"content": {"image/png": {}}}, **NOT_FOUND})
+@router.get("/{job_id}/images/{n}", name="job_image", response_class=Response,
+            responses={200: {"content": {t: {} for t in images.MEDIA_TYPES.values()}}, **NOT_FOUND})
 def job_image(job_id: str, n: int, settings: SettingsDep, connection: RedisDep, owner: OwnerDep,
-              boxes: Annotated[bool, Query(description="Draw the detections.")] = False) -> Response:
+              boxes: Annotated[bool, Query(description="Draw the detections.")] = False,
+              image_format: Annotated[images.ImageFormat, Query(
+                  alias="format", description="The encoding: the stored PNG, or it re-encoded as JPEG or WEBP "
+                                              "(the same pixels, boxes included).")] = "png") -> Response:
     png = records.image_png(connection, settings, job_id, n, owner)
     if png is None:
         raise ApiError(404, "not_found", f"job {job_id!r} has no image {n} (or it expired)")
     if boxes:
         record = _record(connection, settings, job_id, owner)
         png = records.draw_detections(png, record["results"][n]["boxes"])
-    return Response(png, media_type="image/png")
+    return Response(images.convert(png, image_format), media_type=images.MEDIA_TYPES[image_format])

@@ -9,12 +9,12 @@ from fastapi.responses import Response
 
 from optimization.errors import InvalidRequest
 from optimization.token_file import token_info
-from workers import records
+from workers import library, records
 from workers.tokens import TokenStore
 
 from ..deps import RedisDep, SettingsDep
 from ..errors import ApiError
-from ..schemas import Error, TokenOut
+from ..schemas import Error, LearningTask, TokenOut
 
 router = APIRouter(prefix="/v1/tokens", tags=["tokens"])
 
@@ -37,6 +37,20 @@ def list_tokens(request: Request, settings: SettingsDep, connection: RedisDep,
         info = records.model_info(connection, settings, model)
         fingerprint = info["fingerprint"] if info else "unknown"
     return [_out(i, request) for i in _store(settings, connection).list(fingerprint, object, count)]
+
+
+@router.get("/learning", response_model=list[LearningTask])
+def learning_tasks(settings: SettingsDep, connection: RedisDep) -> list[LearningTask]:
+    """Background library-learning tasks (queued, running, and recently ended), with their progress."""
+    return [LearningTask(**t) for t in library.tasks(connection, settings)]
+
+
+@router.delete("/learning/{key}", status_code=202, response_model=LearningTask, responses={404: {"model": Error}})
+def cancel_learning(key: str, settings: SettingsDep, connection: RedisDep) -> LearningTask:
+    """Stop a queued or running library task within one iteration (admin scope, once keys exist)."""
+    if not library.cancel(connection, settings, key):
+        raise ApiError(404, "not_found", f"no library task is queued or running for {key!r}")
+    return next(LearningTask(**t) for t in library.tasks(connection, settings) if t["key"] == key)
 
 
 @router.get("/{key}", response_model=TokenOut, responses={404: {"model": Error}})

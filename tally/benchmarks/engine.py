@@ -35,7 +35,8 @@ def bench_jobs(engine: CountEngine, counts: list[int], jobs_per_key: int) -> lis
 
 def library_tokens(engine: CountEngine, store: TokenStore, keys: list[tuple[str, int]], config: LibraryConfig,
                    progress: Progress | None = None) -> dict:
-    """The library token of each key from the store, learning (and storing) the missing ones."""
+    """The library token of each key from the store, learning the missing ones; None where learning found
+    no gain (the library refuses such tokens, and jobs of that key sample the base prompt)."""
     tokens = {}
     for i, (cls, n) in enumerate(keys):
         tokens[(cls, n)] = store.token_for(engine, cls, n) or store.learn(engine, cls, n, config)

@@ -61,9 +61,12 @@ def bench_library(engine: CountEngine, tokens: dict, judge_seeds: int, progress:
         for i, prompt in enumerate(prompts):
             share = seeds[i * per_prompt:(i + 1) * per_prompt]
             base += [(n, count(engine.counter, d, cls)) for d in engine.counter.detect(engine.t2i.generate(prompt, share))]
+            if token is None:  # the library refused it (no gain): jobs of this key use the base prompt
+                continue
             engine.t2i.set_token(token.vectors)
             images = engine.t2i.generate(place_token(prompt, n)[0], share)
             tok += [(n, count(engine.counter, d, cls)) for d in engine.counter.detect(images)]
+        tok = tok if token is not None else base
         pairs_base += base
         pairs_token += tok
         per[f"{cls}-{n}"] = {"base": summarize(base), "token": summarize(tok)}

@@ -100,6 +100,8 @@ def optimize(
     seeds_per_iteration: Annotated[int, typer.Option(min=1, help="library: fresh seeds per iteration.")] = _library.seeds_per_iteration,
     validation_seeds: Annotated[int, typer.Option(min=1, help="library: held-out seeds.")] = _library.validation_seeds,
     lr: Annotated[Optional[float], typer.Option(min=1e-9, help=f"Default: {_library.lr} (library), {DEFAULTS.refine.lr} (refine).")] = None,
+    min_gain: Annotated[float, typer.Option(min=-1, max=1, help="library: held-out exact gain over the base a token "
+                                                                "needs to enter the library.")] = _library.min_gain,
     model: ModelOption = None,
     detector: DetectorOption = None,
     out: Annotated[Optional[Path], typer.Option(help="Token file; library default: the token library.")] = None,
@@ -123,12 +125,18 @@ def optimize(
         if mode == "library":
             config = DEFAULTS.library.model_copy(update={
                 "max_iterations": iterations, "seeds_per_iteration": seeds_per_iteration,
-                "validation_seeds": validation_seeds, "seed": seed, "lr": lr or DEFAULTS.library.lr})
-            if out is None:
-                token = token_store().learn(engine, cls, count, config, progress=lambda r: update(r.iteration))
-            else:
-                token = engine.learn_library_token(cls, count, config, progress=lambda r: update(r.iteration))
+                "validation_seeds": validation_seeds, "seed": seed, "lr": lr or DEFAULTS.library.lr,
+                "min_gain": min_gain})
+            token = engine.learn_library_token(cls, count, config, progress=lambda r: update(r.iteration))
             summary = token.metadata
+            if out is None:  # the library's door: only a token that beats the base enters
+                stored = token_store().admit(token, config.min_gain)
+                summary = {**summary, "stored": stored}
+                if not stored:
+                    console.print(f"token {token.key.id} NOT stored: its held-out gain {summary['gain']} is below "
+                                  f"--min-gain {config.min_gain} (validation: {summary['validation']})")
+                    write_json({"key": token.key.id, "path": None, **summary}, json_path)
+                    return
         else:
             config = DEFAULTS.refine.model_copy(update={"max_iterations": iterations, "lr": lr or DEFAULTS.refine.lr})
             token_prompt, init_word = place_token(with_count(prompt or f"a photo of {plural(cls)}", cls, count), count)

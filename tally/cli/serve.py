@@ -38,7 +38,10 @@ def up(
     port: int = 8000,
     workers_per_model: Annotated[int, typer.Option(min=0)] = 1,
 ) -> None:
-    """Start Redis (if none answers), the API and a worker per model; Ctrl-C stops what was started."""
+    """Start Redis (if none answers), the API and a worker per model, and keep them up (a process that dies
+    is restarted with backoff); Ctrl-C or SIGTERM stops what was started within seconds, putting running
+    jobs back in their queues."""
+    import logging
     import signal
 
     from tally.launcher import Launcher
@@ -56,37 +59,77 @@ def up(
                 launcher.start_worker(m.id, f"{m.id}-{i}")
         launcher.wait_ready(f"http://{host}:{port}", timeout=300)
         console.print(f"Tally is up: http://{host}:{port}/docs  (Ctrl-C stops it)")
-        launcher.wait()
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        launcher.supervise()
 
 
 @app.command()
 def submit(
     prompt: Annotated[str, typer.Option(help="What to draw.")],
     count: Annotated[int, typer.Option(help="How many objects.")],
-    url: Annotated[str, typer.Option(help="The API.")] = "http://127.0.0.1:8000",
-    object_: Annotated[Optional[str], typer.Option("--object")] = None,
-    num_images: int = 1,
+    model: Annotated[Optional[str], typer.Option(help="A configured model id; default: the server's.")] = None,
+    policy: Annotated[Optional[Policy], typer.Option(help="Default: the server's, per model.")] = None,
+    budget_seconds: Annotated[Optional[float], typer.Option(help="Engine seconds; default: the server's.")] = None,
+    budget_candidates: Annotated[Optional[int], typer.Option(help="Candidate images; default: the server's.")] = None,
+    budget_iterations: Annotated[Optional[int], typer.Option(help="Refinements; default: the server's.")] = None,
+    object_: Annotated[Optional[str], typer.Option("--object", help="Object to count; default: the prompt's.")] = None,
+    num_images: Annotated[int, typer.Option(help="Verified images wanted.")] = 1,
     seed: Optional[int] = None,
-    policy: Optional[Policy] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Folder to download the images into.")] = None,
+    url: Annotated[str, typer.Option(envvar="TALLY_URL", help="The API.")] = "http://127.0.0.1:8000",
+    api_key: Annotated[Optional[str], typer.Option(envvar="TALLY_API_KEY", show_default=False,
+                                                   help="Sent as Authorization: Bearer and X-API-Key.")] = None,
+    queue_if_offline: Annotated[bool, typer.Option(
+        "--queue-if-offline", help="Queue even if no worker serves the model now (else error no_worker).")] = False,
+    detach: Annotated[bool, typer.Option("--detach", help="Print the job id and links, don't follow.")] = False,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Folder to save each image into: <job>-<n>.png and <job>-<n>-boxes.png (detections drawn).")] = None,
     json_path: JsonOption = None,
 ) -> None:
     """Submit a job to a running service and follow its progress (Server-Sent Events) until it ends."""
-    import httpx
+    from tally.client import Client, ClientError
 
-    from tally.client import follow_job
+    budget = {"max_seconds": budget_seconds, "max_candidates": budget_candidates, "max_iterations": budget_iterations}
+    body = {"prompt": prompt, "count": count, "object": object_, "num_images": num_images, "seed": seed,
+            "model": model, "policy": policy, "budget": {k: v for k, v in budget.items() if v is not None} or None,
+            "queue_if_offline": queue_if_offline or None}  # sent only when asked: older servers forbid it
+    with Client(url, api_key=api_key) as client:
+        try:
+            accepted = client.submit({k: v for k, v in body.items() if v is not None})
+        except ClientError as exc:
+            if exc.code == "no_worker":
+                raise ClientError(f"{exc.message} (tally submit --queue-if-offline)", exc.code, exc.status) from None
+            raise
+        job_id = accepted["id"]
+        if detach:
+            console.print(f"job {job_id} {accepted.get('status', 'queued')}", highlight=False)
+            for name, link in accepted.get("links", {}).items():
+                console.print(f"  {name}: {link}", highlight=False, soft_wrap=True)
+            if json_path is None or str(json_path) != "-":
+                print(job_id)  # stdout: the id alone, for scripts
+            write_json(accepted, json_path)
+            return
+        console.print(f"job {job_id} queued", highlight=False)
 
-    body = {"prompt": prompt, "count": count, "object": object_, "num_images": num_images, "seed": seed, "policy": policy}
-    with progress_bar("job", num_images) as update:
-        final = follow_job(url, {k: v for k, v in body.items() if v is not None},
-                           on_event=lambda e: update(e.get("progress", {}).get("images_verified", 0)))
-    if final.get("code"):
-        raise InvalidRequest(f"{final['code']}: {final['message']}")
-    for r in final.get("results", []):
-        console.print(f"image {r['index']}: seed {r['seed']}, detected {r['detected_count']} "
-                      f"{final.get('object')}(s), {'verified' if r['verified'] else 'NOT verified'}  {r['url']}")
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / f"{final['id']}-{r['index']}.png").write_bytes(httpx.get(r["url"] + "?boxes=true").content)
-    console.print(f"status: {final.get('status')}; cost: {final.get('cost')}")
-    write_json(final, json_path)
+        with progress_bar("job", num_images) as update:
+            def on_event(event: dict) -> None:
+                if isinstance(event.get("progress"), dict):  # status-only events carry no progress
+                    update(event["progress"].get("images_verified", 0))
+
+            final = client.follow(job_id, on_event)
+        write_json(final, json_path)
+        status = final.get("status")
+        if status != "succeeded":
+            error = final.get("error") or {}
+            raise InvalidRequest(f"{error['code']}: {error['message']}" if error.get("code")
+                                 else f"job {job_id} ended {status}")
+        for r in final.get("results", []):
+            console.print(f"image {r['index']}: seed {r['seed']}, detected {r['detected_count']} "
+                          f"{final.get('object')}(s), {'verified' if r['verified'] else 'NOT verified'}  {r['url']}",
+                          highlight=False, soft_wrap=True)
+            if out is not None:
+                out.mkdir(parents=True, exist_ok=True)
+                (out / f"{job_id}-{r['index']}.png").write_bytes(client.image(job_id, r["index"]))
+                (out / f"{job_id}-{r['index']}-boxes.png").write_bytes(client.image(job_id, r["index"], boxes=True))
+        if out is not None and final.get("results"):
+            console.print(f"images saved in {out}")
+        console.print(f"status: {status}; cost: {final.get('cost')}", highlight=False)

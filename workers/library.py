@@ -1,0 +1,140 @@
+"""Background library learning of count tokens.
+
+- **Single flight**: one task per key, however many jobs miss it at once (an atomic lock).
+- **Slices**: a task learns for about ``library_slice_seconds``, saves its optimizer state, and queues its
+  next slice behind whatever user jobs arrived, so a worker busy learning delays a user job by one slice
+  at most. A slice interrupted by a stopping worker is queued again; the saved state loses nothing.
+- **Visible and cancelable**: each task's progress is a small record (``GET /v1/tokens/learning``);
+  canceling sets a flag that the running slice obeys within one iteration.
+- **Hygiene**: only a token whose held-out exact rate beats the base prompt by ``library.min_gain`` enters
+  the library; otherwise the key's figures are recorded and it is not learned again for
+  ``library_retry_after_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+
+import redis
+from rq import Callback
+
+from .queue import keys, library_queue
+from .settings import Settings
+
+log = logging.getLogger("tally.worker")
+
+
+def schedule(connection: redis.Redis, settings: Settings, model_id: str, cls: str, count: int, key_id: str) -> bool:
+    """Start one library task for ``key_id`` unless one runs, or its last learning found no gain recently."""
+    k = keys(settings)
+    if connection.exists(k.library_no_gain(key_id)):
+        return False
+    if not connection.set(k.library_lock(key_id), "1", nx=True, ex=settings.library_timeout):
+        return False
+    now = time.time()
+    with connection.pipeline() as pipe:
+        pipe.hset(k.learning(key_id), mapping={
+            "key": key_id, "model": model_id, "object": cls, "count": count, "status": "queued", "iterations": 0,
+            "max_iterations": settings.library.max_iterations, "slices": 0, "validation": "null",
+            "created": now, "updated": now})
+        pipe.expire(k.learning(key_id), settings.result_ttl)
+        pipe.sadd(k.learning_index(), key_id)
+        pipe.hincrby(k.metrics(), "library_tasks_started", 1)
+        pipe.hincrby(k.metrics(), f"library_tasks_started:{key_id}", 1)
+        pipe.execute()
+    enqueue_slice(connection, settings, model_id, cls, count, key_id)
+    return True
+
+
+def enqueue_slice(connection: redis.Redis, settings: Settings, model_id: str, cls: str, count: int, key_id: str,
+                  at_front: bool = False) -> None:
+    library_queue(connection, settings, model_id).enqueue_call(
+        "workers.tasks.library_job", kwargs={"model_id": model_id, "cls": cls, "count": count, "key_id": key_id},
+        job_id=f"library-{key_id}-{uuid.uuid4().hex[:8]}", timeout=settings.library_timeout,
+        result_ttl=settings.result_ttl, failure_ttl=settings.result_ttl, at_front=at_front,
+        on_failure=Callback("workers.tasks.release_library_lock"), meta={"key": key_id, "kind": "library"})
+
+
+def run_slice(rt, model_id: str, cls: str, count: int, key_id: str) -> dict:
+    """One slice of a library task, in a worker: resume, learn, then queue the next slice or conclude."""
+    from optimization.engine import LibrarySlice
+    from optimization.optimizer import Canceled
+
+    connection, settings, k = rt.connection, rt.settings, keys(rt.settings)
+    canceled = lambda: bool(connection.exists(k.library_cancel(key_id)))  # noqa: E731
+    if canceled():
+        return conclude(connection, settings, key_id, "canceled")
+    state = connection.get(k.library_state(key_id))
+    _update(connection, settings, key_id, status="running")
+    try:
+        part = rt.engine.library_slice(
+            cls, count, settings.library, resume=LibrarySlice.load_state(state) if state else None,
+            slice_seconds=settings.library_slice_seconds,
+            should_stop=lambda: rt.shutdown.is_set() or canceled())
+    except Canceled:
+        if canceled():
+            return conclude(connection, settings, key_id, "canceled")
+        enqueue_slice(connection, settings, model_id, cls, count, key_id, at_front=True)  # the worker is stopping
+        _update(connection, settings, key_id, status="queued")
+        return {"key": key_id, "status": "requeued"}
+    validation = part.token.metadata["validation"]
+    _update(connection, settings, key_id, iterations=part.token.metadata["iterations"], validation=json.dumps(validation),
+            slices=int(connection.hget(k.learning(key_id), "slices") or 0) + 1)
+    if not part.done:
+        with connection.pipeline() as pipe:
+            pipe.set(k.library_state(key_id), part.state_bytes(), ex=settings.library_timeout)
+            pipe.expire(k.library_lock(key_id), settings.library_timeout)
+            pipe.execute()
+        enqueue_slice(connection, settings, model_id, cls, count, key_id)
+        _update(connection, settings, key_id, status="queued")
+        return {"key": key_id, "status": "continues", "iterations": part.token.metadata["iterations"]}
+    if rt.store.admit(part.token, settings.library.min_gain, settings.library_retry_after_s):
+        return conclude(connection, settings, key_id, "stored", gain=part.token.metadata["gain"])
+    return conclude(connection, settings, key_id, "no_gain", gain=part.token.metadata["gain"])
+
+
+def _update(connection: redis.Redis, settings: Settings, key_id: str, **fields) -> None:
+    connection.hset(keys(settings).learning(key_id), mapping={**fields, "updated": time.time()})
+
+
+def conclude(connection: redis.Redis, settings: Settings, key_id: str, status: str, **fields) -> dict:
+    """End a task: free its key for the next miss and keep its record for the result TTL."""
+    k = keys(settings)
+    with connection.pipeline() as pipe:
+        pipe.delete(k.library_lock(key_id), k.library_state(key_id), k.library_cancel(key_id))
+        pipe.hset(k.learning(key_id), mapping={"status": status, "updated": time.time(), **fields})
+        pipe.expire(k.learning(key_id), settings.result_ttl)
+        pipe.execute()
+    log.info("library task %s: %s", key_id, status)
+    return {"key": key_id, "status": status, **fields}
+
+
+def tasks(connection: redis.Redis, settings: Settings) -> list[dict]:
+    """Every library task still on record, newest first."""
+    k = keys(settings)
+    out = []
+    for key_id in sorted(m.decode() for m in connection.smembers(k.learning_index())):
+        raw = connection.hgetall(k.learning(key_id))
+        if not raw:
+            connection.srem(k.learning_index(), key_id)  # its record expired
+            continue
+        record = {a.decode(): b.decode() for a, b in raw.items()}
+        out.append({**record, "count": int(record["count"]), "iterations": int(record["iterations"]),
+                    "max_iterations": int(record["max_iterations"]), "slices": int(record.get("slices", 0)),
+                    "validation": json.loads(record.get("validation") or "null"),
+                    "created": float(record["created"]), "updated": float(record["updated"]),
+                    **({"gain": float(record["gain"])} if "gain" in record else {})})
+    return sorted(out, key=lambda r: r["created"], reverse=True)
+
+
+def cancel(connection: redis.Redis, settings: Settings, key_id: str) -> bool:
+    """Ask a queued or running task to stop (its slice obeys within one iteration); False if none is."""
+    k = keys(settings)
+    if not connection.exists(k.library_lock(key_id)):
+        return False
+    connection.set(k.library_cancel(key_id), 1, ex=settings.library_timeout)
+    _update(connection, settings, key_id, status="canceling")
+    return True

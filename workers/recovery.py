@@ -1,0 +1,71 @@
+"""Jobs whose worker died: found by the workers' own heartbeats (seconds), not by the job timeout (RQ's
+abandoned-job rule waits job timeout + 60 s), then handed to RQ's abandoned-job handling, which retries
+them while retries are left (else fails them) and runs their failure callbacks (library locks are
+released that way). Every worker runs this at start, when it reconnects, and every few seconds."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+
+import redis
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.registry import StartedJobRegistry
+
+from .queue import generation_queue, keys, library_queue
+from .records import JobStatus, push_event, status_of
+from .settings import Settings
+
+log = logging.getLogger("tally.worker")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def worker_alive(connection: redis.Redis, settings: Settings, model_id: str, name: str | None) -> bool:
+    """A worker is alive while its heartbeat key lives and, on this host, its process exists."""
+    if not name:
+        return False
+    raw = connection.get(keys(settings).worker(model_id, name))
+    if raw is None:
+        return False
+    info = json.loads(raw)
+    return info.get("host") != socket.gethostname() or _pid_alive(int(info.get("pid", 0)))
+
+
+def recover_orphans(connection: redis.Redis, settings: Settings, model_id: str, starting: str | None = None) -> list[str]:
+    """Retry (or fail) the started jobs of ``model_id`` whose worker is dead; ``starting``: the name of a
+    worker that is (re)starting and so runs nothing, whose leftover jobs are orphans too."""
+    recovered = []
+    for queue in (generation_queue(connection, settings, model_id), library_queue(connection, settings, model_id)):
+        registry = StartedJobRegistry(queue=queue)
+        orphans = []
+        for job_id, execution_id in registry.get_job_and_execution_ids():
+            try:
+                job = Job.fetch(job_id, connection=connection)
+            except NoSuchJobError:
+                continue
+            if job.worker_name == starting or not worker_alive(connection, settings, model_id, job.worker_name):
+                orphans.append(job)
+                # Expire the entry now: RQ's cleanup then treats it as abandoned.
+                connection.zadd(registry.key, {f"{job_id}:{execution_id}": 0}, xx=True)
+        if not orphans:
+            continue
+        registry.cleanup()
+        for job in orphans:
+            status = status_of(Job.fetch(job.id, connection=connection))
+            log.warning("job %s: its worker %s died; now %s", job.id, job.worker_name, status)
+            if queue.name == keys(settings).generation_queue(model_id):
+                push_event(connection, settings, job.id, {"status": status, "requeued": status == JobStatus.queued})
+            recovered.append(job.id)
+    return recovered
