@@ -115,8 +115,9 @@ def optimize(
     ``prompt`` holds the placeholder; a list of prompts (e.g. one per colour) is cycled over iterations, so a
     library token learns the count rather than one phrasing.
 
-    Slices: with ``slice_seconds`` the run stops after the first iteration that ends past that time and
-    returns ``result.state``; passing that state back as ``resume`` continues exactly where it stopped
+    Slices: with ``slice_seconds`` the run stops before an iteration that would end past that time (judged
+    by the last iteration, validation included; a slice runs one iteration at least) and returns
+    ``result.state``; passing that state back as ``resume`` continues exactly where it stopped
     (token, AdamW moments, best validated token), so background learning never holds a worker for long.
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -135,8 +136,10 @@ def optimize(
         fallback_scale, first = resume["fallback_scale"], resume["iteration"]
         result.vectors, result.validation = resume["best_vectors"], resume["validation"]
         best_validation = resume["validation"]["token"] if resume["validation"] else None
-    elif library and validation_seeds:
+    step_s = validation_s = 0.0  # the last iteration's cost, and the last validation's, to plan slices
+    if resume is None and library and validation_seeds:
         best_validation = evaluate_token(t2i, counter, prompts, cls, target, params, validation_seeds)
+        validation_s = time.perf_counter() - started
         result.validation = {"base": best_validation, "token": best_validation, "best_iteration": 0}
         result.vectors = _detached(params)
     result.iterations = first
@@ -145,9 +148,12 @@ def optimize(
         if should_stop and should_stop():
             raise Canceled()
         elapsed = time.perf_counter() - started
-        if (config.max_seconds is not None and elapsed >= config.max_seconds) or \
-                (slice_seconds is not None and iteration > first and elapsed >= slice_seconds):
+        validates = library and validation_seeds and (iteration + 1) % config.validate_every == 0
+        if (config.max_seconds is not None and elapsed >= config.max_seconds) or (
+                slice_seconds is not None and iteration > first
+                and elapsed + step_s + (validation_s if validates else 0.0) > slice_seconds):
             break
+        iteration_started = time.perf_counter()
         seeds = seeds_for(iteration)
         images = t2i.generate_differentiable(prompts[iteration % len(prompts)], seeds, params)
         raw = counter.raw(images)
@@ -183,8 +189,10 @@ def optimize(
         result.history.append(report)
         if progress:
             progress(report)
-        if library and validation_seeds and (iteration + 1) % config.validate_every == 0:
+        step_s = time.perf_counter() - iteration_started
+        if validates:
             score = evaluate_token(t2i, counter, prompts, cls, target, params, validation_seeds)
+            validation_s = time.perf_counter() - iteration_started - step_s
             if (score["exact"], -score["mae"]) > (best_validation["exact"], -best_validation["mae"]):
                 best_validation = score
                 result.vectors = _detached(params)

@@ -144,3 +144,30 @@ def test_library_learning_validates_on_disjoint_seeds_and_keeps_the_best(engine)
     assert validation["base"]["n"] == 4 and validation["best_iteration"] in (0, 1, 2)
     assert (validation["token"]["exact"], -validation["token"]["mae"]) >= (validation["base"]["exact"], -validation["base"]["mae"])
     assert token.key == engine.token_key("triangle", 4)
+
+
+def test_an_images_reported_seed_submitted_back_gives_that_image_first(engine):
+    first = engine.generate("a photo of green squares", 4, num_images=2, seed=77, budget=Budget(max_candidates=16))
+    for image in first.images:
+        again = engine.generate("a photo of green squares", 4, seed=image.seed, budget=Budget(max_candidates=1))
+        assert again.images[0].seed == image.seed
+        assert torch.allclose(again.images[0].image, image.image, atol=1e-4)  # batch of 1 vs 8: float noise only
+        assert again.images[0].verification.detected_count == image.verification.detected_count
+
+
+def test_unverified_images_say_why(engine, counter):
+    from optimization.counter import Detections
+
+    def verdict(confidences, crosscheck=None):
+        det = Detections([(0, 0, 1, 1)] * len(confidences), confidences, ["circle"] * len(confidences))
+        return verify(det, "circle", 2, counter.config, crosscheck)
+
+    assert verdict([0.9, 0.9]).reason is None
+    assert verdict([0.9]).reason == "count_mismatch"
+    assert verdict([0.9, 0.9, 0.3]).reason == "ambiguous_detections"
+    assert verdict([0.9, 0.9], crosscheck=3).reason == "crosscheck_disagrees"
+    result = engine.generate("a photo of blue crosses", 12, budget=Budget(max_candidates=1), seed=3)
+    report = result.to_dict()
+    assert report["budget_exhausted"] is True and report["images"][0]["reason"] in (
+        "count_mismatch", "ambiguous_detections", "crosscheck_disagrees")
+    assert {"confident", "ambiguous"} <= set(report["images"][0])

@@ -74,3 +74,69 @@ def test_bad_input_only_the_worker_can_see_fails_the_job_as_invalid_request(runt
     record = records.job_record(runtime.connection, runtime.settings, job, "tester")
     assert record["status"] == "failed" and record["error"]["code"] == "invalid_request"
     assert "no known object" in record["error"]["message"]
+
+
+def test_library_learning_runs_in_slices_that_let_user_jobs_through(runtime, monkeypatch):
+    from workers import library
+
+    settings = runtime.settings.model_copy(update={
+        "library": runtime.settings.library.model_copy(update={
+            "max_iterations": 3, "seeds_per_iteration": 1, "validation_seeds": 2, "validate_every": 1, "min_gain": -1}),
+        "library_slice_seconds": 0.001})  # one iteration per slice
+    runtime.settings = settings
+    key = runtime.engine.token_key("triangle", 4).id
+    assert library.schedule(runtime.connection, settings, "reference", "triangle", 4, key)
+    assert not library.schedule(runtime.connection, settings, "reference", "triangle", 4, key)  # single flight
+    user_jobs, real = [], library.run_slice
+
+    def slice_then_a_user_arrives(*args):
+        out = real(*args)
+        if not user_jobs:
+            user_jobs.append(_submit(runtime, prompt="a photo of red circles", count=2, seed=3,
+                                     budget={"max_candidates": 8}))
+        return out
+
+    monkeypatch.setattr(library, "run_slice", slice_then_a_user_arrives)
+    _work(runtime)
+    [task] = library.tasks(runtime.connection, settings)
+    assert task["status"] == "stored" and task["slices"] == 3 and task["iterations"] == 3
+    user = records.job_record(runtime.connection, settings, user_jobs[0], "tester")
+    assert user["status"] == "succeeded" and user["timings"]["started"] < task["updated"]  # between slices
+    assert runtime.store.info(key)["metadata"]["iterations"] == 3
+
+
+def test_a_token_without_gain_stays_out_of_the_library_and_its_key_is_not_relearned_soon(runtime):
+    from workers import library
+
+    runtime.settings = runtime.settings.model_copy(update={
+        "library": runtime.settings.library.model_copy(update={
+            "max_iterations": 1, "seeds_per_iteration": 1, "validation_seeds": 2, "validate_every": 5}),
+        "library_slice_seconds": 60.0})
+    key = runtime.engine.token_key("square", 5).id
+    assert library.schedule(runtime.connection, runtime.settings, "reference", "square", 5, key)
+    _work(runtime)
+    [task] = library.tasks(runtime.connection, runtime.settings)
+    assert task["status"] == "no_gain" and task["gain"] == 0.0  # no validation after its one step: the base
+    assert runtime.store.info(key) is None and runtime.store.no_gain(key)["gain"] == 0.0
+    assert not library.schedule(runtime.connection, runtime.settings, "reference", "square", 5, key)
+
+
+def test_prune_removes_tokens_that_do_not_beat_the_base(runtime, tally_cli):
+    from optimization.count_token import CountToken
+
+    def token(count: int, metadata: dict) -> str:
+        key = runtime.engine.token_key("circle", count)
+        runtime.store.put(CountToken(key, runtime.engine.word_vectors("of"), "of", metadata).to_bytes())
+        return key.id
+
+    validation = {"base": {"exact": 0.2, "mae": 1.0, "n": 8}, "token": {"exact": 0.5, "mae": 0.6, "n": 8}}
+    good = token(3, {"mode": "library", "validation": validation, "gain": 0.3})
+    flat = token(4, {"mode": "library", "validation": validation, "gain": 0.0})
+    refined = token(5, {"mode": "refine"})
+    env = {"TALLY_REDIS_PREFIX": runtime.settings.redis_prefix, "TALLY_TOKEN_DIR": str(runtime.settings.tokens_path)}
+    assert "would remove" in tally_cli("tokens", "prune", "--dry-run", env=env).stderr
+    assert len(runtime.store.list()) == 3
+    result = tally_cli("tokens", "prune", env=env)
+    assert result.returncode == 0, result.stderr
+    assert [i["key"] for i in runtime.store.list()] == [good]
+    assert flat in result.stderr and refined in result.stderr

@@ -69,6 +69,14 @@ class Keys:
     def model_info(self, model_id: str) -> str:
         return f"{self.prefix}:model:{model_id}"
 
+    def api_keys(self) -> str:
+        """API-key records by the SHA-256 of the key (``auth.KeyStore``)."""
+        return f"{self.prefix}:api-keys"
+
+    def owner_active(self, owner: str) -> str:
+        """An owner's queued and running jobs (the active-jobs quota)."""
+        return f"{self.prefix}:owner:{owner}:active"
+
     def metrics(self) -> str:
         """A hash of counters; ``library_tasks_started:<key id>`` counts per key."""
         return f"{self.prefix}:metrics"

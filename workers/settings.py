@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,6 +47,14 @@ class Settings(BaseSettings):
     library_retry_after_s: int = Field(86_400, ge=0, description=(
         "A key whose learning found no gain is not learned again for this long."))
 
+    auth: Literal["required", "off"] = Field(
+        "required", description="API keys: 'required' (the default; `tally keys create`), or 'off' for loopback "
+                                "development (`tally up` on 127.0.0.1 sets it): one implicit owner per X-API-Key value.")
+    keys_file: Path | None = Field(None, description="Durable API-key records (hashes only); default <runtime_dir>/keys.json.")
+    rate_limit: str = Field("600/minute", description="Requests per key (a `limits` rate string).")
+    max_active_jobs: int = Field(32, ge=1, description="Queued plus running jobs per key.")
+    public_url: str | None = Field(None, description="Base of the links the API returns (e.g. https://tally.example); "
+                                                     "None: links are paths, never built from the Host header.")
     max_body_bytes: int = Field(2 << 20, description="Largest request body the API reads.")
     max_token_bytes: int = Field(1 << 20, description="Largest token file accepted (a token is a few KB).")
     result_ttl: int = Field(86_400, description="Seconds images and job records are kept.")
@@ -58,6 +67,10 @@ class Settings(BaseSettings):
     @property
     def tokens_path(self) -> Path:
         return self.token_dir or self.runtime_dir / "tokens"
+
+    @property
+    def keys_path(self) -> Path:
+        return self.keys_file or self.runtime_dir / "keys.json"
 
     def model(self, model_id: str | None = None) -> ModelSpec:
         wanted = model_id or self.default_model

@@ -166,6 +166,12 @@ class TokenStore:
             self._index(lambda r: r.set(self.keys.library_no_gain(key_id), json.dumps(figures), ex=retry_after_s))
         return False
 
+    def unhelpful(self, min_gain: float) -> list[dict]:
+        """Tokens the library's door would refuse today: not learned as library tokens, or whose recorded
+        held-out gain over the base is below ``min_gain`` (e.g. learned before the rule, or the bar rose)."""
+        return [i for i in self.list() if i["metadata"].get("mode") != "library" or not i["metadata"].get("validation")
+                or i["metadata"].get("gain", float("-inf")) < min_gain]
+
     def no_gain(self, key_id: str) -> dict | None:
         """The figures of a key whose last learning found no gain, while it is not retried."""
         raw = self._index(lambda r: r.get(self.keys.library_no_gain(key_id)))

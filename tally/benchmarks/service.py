@@ -5,7 +5,9 @@ It starts a private Redis, the API and one worker (and cleans up), then measures
   a direct ``CountEngine`` call doing the same work (same prompt, seed, token, budget) in this process;
 - ``submit_rps`` and ``status_p99_ms``: a bounded load on loopback (submissions go to a model queue that no
   worker serves, so the load measures the API and Redis alone);
-- ``single_flight_library_tasks``: library tasks started by 20 concurrent jobs of one new key.
+- ``single_flight_library_tasks``: library tasks started by 20 concurrent jobs of one new key;
+- ``learning_wait``: the queue wait of user jobs submitted while that key's library task learns (in slices
+  of ``library_slice_seconds``, behind user jobs), p50 and p99.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ async def _load(url: str, make_request, total: int, concurrency: int) -> list[fl
 
 
 def run(repeats: int = 7, load_requests: int = 2000, concurrency: int = 32, api_workers: int = 2,
-        progress=None) -> dict:
+        learning_jobs: int = 12, progress=None) -> dict:
     from optimization.config import Budget
     from optimization.count_token import CountToken
     from optimization.engine import CountEngine
@@ -69,8 +71,7 @@ def run(repeats: int = 7, load_requests: int = 2000, concurrency: int = 32, api_
     reference = Settings().model("reference")
     models = [reference.model_dump(mode="json"), {**reference.model_dump(mode="json"), "id": "load-only"}]  # "load-only": no worker
     env = {"TALLY_REDIS_URL": redis_url, "TALLY_RUNTIME_DIR": str(root), "TALLY_TOKEN_DIR": str(root / "tokens"),
-           "TALLY_MODELS": json.dumps(models), "TALLY_LIBRARY__MAX_ITERATIONS": "2",
-           "TALLY_LIBRARY__SEEDS_PER_ITERATION": "2", "TALLY_LIBRARY__VALIDATION_SEEDS": "4"}
+           "TALLY_MODELS": json.dumps(models)}  # library learning at its defaults: phase 4 waits behind it
     settings = Settings(redis_url=redis_url, runtime_dir=root, token_dir=root / "tokens")
     port = _port()
     url = f"http://127.0.0.1:{port}"
@@ -121,7 +122,8 @@ def run(repeats: int = 7, load_requests: int = 2000, concurrency: int = 32, api_
 
         # 2. submissions and status reads under load (API + Redis only)
         step(f"load: {load_requests} submissions, then {load_requests} status reads")
-        load_body = {"prompt": "a photo of red circles", "object": "circle", "count": 3, "model": "load-only"}
+        load_body = {"prompt": "a photo of red circles", "object": "circle", "count": 3, "model": "load-only",
+                     "queue_if_offline": True}
         t = time.perf_counter()
         asyncio.run(_load(url, lambda c, i: c.post("/v1/jobs", json={**load_body, "seed": i}), load_requests, concurrency))
         result["submit_rps"] = round(load_requests / (time.perf_counter() - t), 1)
@@ -157,5 +159,28 @@ def run(repeats: int = 7, load_requests: int = 2000, concurrency: int = 32, api_
         key = records[0]["token"]["key"]
         started = redis.Redis.from_url(redis_url).hget(Keys(settings.redis_prefix).metrics(), f"library_tasks_started:{key}")
         result["single_flight_library_tasks"] = int(started or 0)
+
+        # 4. user jobs while that key's library task is learning (in slices, behind user jobs)
+        step("user-job queue wait while a library task learns")
+        waits = []
+        for seed in range(learning_jobs):
+            tasks = {t["key"]: t for t in http.get("/v1/tokens/learning").json()}
+            if tasks.get(key, {}).get("status") not in ("queued", "running"):
+                break  # learning ended: later waits would not measure it
+            job = http.post("/v1/jobs", json={"prompt": "a photo of green squares", "count": 3, "seed": seed,
+                                              "policy": "resample", "budget": {"max_candidates": 8}}).json()["id"]
+            while (record := http.get(f"/v1/jobs/{job}").json())["status"] not in ("succeeded", "failed"):
+                time.sleep(0.05)
+            waits.append(record["timings"]["started"] - record["timings"]["submitted"])
+            time.sleep(0.5)  # let the next slice start
+        task = {t["key"]: t for t in http.get("/v1/tokens/learning").json()}.get(key, {})
+        http.delete(f"/v1/tokens/learning/{key}")
+        ordered = sorted(waits)
+        result["learning_wait"] = {
+            "jobs": len(waits), "slice_seconds": settings.library_slice_seconds,
+            "p50_s": round(statistics.median(waits), 3) if waits else None,
+            "p99_s": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 3) if waits else None,
+            "max_s": round(max(waits), 3) if waits else None,
+            "library_iterations_meanwhile": task.get("iterations"), "library_slices_meanwhile": task.get("slices")}
         http.close()
     return result

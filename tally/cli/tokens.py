@@ -11,7 +11,7 @@ import typer
 
 from optimization.errors import InvalidRequest
 
-from .common import app, console, token_store
+from .common import DEFAULTS, app, console, token_store
 
 tokens_app = typer.Typer(help="The count-token library (files, indexed in Redis when it answers).",
                          no_args_is_help=True)
@@ -35,6 +35,23 @@ def list_tokens(
         console.print(f"{info['key']}: exact {base.get('exact')} -> {token.get('exact')} "
                       f"(n={token.get('n')}), {info['metadata'].get('mode', '?')}", highlight=False)
     console.print(f"{len(infos)} token(s)")
+
+
+@tokens_app.command("prune")
+def prune(
+    min_gain: Annotated[float, typer.Option(min=-1, max=1, help="Held-out exact gain over the base a token must "
+                                                                "have recorded to stay.")] = DEFAULTS.library.min_gain,
+    dry_run: Annotated[bool, typer.Option(help="Only list what would go.")] = False,
+) -> None:
+    """Remove tokens that do not beat the base prompt (by their recorded validation) or are not library tokens."""
+    store = token_store()
+    doomed = store.unhelpful(min_gain)
+    for info in doomed:
+        if not dry_run:
+            store.delete(info["key"])
+        console.print(f"{'would remove' if dry_run else 'removed'} {info['key']} (mode "
+                      f"{info['metadata'].get('mode')}, gain {info['metadata'].get('gain')})", highlight=False)
+    console.print(f"{len(doomed)} token(s) {'would be ' if dry_run else ''}removed; {len(store.list())} kept")
 
 
 @tokens_app.command("import")
