@@ -22,9 +22,10 @@ import torch
 
 from .config import ModelSpec
 from .errors import InvalidRequest
+from .token_file import PLACEHOLDER
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-PLACEHOLDER = "<tally-count>"
+
 
 
 class TextToImage:

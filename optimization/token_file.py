@@ -3,7 +3,8 @@
 A token file is a diffusers textual-inversion safetensors file: an 8-byte little-endian header length, a
 JSON header (tensor specs and ``__metadata__``), then the tensor bytes. Tally's metadata names the key
 (model fingerprint, object, count). The API validates uploads and ``TokenStore`` indexes files with this
-module alone; ``count_token.CountToken`` adds the tensors.
+module alone; ``count_token.CountToken`` adds the tensors. ``validate_token`` checks an uploaded file whole
+(header, key, tensors and their values) before anything is written.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import re
 import struct
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,13 @@ from .errors import InvalidRequest
 
 FORMAT_VERSION = "1"
 SUFFIX = ".safetensors"
+# The SD family's tensor name; the same string as ``pipelines.PLACEHOLDER`` (which needs torch to import;
+# tests/test_hostile.py pins the two equal).
+PLACEHOLDER = "<tally-count>"
+SDXL_TENSORS = frozenset({"clip_l", "clip_g"})
+FLOAT_DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}  # BF16: the high half of an F32
 _MAX_HEADER = 1 << 20
+_MAX_COUNT_DIGITS = 6  # int() of a longer digit string is never needed (and past 4300 digits it raises)
 _OBJECT = re.compile(r"[A-Za-z][A-Za-z0-9 _-]{0,63}")  # detector class names ("traffic light"); no path tricks
 _FINGERPRINT = re.compile(r"[0-9a-f]{16}")
 _KEY_ID = re.compile(r"(?P<object>.+)-(?P<count>\d{1,3})-(?P<model>[0-9a-f]{16})")
@@ -67,15 +75,19 @@ def read_header(data: bytes) -> dict:
         raise InvalidRequest("not a safetensors file (bad header length)")
     try:
         header = json.loads(data[8:8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # RecursionError: absurdly nested JSON
         raise InvalidRequest("not a safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
         raise InvalidRequest("not a safetensors file (header is not an object)")
     for name, spec in header.items():
         if name == "__metadata__":
+            if spec is not None and not (isinstance(spec, dict) and all(isinstance(v, str) for v in spec.values())):
+                raise InvalidRequest("corrupt token file: __metadata__ must map names to strings")
             continue
         if not isinstance(spec, dict) or not isinstance(spec.get("shape"), list):
             raise InvalidRequest(f"corrupt token file: tensor {name[:40]!r} has no shape")
+        if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in spec["shape"]):
+            raise InvalidRequest(f"corrupt token file: tensor {name[:40]!r} has a shape that is not sizes")
         offsets = spec.get("data_offsets")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
                 and 0 <= offsets[0] <= offsets[1] <= len(data) - 8 - n):
@@ -90,9 +102,12 @@ def header_key(meta: dict, name: str = "token file") -> TokenKey:
     missing = {"model_fingerprint", "object", "count"} - set(meta)
     if missing:
         raise InvalidRequest(f"{name} is not a Tally count token (header lacks {', '.join(sorted(missing))})")
-    if not str(meta["count"]).isdigit():
-        raise InvalidRequest(f"{name} is not a Tally count token (count is not a number)")
-    return TokenKey(str(meta["model_fingerprint"]), str(meta["object"]), int(meta["count"]))
+    count = str(meta["count"])
+    if not re.fullmatch(r"[0-9]+", count):  # ASCII digits only: "²".isdigit() holds but int("²") raises
+        raise InvalidRequest(f"{name} is not a Tally count token (count is not a number: {count[:20]!r})")
+    if len(count.lstrip("0")) > _MAX_COUNT_DIGITS:
+        raise InvalidRequest(f"count must be an integer in 1..999, got {count[:20]}... ({len(count)} digits)")
+    return TokenKey(str(meta["model_fingerprint"]), str(meta["object"]), int(count))
 
 
 def metadata(meta: dict) -> dict:
@@ -111,6 +126,67 @@ def token_info(data: bytes) -> dict:
     tensors = {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
     return {"key": key.id, "model": key.model, "object": key.object, "count": key.count,
             "init_word": meta.get("init_word"), "tensors": tensors, "metadata": metadata(meta), "size": len(data)}
+
+
+def validate_token(data: bytes, classes: Iterable[str] | None, max_count: int,
+                   dims: Mapping[str, int] | None = None, family: str | None = None) -> dict:
+    """``token_info`` of a token file checked whole, for a model with these detector ``classes`` (None: not
+    known, not checked) and ``max_count``: a Tally token (its key well formed), an object among the classes,
+    count in 1..max_count, tensors named exactly ``PLACEHOLDER`` (SD family) or exactly clip_l + clip_g
+    (SDXL), each a float (F32/F16/BF16) ``[1, dim]`` of finite values; ``dims`` (encoder name -> width, when
+    the model's are known) and ``family`` ("sd" / "sdxl") pin the layout further. Torch-free (numpy).
+    Every failure is InvalidRequest saying what is wrong."""
+    import numpy as np
+    from safetensors import SafetensorError, deserialize
+
+    header = read_header(data)
+    meta = header.get("__metadata__") or {}
+    key = header_key(meta)
+    if meta.get("tally_format", FORMAT_VERSION) != FORMAT_VERSION:
+        raise InvalidRequest(f"token format {meta['tally_format'][:20]!r} is not supported (this server reads "
+                             f"format {FORMAT_VERSION})")
+    if classes is not None and key.object not in classes:
+        raise InvalidRequest(f"object {key.object!r} is not a class of the model; known objects: "
+                             f"{', '.join(classes)}")
+    if not 1 <= key.count <= max_count:
+        raise InvalidRequest(f"count must be between 1 and {max_count} for this model, got {key.count}")
+    specs = {k: v for k, v in header.items() if k != "__metadata__"}
+    names = set(specs)
+    if names == {PLACEHOLDER}:
+        encoders = {PLACEHOLDER: "clip_l"}
+    elif names == SDXL_TENSORS:
+        encoders = {"clip_l": "clip_l", "clip_g": "clip_g"}
+    else:
+        shown = ", ".join(repr(n[:40]) for n in sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
+        raise InvalidRequest(f"a token holds exactly one tensor {PLACEHOLDER!r} (SD family) or exactly 'clip_l' "
+                             f"and 'clip_g' (SDXL); this file holds {shown or 'none'}")
+    expected = set(dims) if dims else {"sdxl": {"clip_l", "clip_g"}, "sd": {"clip_l"}}.get(family or "")
+    if expected is not None and set(encoders.values()) != expected:
+        raise InvalidRequest(f"the token's tensors ({', '.join(sorted(names))}) do not fit this model's text "
+                             f"encoders ({', '.join(sorted(expected))})")
+    for name, spec in specs.items():
+        dtype, shape = spec.get("dtype"), spec["shape"]
+        if dtype not in FLOAT_DTYPES:
+            raise InvalidRequest(f"tensor {name!r}: dtype {str(dtype)[:20]!r}; a token is F32, F16 or BF16")
+        if len(shape) != 2 or shape[0] != 1 or shape[1] < 1:
+            raise InvalidRequest(f"tensor {name!r}: shape {shape[:4]}; a token is [1, dim]")
+        width = (dims or {}).get(encoders[name])
+        if width is not None and shape[1] != width:
+            raise InvalidRequest(f"tensor {name!r}: shape {shape}; this model's {encoders[name]} encoder "
+                                 f"needs [1, {width}]")
+    try:  # the safetensors parser itself: offsets, sizes, overlaps, the JSON it accepts
+        tensors = dict(deserialize(data))
+    except (SafetensorError, ValueError, TypeError, OverflowError) as exc:
+        raise InvalidRequest(f"corrupt token file: {str(exc)[:200]}") from None
+    for name, view in tensors.items():
+        values = np.frombuffer(bytes(view["data"]), dtype=FLOAT_DTYPES[view["dtype"]])
+        if view["dtype"] == "BF16":
+            values = (values.astype(np.uint32) << 16).view(np.float32)
+        if values.size != view["shape"][1]:
+            raise InvalidRequest(f"tensor {name!r}: {values.size} values for shape {view['shape']}")
+        if not np.isfinite(values).all():
+            raise InvalidRequest(f"tensor {name!r}: holds NaN or infinite values")
+    return token_info(data)
 
 
 def write_atomic(path: Path, data: bytes) -> Path:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from fastapi_offline import FastAPIOffline
+import codecs
 
+import redis
+from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from workers.auth import KeyStore, Limiter
 from workers.queue import connect, connect_async
 from workers.settings import Settings, get_settings
 
@@ -15,27 +20,106 @@ from .routes import health, jobs, models, tokens
 DOCS_STATIC_URL = "/static/docs"
 
 
+class BodyGuard:
+    """Pure ASGI, on the bytes actually read (chunked bodies included): counts the request body as the app
+    reads it and answers 413 ``too_large`` as soon as the count passes ``limit`` (a Content-Length above it:
+    before reading anything), never reading the rest; and a JSON body must be UTF-8 (RFC 8259), checked as
+    it arrives (422 ``invalid_request``; Python's JSON parser would also take UTF-16 and UTF-32). The errors
+    are raised inside ``receive`` so that the routes' exception handlers write them; one that escapes them
+    is answered here."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        length = headers.get("content-length")
+        if length is not None and length.isascii() and length.isdigit() and int(length) > self.limit:
+            return await errors.json_response(413, "too_large", errors.BodyTooLarge(self.limit).detail)(
+                scope, receive, send)
+        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        utf8 = (codecs.getincrementaldecoder("utf-8")()
+                if media_type == "application/json" or media_type.endswith("+json") else None)
+        received, started = 0, False
+
+        async def guarded() -> Message:
+            nonlocal received
+            if received > self.limit:
+                raise errors.BodyTooLarge(self.limit)
+            message = await receive()
+            if message["type"] == "http.request":
+                chunk = message.get("body", b"")
+                received += len(chunk)
+                if received > self.limit:
+                    raise errors.BodyTooLarge(self.limit)
+                if utf8 is not None:
+                    try:
+                        utf8.decode(chunk, final=not message.get("more_body", False))
+                    except UnicodeDecodeError:
+                        raise errors.BodyNotUtf8() from None
+            return message
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, guarded, tracked)
+        except errors.BodyRefused as exc:
+            if started:
+                raise
+            await errors.json_response(exc.status_code, exc.code, exc.detail)(scope, receive, send)
+
+
+def _deployment_limits(schema: dict, settings: Settings) -> dict:
+    """The OpenAPI document with this deployment's limits on job requests (the schema classes are static; the
+    request check in ``workers.requests`` gives the precise 422 messages)."""
+    def bound(component: str, field: str, **limits) -> None:
+        prop = schema.get("components", {}).get("schemas", {}).get(component, {}).get("properties", {}).get(field)
+        if prop is None:
+            return
+        for branch in prop.get("anyOf", [prop]):  # an optional field: the number branch, not the null one
+            if branch.get("type") in ("integer", "number", "string"):
+                branch.update({k: v for k, v in limits.items() if v is not None})
+
+    bound("JobCreate", "count", minimum=1, maximum=max(m.max_count for m in settings.models))
+    bound("JobCreate", "num_images", minimum=1, maximum=settings.max_images)
+    bound("JobCreate", "prompt", maxLength=settings.max_prompt_length)
+    for name in ("max_seconds", "max_candidates", "max_iterations"):
+        bound("BudgetIn", name, maximum=getattr(settings.max_budget, name))
+    return schema
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """The API. ``/docs`` (Swagger UI) and ``/redoc`` (ReDoc) work offline: ``FastAPIOffline`` is FastAPI with
-    ``docs_url=None, redoc_url=None`` plus its own ``/docs``, ``/redoc`` and OAuth2-redirect pages (kept out
-    of the OpenAPI schema) whose JS, CSS and favicon are served by this API under ``DOCS_STATIC_URL`` from
-    the files the ``fastapi-offline`` package ships (Swagger UI 5, which reads OpenAPI 3.1, and ReDoc's
-    standalone bundle; Google Fonts off), never from a CDN."""
+    """The API. ``/docs`` and ``/redoc`` work offline: ``FastAPIOffline`` serves Swagger UI 5 (it reads
+    OpenAPI 3.1) and ReDoc from the files its package ships, under ``DOCS_STATIC_URL``, never from a CDN."""
     settings = settings or get_settings()
     app = FastAPIOffline(title="Tally", version="0.1.0", static_url=DOCS_STATIC_URL,
                          description="Text-to-image with the exact number of objects, verified by a detector.")
     app.state.settings = settings
     app.state.redis = connect(settings)
     app.state.async_redis = connect_async(settings)
+    app.state.keys = KeyStore(app.state.redis, settings)
+    if settings.auth == "required":
+        try:
+            if settings.admin_key_file is not None:
+                app.state.keys.ensure(settings.admin_key_file.read_text().strip(), "deployment-admin")
+            app.state.keys.reseed()  # the file is the truth: keys created or revoked while Redis was away
+        except redis.RedisError:
+            pass
+    app.state.limiter = Limiter(settings)
     errors.install(app)
+    app.add_middleware(BodyGuard, limit=settings.max_body_bytes)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length, limit = request.headers.get("content-length"), settings.max_body_bytes
-        if length and length.isdigit() and int(length) > limit:
-            return JSONResponse({"code": "too_large", "message": f"request bodies are at most {limit} bytes"},
-                                status_code=413)
-        return await call_next(request)
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = _deployment_limits(FastAPI.openapi(app), settings)
+        return app.openapi_schema
+
+    app.openapi = openapi
 
     for router in (jobs.router, tokens.router, models.router, health.router):
         app.include_router(router)

@@ -1,14 +1,26 @@
-"""Dependencies injected into routes: settings, the Redis connection, the caller's identity."""
+"""Dependencies injected into routes: settings, the Redis connection, the caller (key, scope, owner).
+
+Auth (``Settings.auth``): ``required`` — every route but health and docs needs an API key, sent as
+``Authorization: Bearer <key>`` (or ``X-API-Key``): 401 without a valid one, 403 with the wrong scope,
+429 past the key's rate limit. ``off`` — loopback development: no key is checked, and the ``X-API-Key``
+value (if any) only separates owners.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Annotated
 
 import redis
 from fastapi import Depends, Header, Request
 
+from workers.auth import ApiKey, RateLimited
+from workers.keys import Keys
 from workers.settings import Settings
+
+from .errors import ApiError
+from .schemas import Error
 
 
 def get_settings(request: Request) -> Settings:
@@ -19,14 +31,61 @@ def get_redis(request: Request) -> redis.Redis:
     return request.app.state.redis
 
 
-def get_owner(x_api_key: Annotated[str | None, Header()] = None) -> str:
-    """The owner of the jobs a caller creates and sees. API keys and quotas are coming; until then every
-    caller without a key is "anonymous", and a key (not yet checked) already separates owners."""
-    if not x_api_key:
-        return "anonymous"
-    return "key-" + hashlib.sha256(x_api_key.encode()).hexdigest()[:16]
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]
+
+
+@dataclass
+class Caller:
+    owner: str  # whose jobs these are: "key:<id>" (or, with auth off, derived from X-API-Key)
+    scope: str  # "user" or "admin"
+    key: ApiKey | None  # None with auth off
+
+
+def reject(connection: redis.Redis, settings: Settings, status: int, code: str, message: str,
+            headers: dict | None = None) -> ApiError:
+    """An ApiError for a refused caller, counted by reason for /metrics."""
+    connection.hincrby(Keys(settings.redis_prefix).metrics(), f"rejected:{code}", 1)
+    return ApiError(status, code, message, headers)
+
+
+def get_caller(request: Request, settings: SettingsDep, connection: RedisDep,
+               authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+               x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None) -> Caller:
+    secret = authorization[7:].strip() if authorization and authorization.lower().startswith("bearer ") else x_api_key
+    if settings.auth == "off":
+        owner = "key-" + hashlib.sha256(secret.encode()).hexdigest()[:16] if secret else "anonymous"
+        return Caller(owner, "admin", None)
+    if not secret:
+        raise reject(connection, settings, 401, "unauthorized", "an API key is required: send 'Authorization: "
+                      "Bearer <key>' (an operator creates keys with `tally keys create`)", {"WWW-Authenticate": "Bearer"})
+    key = request.app.state.keys.verify(secret)
+    if key is None:
+        raise reject(connection, settings, 401, "unauthorized", "unknown or revoked API key",
+                      {"WWW-Authenticate": "Bearer"})
+    try:
+        request.app.state.limiter.hit(key)
+    except RateLimited as exc:
+        raise reject(connection, settings, 429, "rate_limited", f"{exc} ({exc.limit}); retry after {exc.retry_after} s",
+                      {"Retry-After": str(exc.retry_after)}) from None
+    return Caller(key.owner, key.scope, key)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def get_owner(caller: CallerDep) -> str:
+    return caller.owner
+
+
+def require_admin(caller: CallerDep, settings: SettingsDep, connection: RedisDep) -> Caller:
+    if caller.scope != "admin":
+        raise reject(connection, settings, 403, "forbidden", "this needs an admin key (writing the shared token "
+                      "library, stopping library learning)")
+    return caller
+
+
+AUTH_ERRORS = {401: {"model": Error, "description": "No valid API key."},
+               429: {"model": Error, "description": "The key's rate limit or quota; see Retry-After."}}
 OwnerDep = Annotated[str, Depends(get_owner)]
+AdminDep = Annotated[Caller, Depends(require_admin)]

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from optimization.errors import InvalidRequest
 
@@ -20,7 +21,37 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
-def _json(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+class BodyRefused(StarletteHTTPException):
+    """Raised while a request body is read (``app.BodyGuard``). An HTTPException, because FastAPI's body
+    parsing passes those through (any other exception there becomes a 400)."""
+
+    code = "invalid_request"
+
+
+class BodyTooLarge(BodyRefused):
+    code = "too_large"
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"request bodies are at most {limit} bytes")
+
+
+class BodyNotUtf8(BodyRefused):
+    def __init__(self):
+        super().__init__(422, "body: not UTF-8; send a JSON document encoded in UTF-8")
+
+
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path: FastAPI makes one route per method, and Starlette's 405
+    names only the first route whose path matched."""
+    return ", ".join(m for m in _METHODS if any(route.matches({**request.scope, "method": m})[0] == Match.FULL
+                                               for route in request.app.router.routes))
+
+
+def json_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"code": code, "message": message}, status_code=status, headers=headers)
 
 
@@ -34,27 +65,35 @@ def _describe(error: dict) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError):
-        return _json(exc.status, exc.code, exc.message, exc.headers)
+        return json_response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(InvalidRequest)
     async def invalid_request(_: Request, exc: InvalidRequest):
-        return _json(422, "invalid_request", str(exc))
+        return json_response(422, "invalid_request", str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError):
-        return _json(422, "invalid_request", "; ".join(_describe(e) for e in exc.errors()))
+        return json_response(422, "invalid_request", "; ".join(_describe(e) for e in exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _json(exc.status_code, code, str(exc.detail))
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if isinstance(exc, BodyRefused):
+            return json_response(exc.status_code, exc.code, exc.detail)
+        if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI could not parse the body
+            what = "not UTF-8" if isinstance(exc.__cause__, UnicodeDecodeError) else "not readable as JSON"
+            return json_response(422, "invalid_request", f"body: {what}; send a JSON document encoded in UTF-8")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request)
+        return json_response(exc.status_code, HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail),
+                             headers or None)
 
     @app.exception_handler(redis.RedisError)
     async def redis_down(_: Request, exc: redis.RedisError):
         log.warning("redis unavailable: %s", exc)
-        return _json(503, "redis_unavailable", "the job store (Redis) is unreachable; retry shortly")
+        return json_response(503, "redis_unavailable", "the job store (Redis) is unreachable; retry shortly")
 
     @app.exception_handler(Exception)
     async def internal(_: Request, exc: Exception):
         log.exception("unhandled error")
-        return _json(500, "internal", "internal error; it has been logged")
+        return json_response(500, "internal", "internal error; it has been logged")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from optimization.config import Policy, Stage
 from workers.records import JobStatus as Status
@@ -15,25 +16,55 @@ class Error(BaseModel):
     message: str
 
 
+# Request bodies are strict where JSON is exact: an integer field takes a JSON integer (not "7", true or 7.0),
+# a boolean a JSON boolean, a number a finite one. Enums (policy) take their string values. The deployment's
+# limits (count, num_images, prompt length, budget maxima) are checked by ``workers.requests.build_request``
+# with messages that say what is allowed, and stated in the OpenAPI document by ``app._deployment_limits``;
+# the bounds declared here are the ones that hold in every deployment.
 class BudgetIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    max_seconds: float | None = Field(None, gt=0, description="Wall-clock seconds for the engine.")
-    max_candidates: int | None = Field(None, gt=0, description="Candidate images to sample.")
-    max_iterations: int | None = Field(None, gt=0, description="Token-refinement iterations.")
+    max_seconds: float | None = Field(None, gt=0, strict=True, allow_inf_nan=False,
+                                      description="Wall-clock seconds for the engine.")
+    max_candidates: int | None = Field(None, gt=0, strict=True, description="Candidate images to sample.")
+    max_iterations: int | None = Field(None, gt=0, strict=True, description="Token-refinement iterations.")
+
+
+def _no_control_characters(value: str | None, field: str) -> str | None:
+    """Control characters (tab, CR and LF excepted: they are whitespace) and lone surrogates are refused, not
+    stripped: a prompt is stored, echoed and logged as sent, and silently changing it would change its seed's
+    images."""
+    if value is None:
+        return value
+    for i, ch in enumerate(value):
+        if ch not in "\t\n\r" and unicodedata.category(ch) in ("Cc", "Cs"):
+            raise ValueError(f"{field} holds a control character (U+{ord(ch):04X} at {i}); only printable text, "
+                             "spaces, tabs and line breaks are allowed")
+    return value
 
 
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    prompt: str = Field(min_length=1, description="What to draw; the count is written into it by the count rule.")
-    count: int = Field(description="How many objects (1..max_count of the deployment).")
-    object: str | None = Field(None, description="Object to count; default: the detector class the prompt names.")
-    num_images: int = Field(1, description="Verified images wanted (1..max_images).")
-    seed: int | None = Field(None, ge=0, lt=2**63, description="Same seed, same request: same images.")
-    model: str | None = Field(None, description="A configured model id; default: the deployment's default.")
+    prompt: str = Field(min_length=1, description="What to draw; the count is written into it by the count rule. "
+                                                  "Printable text (tabs and line breaks allowed, no other control "
+                                                  "characters), at most max_prompt_length characters.")
+    count: int = Field(strict=True, json_schema_extra={"minimum": 1},
+                       description="How many objects (1..max_count of the model).")
+    object: str | None = Field(None, max_length=100,
+                               description="Object to count; default: the detector class the prompt names.")
+    num_images: int = Field(1, strict=True, json_schema_extra={"minimum": 1},
+                            description="Verified images wanted (1..max_images).")
+    seed: int | None = Field(None, ge=0, lt=2**63, strict=True, description="Same seed, same request: same images.")
+    model: str | None = Field(None, max_length=64,
+                              description="A configured model id; default: the deployment's default.")
     policy: Policy | None = Field(None, description="Default: the policy measured best (see README).")
     budget: BudgetIn | None = None
-    queue_if_offline: bool = Field(False, description="Queue the job even if no worker serves the model now "
-                                                      "(else 503 no_worker).")
+    queue_if_offline: bool = Field(False, strict=True, description="Queue the job even if no worker serves the "
+                                                                   "model now (else 503 no_worker).")
+
+    @field_validator("prompt", "object")
+    @classmethod
+    def _printable(cls, value: str | None, info) -> str | None:
+        return _no_control_characters(value, info.field_name)
 
 
 class Links(BaseModel):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -113,6 +114,17 @@ class Client:
         """The PNG of image ``index`` of the job; ``boxes``: with the detections drawn."""
         params = {"boxes": "true"} if boxes else None
         return self._request("GET", f"/v1/jobs/{job_id}/images/{index}", params=params).content
+
+    def absolute(self, link: str) -> str:
+        """A link from a response (``links``, an image's ``url``) as a full URL. The API returns paths unless
+        its deployment sets ``public_url``; a path is resolved against this client's URL, whose own path
+        (a proxy's prefix) is kept unless the link already starts with it."""
+        if urlsplit(link).scheme:
+            return link
+        base = urlsplit(self.url)
+        prefix = base.path.rstrip("/")
+        path = link if prefix and (link == prefix or link.startswith(prefix + "/")) else prefix + "/" + link.lstrip("/")
+        return urlunsplit((base.scheme, base.netloc, path, "", ""))
 
 
 def follow_job(url: str, body: dict, on_event: Callable[[dict], None] | None = None, timeout: float = 30.0,

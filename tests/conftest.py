@@ -20,6 +20,7 @@ _RUNTIME = Path(os.environ.get("TALLY_TEST_RUNTIME", "/tmp/tally-test-runtime"))
 # Any hub download must fail loudly; ultralytics must not write settings into $HOME.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["YOLO_OFFLINE"] = "1"
+os.environ["TALLY_AUTH"] = "off"  # tests of keys and scopes ask for "required" explicitly
 os.environ["TALLY_RUNTIME_DIR"] = str(_RUNTIME)
 os.environ["YOLO_CONFIG_DIR"] = str(_RUNTIME / "ultralytics")
 _RUNTIME.mkdir(parents=True, exist_ok=True)

@@ -140,7 +140,7 @@ def test_the_image_route_serves_each_format_with_its_media_type(api, monkeypatch
     monkeypatch.setattr(records, "job_record",
                         lambda connection, settings, job_id, owner: {"results": [{"boxes": [[2, 2, 10, 10]]}]})
     params = {"boxes": boxes} | ({} if fmt == "png" else {"format": fmt})
-    response = api.get("/v1/jobs/some-job/images/0", params=params)
+    response = api.get(f"/v1/jobs/{uuid.uuid4().hex}/images/0", params=params)  # ids out of format are 404
     assert response.status_code == 200 and response.headers["content-type"] == MEDIA_TYPES[fmt]
     image = Image.open(io.BytesIO(response.content))
     assert image.format == fmt.upper() and image.size == ((160, 96) if boxes else (40, 24))

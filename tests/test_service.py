@@ -48,9 +48,9 @@ def test_submitted_job_succeeds_with_counted_images(service):
     for result in record["results"]:
         assert result["detected_count"] == len(result["boxes"]) and isinstance(result["verified"], bool)
         assert not result["verified"] or result["detected_count"] == 3
-        png = httpx.get(result["url"])
+        png = service.http.get(result["url"])  # a path (no public_url): resolved against the service's URL
         assert png.status_code == 200 and png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
-        assert len(httpx.get(result["url"], params={"boxes": "true"}).content) > len(png.content)
+        assert len(service.http.get(result["url"], params={"boxes": "true"}).content) > len(png.content)
 
 
 def test_library_miss_schedules_learning_and_the_next_job_uses_the_token(service):
@@ -176,3 +176,5 @@ def test_compose_file_names_existing_commands_and_settings():
                       models=__import__("json").loads(env["TALLY_MODELS"]))
     assert parsed.model("sdxl-turbo").device == "cuda"
     assert compose["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert parsed.auth == "required" and str(parsed.admin_key_file).startswith("/run/secrets/")
+    assert "tally_admin_key" in compose["services"]["api"]["secrets"] and "secrets" in compose

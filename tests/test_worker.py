@@ -140,3 +140,61 @@ def test_prune_removes_tokens_that_do_not_beat_the_base(runtime, tally_cli):
     assert result.returncode == 0, result.stderr
     assert [i["key"] for i in runtime.store.list()] == [good]
     assert flat in result.stderr and refined in result.stderr
+
+
+def test_running_out_of_memory_fails_the_job_as_out_of_memory_and_the_worker_serves_on(runtime, monkeypatch):
+    real, calls = CountEngine.generate, []
+
+    def oom_once(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError("injected")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(CountEngine, "generate", oom_once)
+    first = _submit(runtime, prompt="a photo of red circles", count=2, seed=1, budget={"max_candidates": 8})
+    second = _submit(runtime, prompt="a photo of red circles", count=2, seed=2, budget={"max_candidates": 8})
+    _work(runtime)
+    assert records.job_record(runtime.connection, runtime.settings, first, "tester")["error"]["code"] == "out_of_memory"
+    assert records.job_record(runtime.connection, runtime.settings, second, "tester")["status"] == "succeeded"
+
+
+def test_a_corrupt_or_foreign_file_in_the_token_folder_is_skipped_at_start(runtime, caplog):
+    folder = runtime.settings.tokens_path
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "circle-3-0123456789abcdef.safetensors").write_bytes(b"\x10" * 64)
+    (folder / "notes.safetensors").write_bytes(b"{}")
+    with caplog.at_level(logging.WARNING, logger="tally.tokens"):
+        assert runtime.store.reseed() == 0
+    assert sum("skipping" in r.message for r in caplog.records) == 2
+    job = _submit(runtime, prompt="a photo of red circles", count=3, seed=1, policy="library", budget={"max_candidates": 8})
+    _work(runtime)
+    assert records.job_record(runtime.connection, runtime.settings, job, "tester")["status"] == "succeeded"
+
+
+def test_nothing_a_finished_job_leaves_in_redis_lives_for_ever(runtime):
+    job = _submit(runtime, prompt="a photo of red circles", count=2, seed=1, num_images=2, budget={"max_candidates": 8},
+                  idempotency_key=None)
+    records.submit(runtime.connection, runtime.settings, build_request(runtime.settings, prompt="a photo of red circles",
+                   count=2, idempotency_key="k1"), "tester", idempotency_key="k1")
+    _work(runtime)
+    prefix = runtime.settings.redis_prefix
+    shared = {f"{prefix}:metrics", f"{prefix}:model:reference"}  # bounded: one per deployment / model
+    left = [k.decode() for k in runtime.connection.scan_iter(f"{prefix}*")] + \
+        [k.decode() for k in runtime.connection.scan_iter(f"rq:*{job}*")]
+    assert any(job in k for k in left) and any("image" in k for k in left) and any("idempotency" in k for k in left)
+    for key in left:
+        if key not in shared:
+            assert runtime.connection.ttl(key) > 0, f"{key} never expires"
+
+
+def test_owners_alternate_in_the_queue_so_a_flood_does_not_starve_another_key(runtime):
+    def submit(owner: str, seed: int) -> str:
+        request = build_request(runtime.settings, prompt="a photo of red circles", count=2, seed=seed)
+        return records.submit(runtime.connection, runtime.settings, request, owner).job_id
+
+    flood = [submit("flooder", s) for s in range(5)]
+    polite = [submit("polite", s) for s in range(2)]
+    late = submit("third", 0)
+    order = generation_queue(runtime.connection, runtime.settings, "reference").get_job_ids()
+    assert order == [flood[0], polite[0], late, flood[1], polite[1], flood[2], flood[3], flood[4]]

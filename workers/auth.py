@@ -69,13 +69,17 @@ class KeyStore:
         self.reseed(records)
 
     def reseed(self, records: dict[str, ApiKey] | None = None) -> int:
-        """Redis mirrors the file (revoked keys included, so they stay refused)."""
+        """Redis mirrors the file (revoked keys included, so they stay refused); without Redis, the file
+        alone holds the change and the API re-seeds from it when it starts."""
         records = self._records() if records is None else records
-        with self.redis.pipeline() as pipe:
-            pipe.delete(self.index)
-            if records:
-                pipe.hset(self.index, mapping={h: json.dumps(asdict(r)) for h, r in records.items()})
-            pipe.execute()
+        try:
+            with self.redis.pipeline() as pipe:
+                pipe.delete(self.index)
+                if records:
+                    pipe.hset(self.index, mapping={h: json.dumps(asdict(r)) for h, r in records.items()})
+                pipe.execute()
+        except redis.ConnectionError:
+            pass
         return len(records)
 
     def create(self, name: str, scope: Scope = "user", rate_limit: str | None = None,
@@ -100,6 +104,15 @@ class KeyStore:
         records[record.hash] = record
         self._save(records)
         return secret, record
+
+    def ensure(self, secret: str, name: str, scope: Scope = "admin") -> ApiKey:
+        """Accept a key given from outside (a deployment's secret file): recorded once, by its hash."""
+        records = self._records()
+        if _hash(secret) not in records:
+            records[_hash(secret)] = ApiKey(id=uuid.uuid4().hex[:12], name=name, scope=scope,
+                                            created=round(time.time(), 3), hash=_hash(secret))
+            self._save(records)
+        return records[_hash(secret)]
 
     def list(self) -> list[ApiKey]:
         return sorted(self._records().values(), key=lambda r: r.created)

@@ -17,6 +17,10 @@ class Keys:
         """RQ queue name of a model's library-learning tasks."""
         return f"{self.prefix}-{model_id}-library"
 
+    def queue_owners(self, model_id: str) -> str:
+        """Owner of each job in a model's user queue (fair dispatch)."""
+        return f"{self.prefix}-{model_id}:owners"
+
     def job_images(self, job_id: str, n: int) -> str:
         return f"{self.prefix}:job:{job_id}:image:{n}"
 

@@ -31,8 +31,14 @@ class _RedisCollector:
                     jobs.add_metric([m.id, kind, state], registry(queue=queue).count)
             workers.add_metric([m.id], len(live_workers(self.connection, self.settings, m.id)))
         yield from (jobs, depth, workers)
-        counters = {k.decode(): float(v) for k, v in self.connection.hgetall(keys(self.settings).metrics()).items()
-                    if b":" not in k}
+        raw = {k.decode(): float(v) for k, v in self.connection.hgetall(keys(self.settings).metrics()).items()}
+        counters = {k: v for k, v in raw.items() if ":" not in k}
+        rejections = CounterMetricFamily("tally_rejections", "Requests refused (401, 403, 429) by reason",
+                                         labels=["reason"])
+        for name, value in raw.items():
+            if name.startswith("rejected:"):
+                rejections.add_metric([name.split(":", 1)[1]], value)
+        yield rejections
         for name, help_text in (("jobs_submitted", "Jobs accepted by the API"),
                                 ("cache_hits", "Jobs that found a library token"),
                                 ("cache_misses", "Jobs that found no library token"),

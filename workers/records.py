@@ -86,12 +86,31 @@ def submit(connection: redis.Redis, settings: Settings, request: JobRequest, own
     push_event(connection, settings, job_id, {"status": JobStatus.queued})
     now = time.time()
     with connection.pipeline() as pipe:
+        pipe.sadd(k.owner_active(owner), job_id)
+        pipe.expire(k.owner_active(owner), settings.result_ttl)
         pipe.zadd(k.owner_jobs(owner), {job_id: now})
         pipe.zremrangebyscore(k.owner_jobs(owner), 0, now - settings.result_ttl)  # their records have expired
         pipe.expire(k.owner_jobs(owner), settings.result_ttl)
         pipe.hincrby(k.metrics(), "jobs_submitted", 1)
         pipe.execute()
     return Submitted(job_id, created=True)
+
+
+def active_jobs(connection: redis.Redis, settings: Settings, owner: str, limit: int) -> int:
+    """The owner's queued and running jobs, counted exactly once ``limit`` is in sight (jobs that ended
+    without saying so, e.g. timed out by RQ, are dropped from the count then)."""
+    key = keys(settings).owner_active(owner)
+    members = [m.decode() for m in connection.smembers(key)]
+    if len(members) < limit:
+        return len(members)
+    ended = [m for m in members if (r := job_record(connection, settings, m, owner)) is None or r["status"] in TERMINAL]
+    if ended:
+        connection.srem(key, *ended)
+    return len(members) - len(ended)
+
+
+def job_ended(connection: redis.Redis, settings: Settings, owner: str, job_id: str) -> None:
+    connection.srem(keys(settings).owner_active(owner), job_id)
 
 
 class NoWorker(Exception):
@@ -199,6 +218,7 @@ def cancel(connection: redis.Redis, settings: Settings, job_id: str, owner: str)
         job.save_meta()
     if status == JobStatus.queued:
         push_event(connection, settings, job_id, {"status": JobStatus.canceled})
+        job_ended(connection, settings, owner, job_id)
     if status in (JobStatus.queued, JobStatus.running):
         connection.set(keys(settings).job_cancel(job_id), 1, ex=settings.result_ttl)
     if status == JobStatus.running:

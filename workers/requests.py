@@ -39,9 +39,9 @@ def build_request(settings: Settings, *, prompt: str, count: int, object_: str |
                   seed: int | None = None, model: str | None = None, policy: Policy | None = None,
                   budget: dict | None = None,
                   classes_of: Callable[[ModelSpec], list[str] | None] = lambda spec: spec.classes,
-                  idempotency_key: str | None = None) -> JobRequest:
+                  idempotency_key: str | None = None, max_budget: Budget | None = None) -> JobRequest:
     """A checked request; ``classes_of(spec)``: the model's detector classes when known (else the worker
-    resolves the object)."""
+    resolves the object); ``max_budget``: the caller's ceiling, if lower than the deployment's."""
     if not prompt.strip():
         raise InvalidRequest("prompt: must not be blank")
     if len(prompt) > settings.max_prompt_length:
@@ -57,6 +57,8 @@ def build_request(settings: Settings, *, prompt: str, count: int, object_: str |
     overrides = {k: v for k, v in (budget or {}).items() if v is not None}
     for name, value in overrides.items():
         limit = getattr(settings.max_budget, name)
+        if max_budget is not None and getattr(max_budget, name) < limit:
+            limit = getattr(max_budget, name)
         if value > limit:
             raise InvalidRequest(f"budget.{name}: at most {limit} is allowed, got {value}")
     cls, classes = object_, classes_of(spec)

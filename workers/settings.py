@@ -51,6 +51,8 @@ class Settings(BaseSettings):
         "required", description="API keys: 'required' (the default; `tally keys create`), or 'off' for loopback "
                                 "development (`tally up` on 127.0.0.1 sets it): one implicit owner per X-API-Key value.")
     keys_file: Path | None = Field(None, description="Durable API-key records (hashes only); default <runtime_dir>/keys.json.")
+    admin_key_file: Path | None = Field(None, description="A file (e.g. a Docker secret) holding an admin key the "
+                                                          "API accepts from its first start, for deployments.")
     rate_limit: str = Field("600/minute", description="Requests per key (a `limits` rate string).")
     max_active_jobs: int = Field(32, ge=1, description="Queued plus running jobs per key.")
     public_url: str | None = Field(None, description="Base of the links the API returns (e.g. https://tally.example); "

@@ -16,8 +16,8 @@ from optimization.config import LibraryConfig, Policy, Stage
 from optimization.errors import InvalidRequest
 
 from . import library
-from .queue import keys
-from .records import JobStatus, push_event
+from .queue import dequeued, keys
+from .records import JobStatus, job_ended, push_event
 from .requests import JobRequest
 
 log = logging.getLogger("tally.worker")
@@ -45,6 +45,7 @@ class _Reporter:
         status = (JobStatus.canceled if fields.get("canceled") else
                   JobStatus.failed if fields.get("error") else JobStatus.succeeded)
         push_event(self.runtime.connection, self.runtime.settings, self.job.id, {"status": status})
+        job_ended(self.runtime.connection, self.runtime.settings, self.job.meta["owner"], self.job.id)
         return {k: v for k, v in fields.items() if k != "results"}
 
 
@@ -64,6 +65,7 @@ def generate_job(request: dict) -> dict:
     report = _Reporter(rt, job)
     report.update(stage=Stage.sampling, timings={**job.meta["timings"], "started": time.time()})
     push_event(rt.connection, rt.settings, job.id, {"status": JobStatus.running, "stage": Stage.sampling})
+    dequeued(rt.connection, rt.settings, req.model, job.id)
     try:
         result = _run_engine(rt, job, req, report)
     except Canceled:
@@ -76,11 +78,32 @@ def generate_job(request: dict) -> dict:
         return report.finish(canceled=True, stage=None)
     except InvalidRequest as exc:  # bad input that only the worker could see (e.g. an object the detector lacks)
         return report.finish(error={"code": "invalid_request", "message": str(exc)}, stage=None)
+    except _out_of_memory() as exc:
+        log.error("job %s ran out of memory: %s", job.id, exc)
+        _free_memory()
+        return report.finish(error={"code": "out_of_memory", "message": "the worker ran out of memory for this job; "
+                                    "fewer images or a smaller budget may fit"}, stage=None)
     except Exception:
         log.exception("job %s failed", job.id)
         return report.finish(error={"code": "internal", "message": "internal error in the worker; it has been logged"},
                              stage=None)
     return _store_results(rt, job, result, report)
+
+
+def _out_of_memory() -> tuple[type[BaseException], ...]:
+    import torch
+
+    return (MemoryError, torch.cuda.OutOfMemoryError)
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _run_engine(rt, job: Job, req: JobRequest, report: _Reporter):

@@ -98,7 +98,8 @@ def _heartbeat(runtime: WorkerRuntime, name: str, stop: threading.Event) -> None
 def publish_model_info(runtime: WorkerRuntime) -> None:
     engine = runtime.engine
     info = {"id": runtime.model.id, "fingerprint": engine.t2i.fingerprint, "classes": engine.counter.classes,
-            "family": engine.t2i.family, "image_size": engine.t2i.image_size, "max_count": engine.max_count}
+            "family": engine.t2i.family, "image_size": engine.t2i.image_size, "max_count": engine.max_count,
+            "dims": {name: int(enc.get_input_embeddings().weight.shape[1]) for name, _, enc in engine.t2i.encoders()}}
     runtime.connection.set(keys(runtime.settings).model_info(runtime.model.id), json.dumps(info))
 
 

@@ -12,24 +12,34 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
+from optimization.config import Budget
 from workers import records
 from workers.queue import keys
 from workers.requests import build_request
 
 from .. import images
-from ..deps import OwnerDep, RedisDep, SettingsDep
+from ..deps import AUTH_ERRORS, CallerDep, OwnerDep, RedisDep, SettingsDep, reject
 from ..errors import ApiError
+from ..links import image_url, job_links
 from ..schemas import Error, JobAccepted, JobCreate, JobList, JobOut
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_ERRORS)
 NOT_FOUND = {404: {"model": Error, "description": "No such job for this caller."}}
 STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
+JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as records.submit makes them
+
+
+def _job_id(job_id: str) -> str:
+    """A job id in its format, else 404: any other string names no job (and never reaches RQ, which raises
+    on some, e.g. ``a..b``)."""
+    if not JOB_ID.fullmatch(job_id):
+        raise ApiError(404, "not_found", f"no job {job_id[:80]!r}")
+    return job_id
 
 
 def _record_out(record: dict, request: Request) -> JobOut:
     req = record["request"]
-    results = [{**r, "url": str(request.url_for("job_image", job_id=record["id"], n=r["index"]))}
-               for r in record["results"]]
+    results = [{**r, "url": image_url(request, record["id"], r["index"])} for r in record["results"]]
     return JobOut(id=record["id"], status=record["status"], stage=record["stage"],
                   queue_position=record["queue_position"], model=record["model"],
                   prompt=record.get("prompt") or req["prompt"], object=record.get("object") or req.get("object"),
@@ -41,26 +51,31 @@ def _record_out(record: dict, request: Request) -> JobOut:
 
 @router.post("", status_code=202, response_model=JobAccepted,
              responses={409: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}})
-def create_job(body: JobCreate, request: Request, settings: SettingsDep, connection: RedisDep, owner: OwnerDep,
+def create_job(body: JobCreate, request: Request, settings: SettingsDep, connection: RedisDep, caller: CallerDep,
                idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JobAccepted:
+    """Queue a generation job.
+
+    Scope: any key; the job belongs to the key."""
     req = build_request(settings, prompt=body.prompt, count=body.count, object_=body.object,
                         num_images=body.num_images, seed=body.seed, model=body.model, policy=body.policy,
                         budget=body.budget.model_dump() if body.budget else None,
                         classes_of=lambda spec: records.model_classes(connection, settings, spec),
-                        idempotency_key=idempotency_key)
+                        idempotency_key=idempotency_key,
+                        max_budget=Budget(**caller.key.max_budget) if caller.key and caller.key.max_budget else None)
+    limit = caller.key.max_active_jobs if caller.key and caller.key.max_active_jobs else settings.max_active_jobs
+    if records.active_jobs(connection, settings, caller.owner, limit) >= limit:
+        raise reject(connection, settings, 429, "quota_active_jobs", f"this key has {limit} jobs queued or "
+                     "running, its limit; retry when one ends", headers={"Retry-After": "10"})
     if not body.queue_if_offline:
         try:
             records.require_worker(connection, settings, req.model)
         except records.NoWorker as exc:
             raise ApiError(503, "no_worker", str(exc), headers={"Retry-After": "30"}) from None
     try:
-        submitted = records.submit(connection, settings, req, owner, idempotency_key)
+        submitted = records.submit(connection, settings, req, caller.owner, idempotency_key)
     except records.IdempotencyConflict as exc:
         raise ApiError(409, "idempotency_conflict", str(exc)) from None
-    links = {"self": str(request.url_for("get_job", job_id=submitted.job_id)),
-             "events": str(request.url_for("job_events", job_id=submitted.job_id)),
-             "images": str(request.url_for("get_job", job_id=submitted.job_id)) + "/images/{n}"}
-    return JobAccepted(id=submitted.job_id, status=records.JobStatus.queued, links=links)
+    return JobAccepted(id=submitted.job_id, status=records.JobStatus.queued, links=job_links(request, submitted.job_id))
 
 
 @router.get("", response_model=JobList, responses={422: {"model": Error}})
@@ -69,14 +84,17 @@ def list_jobs(request: Request, settings: SettingsDep, connection: RedisDep, own
               cursor: Annotated[str | None, Query(pattern=r"^\d{1,12}(\.\d{1,9})?$",
                                                   description="next_cursor of the previous page.")] = None,
               limit: Annotated[int, Query(ge=1, le=100)] = 20) -> JobList:
-    """The caller's jobs, newest first (kept for the result TTL)."""
+    """The caller's jobs, newest first (kept for the result TTL).
+
+    Scope: any key; lists that key's jobs only.
+    """
     found, next_cursor = records.list_jobs(connection, settings, owner, status, float(cursor) if cursor else None, limit)
     return JobList(jobs=[_record_out(r, request) for r in found],
                    next_cursor=repr(next_cursor) if next_cursor is not None else None)
 
 
 def _record(connection, settings, job_id: str, owner: str) -> dict:
-    record = records.job_record(connection, settings, job_id, owner)
+    record = records.job_record(connection, settings, _job_id(job_id), owner)
     if record is None:
         raise ApiError(404, "not_found", f"no job {job_id!r}")
     return record
@@ -84,12 +102,18 @@ def _record(connection, settings, job_id: str, owner: str) -> dict:
 
 @router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
 def get_job(job_id: str, request: Request, settings: SettingsDep, connection: RedisDep, owner: OwnerDep) -> JobOut:
+    """The job's record.
+
+    Scope: the key that created the job (another key's job is 404)."""
     return _record_out(_record(connection, settings, job_id, owner), request)
 
 
 @router.delete("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
 def cancel_job(job_id: str, request: Request, settings: SettingsDep, connection: RedisDep, owner: OwnerDep) -> JobOut:
-    record = records.cancel(connection, settings, job_id, owner)
+    """Cancel: a queued job never runs, a running one stops within one iteration.
+
+    Scope: the key that created the job (another key's job is 404)."""
+    record = records.cancel(connection, settings, _job_id(job_id), owner)
     if record is None:
         raise ApiError(404, "not_found", f"no job {job_id!r}")
     return _record_out(record, request)
@@ -102,7 +126,10 @@ async def job_events(job_id: str, request: Request, settings: SettingsDep, conne
     """Server-Sent Events: one ``progress`` event per change, in order, then one ``final`` event (the record).
 
     Pushed, not polled: the stream blocks on the job's Redis stream, costs no thread, sends a comment line
-    every ``sse_heartbeat_s``, and is released the moment the client goes away."""
+    every ``sse_heartbeat_s``, and is released the moment the client goes away.
+
+    Scope: the key that created the job (another key's job is 404).
+    """
     await run_in_threadpool(_record, connection, settings, job_id, owner)
     if last_event_id is not None and not STREAM_ID.fullmatch(last_event_id):
         raise ApiError(422, "invalid_request", "Last-Event-ID: must be an event id this stream sent (like 1700000000000-0)")
@@ -147,10 +174,16 @@ def job_image(job_id: str, n: int, settings: SettingsDep, connection: RedisDep, 
               image_format: Annotated[images.ImageFormat, Query(
                   alias="format", description="The encoding: the stored PNG, or it re-encoded as JPEG or WEBP "
                                               "(the same pixels, boxes included).")] = "png") -> Response:
-    png = records.image_png(connection, settings, job_id, n, owner)
+    """One of the job's images.
+
+    Scope: the key that created the job (another key's job is 404)."""
+    _job_id(job_id)
+    png = records.image_png(connection, settings, job_id, n, owner) if 0 <= n < settings.max_images else None
     if png is None:
         raise ApiError(404, "not_found", f"job {job_id!r} has no image {n} (or it expired)")
     if boxes:
-        record = _record(connection, settings, job_id, owner)
-        png = records.draw_detections(png, record["results"][n]["boxes"])
+        results = _record(connection, settings, job_id, owner)["results"]  # result n is image n
+        if n >= len(results):
+            raise ApiError(404, "not_found", f"job {job_id!r} has no detections for image {n}")
+        png = records.draw_detections(png, results[n]["boxes"])
     return Response(images.convert(png, image_format), media_type=images.MEDIA_TYPES[image_format])

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import re
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from workers import records
 from workers.queue import live_workers
 
-from ..deps import RedisDep, SettingsDep
+from ..deps import AUTH_ERRORS, RedisDep, SettingsDep, get_caller
 from ..schemas import ModelOut
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(get_caller)], responses=AUTH_ERRORS)
 
 # A hub id: "name" or "namespace/name" (what huggingface_hub accepts), nothing that reads as a path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)?$")
@@ -31,6 +31,9 @@ def public_source(value: str) -> str:
 
 @router.get("", response_model=list[ModelOut])
 def list_models(settings: SettingsDep, connection: RedisDep) -> list[ModelOut]:
+    """The configured models, their classes, default policy and live workers.
+
+    Scope: any key."""
     out = []
     for m in settings.models:
         info = records.model_info(connection, settings, m.id) or {}

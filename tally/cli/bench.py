@@ -115,6 +115,18 @@ def iteration(model: ModelOption = None, json_path: JsonOption = None) -> None:
     write_json(result, json_path)
 
 
+@bench_app.command("faults")
+def faults(json_path: JsonOption = None) -> None:
+    """Worker kills, SIGTERM, a Redis restart, cross-key access and a flooding key, on private processes."""
+    from tally.benchmarks import faults as bench
+
+    prepare()
+    with console.status("fault scenarios") as status:
+        result = bench.run(progress=lambda name: status.update(f"bench faults: {name}"))
+    console.print(result)
+    write_json(result, json_path)
+
+
 @bench_app.command("service")
 def service(
     repeats: Annotated[int, typer.Option(min=1, help="Library-hit jobs timed (after one warm-up).")] = 7,

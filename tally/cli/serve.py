@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -32,6 +33,27 @@ def worker(
     run_worker(settings, model, burst=burst, name=name, on_ready=ready)
 
 
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _first_admin_key(settings) -> None:
+    """With keys required and none yet, the first start creates an admin key and shows it this once."""
+    from workers.auth import KeyStore
+    from workers.queue import connect
+
+    store = KeyStore(connect(settings), settings)
+    if not store.list():
+        secret, record = store.create("first-admin", "admin")
+        console.print(f"created admin key {record.id} (shown only now; `tally keys create` makes more):")
+        console.print(secret, highlight=False, soft_wrap=True)
+
+
 @app.command()
 def up(
     host: str = "127.0.0.1",
@@ -51,7 +73,14 @@ def up(
 
     signal.signal(signal.SIGTERM, interrupt)  # `kill` stops what was started, like Ctrl-C
     settings = prepare()
-    with Launcher(settings) as launcher:
+    env = {}
+    if "TALLY_AUTH" not in os.environ:  # loopback development needs no key; anything else does
+        env["TALLY_AUTH"] = "off" if _loopback(host) else "required"
+    if env.get("TALLY_AUTH", settings.auth) == "required":
+        _first_admin_key(settings)
+    else:
+        console.print("auth off (loopback development): set TALLY_AUTH=required to require API keys")
+    with Launcher(settings, env=env) as launcher:
         launcher.ensure_redis()
         launcher.start_api(host, port)
         for m in settings.models:
@@ -103,7 +132,7 @@ def submit(
         if detach:
             console.print(f"job {job_id} {accepted.get('status', 'queued')}", highlight=False)
             for name, link in accepted.get("links", {}).items():
-                console.print(f"  {name}: {link}", highlight=False, soft_wrap=True)
+                console.print(f"  {name}: {client.absolute(link)}", highlight=False, soft_wrap=True)
             if json_path is None or str(json_path) != "-":
                 print(job_id)  # stdout: the id alone, for scripts
             write_json(accepted, json_path)
@@ -124,7 +153,7 @@ def submit(
                                  else f"job {job_id} ended {status}")
         for r in final.get("results", []):
             console.print(f"image {r['index']}: seed {r['seed']}, detected {r['detected_count']} "
-                          f"{final.get('object')}(s), {'verified' if r['verified'] else 'NOT verified'}  {r['url']}",
+                          f"{final.get('object')}(s), {'verified' if r['verified'] else 'NOT verified'}  {client.absolute(r['url'])}",
                           highlight=False, soft_wrap=True)
             if out is not None:
                 out.mkdir(parents=True, exist_ok=True)
