@@ -73,6 +73,52 @@ def redis_url(tmp_path_factory):
     proc.wait()
 
 
+@pytest.fixture
+def settings(redis_url, tmp_path):
+    """Settings of an API on the session's Redis under a prefix of its own (auth off, as everywhere here)."""
+    import uuid
+
+    from workers.settings import Settings
+
+    return Settings(redis_url=redis_url, redis_prefix=f"t{uuid.uuid4().hex[:8]}", runtime_dir=tmp_path / "runtime",
+                    token_dir=tmp_path / "tokens")
+
+
+@pytest.fixture
+def api(settings):
+    """The API in this process (FastAPI's TestClient)."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@contextmanager
+def serve_api(settings):
+    """The API under uvicorn in a thread on a free port (a real HTTP server); yields the port."""
+    import threading
+
+    import uvicorn
+
+    from service.app import create_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the API did not start"
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 @dataclass
 class Service:
     """A running service: private Redis, the API (uvicorn) and worker ``w1``, all real processes."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-import uuid
 
 import pytest
 import redis
@@ -17,16 +16,8 @@ from workers.settings import Settings
 from .conftest import free_port
 
 
-@pytest.fixture
-def settings(redis_url, tmp_path):
-    return Settings(redis_url=redis_url, redis_prefix=f"t{uuid.uuid4().hex[:8]}", runtime_dir=tmp_path / "runtime",
-                    token_dir=tmp_path / "tokens")
 
 
-@pytest.fixture
-def api(settings):
-    with TestClient(create_app(settings)) as client:
-        yield client
 
 
 @pytest.mark.parametrize("body, fragment", [

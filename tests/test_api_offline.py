@@ -8,25 +8,14 @@ import re
 import uuid
 
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
 from service.images import FORMATS, MEDIA_TYPES, convert
 from service.routes.models import public_source
-from workers.settings import Settings
 
 
-@pytest.fixture
-def settings(redis_url, tmp_path):
-    return Settings(redis_url=redis_url, redis_prefix=f"t{uuid.uuid4().hex[:8]}", runtime_dir=tmp_path / "runtime",
-                    token_dir=tmp_path / "tokens")
 
 
-@pytest.fixture
-def api(settings):
-    with TestClient(create_app(settings)) as client:
-        yield client
 
 
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])

@@ -11,13 +11,11 @@ import uuid
 import httpx
 import pytest
 import redis
-import uvicorn
 from rq.job import Job
 
-from service.app import create_app
 from workers.settings import Settings
 
-from .conftest import free_port
+from .conftest import free_port, serve_api
 
 PROMPT = ("--prompt", "a photo of red circles", "--count", "3")
 
@@ -43,24 +41,8 @@ def api_settings(redis_url, tmp_path_factory):
 @pytest.fixture(scope="module")
 def api(api_settings):
     """The API on a free port, serving a private Redis prefix; no worker."""
-    settings = api_settings
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline and thread.is_alive(), "the API did not start"
-        time.sleep(0.05)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_api(api_settings) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_an_unreachable_api_is_one_line_naming_the_url(tally_cli):

@@ -8,40 +8,27 @@ from __future__ import annotations
 import json
 import socket
 import struct
-import threading
-import time
 import uuid
 
-import httpx
 import numpy as np
 import pytest
 import redis
 import safetensors.numpy
-import uvicorn
 from fastapi.testclient import TestClient
 
 from optimization.errors import InvalidRequest
 from optimization.token_file import PLACEHOLDER, validate_token
 from service.app import create_app
 from workers.keys import Keys
-from workers.settings import Settings
 
-from .conftest import free_port
+from .conftest import serve_api
 
 CLASSES = ["circle", "square", "triangle", "cross"]
 JOB = {"prompt": "a photo of red circles", "count": 3, "queue_if_offline": True}
 
 
-@pytest.fixture
-def settings(redis_url, tmp_path):
-    return Settings(redis_url=redis_url, redis_prefix=f"t{uuid.uuid4().hex[:8]}", runtime_dir=tmp_path / "runtime",
-                    token_dir=tmp_path / "tokens", auth="off")
 
 
-@pytest.fixture
-def api(settings):
-    with TestClient(create_app(settings)) as client:
-        yield client
 
 
 @pytest.fixture(scope="session")
@@ -214,19 +201,9 @@ def test_a_10_mb_json_body_is_413(api):
 
 @pytest.fixture
 def live_api(settings):
-    """The API under uvicorn on a free port (a real HTTP server, for what TestClient cannot show)."""
-    small = settings.model_copy(update={"max_body_bytes": 4096})
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(small), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the API did not start"
-        time.sleep(0.05)
-    yield port
-    server.should_exit = True
-    thread.join(timeout=10)
+    """The API under uvicorn (a real HTTP server, for what TestClient cannot show), with a small body limit."""
+    with serve_api(settings.model_copy(update={"max_body_bytes": 4096})) as port:
+        yield port
 
 
 def test_a_chunked_body_is_answered_413_without_reading_the_rest(live_api):

@@ -13,7 +13,7 @@ from tally.client import sse_events
 from workers.keys import Keys
 from workers.settings import Settings
 
-from .conftest import launch_service
+from .conftest import Service, launch_service
 
 pytestmark = pytest.mark.slow
 

@@ -167,7 +167,7 @@ def test_a_corrupt_or_foreign_file_in_the_token_folder_is_skipped_at_start(runti
     with caplog.at_level(logging.WARNING, logger="tally.tokens"):
         assert runtime.store.reseed() == 0
     assert sum("skipping" in r.message for r in caplog.records) == 2
-    job = _submit(runtime, prompt="a photo of red circles", count=3, seed=1, policy="library", budget={"max_candidates": 8})
+    job = _submit(runtime, prompt="a photo of red circles", count=3, seed=1, budget={"max_candidates": 8})
     _work(runtime)
     assert records.job_record(runtime.connection, runtime.settings, job, "tester")["status"] == "succeeded"
 

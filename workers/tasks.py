@@ -12,7 +12,7 @@ import time
 
 from rq.job import Job, get_current_job
 
-from optimization.config import LibraryConfig, Policy, Stage
+from optimization.config import Policy, Stage
 from optimization.errors import InvalidRequest
 
 from . import library

@@ -12,7 +12,6 @@ The property-based fuzz of the OpenAPI schema runs in the test suite (``tests/te
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
