@@ -94,8 +94,8 @@ class Launcher:
             try:
                 if models is None:
                     return httpx.get(f"{api_url}/readyz", timeout=2).status_code == 200
-                live = {m["id"] for m in httpx.get(f"{api_url}/v1/models", timeout=2).json() if m["live_workers"]}
-                return set(models) <= live
+                workers = httpx.get(f"{api_url}/readyz", timeout=2).json().get("workers", {})  # needs no key
+                return all(workers.get(m, 0) > 0 for m in models)
             except httpx.HTTPError:
                 return False
 

@@ -418,10 +418,6 @@ def test_the_openapi_document_states_the_deployments_limits(settings):
 
 
 # ---------------------------------------------------------------------------------------- schemathesis
-CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance", "response_headers_conformance",
-          "response_schema_conformance")
-
-
 @pytest.mark.slow
 def test_the_openapi_document_holds_under_property_based_testing(settings, published):
     """``schemathesis run`` in this process, on the API's own OpenAPI document: its examples, coverage
@@ -431,35 +427,16 @@ def test_the_openapi_document_holds_under_property_based_testing(settings, publi
 
     Run through schemathesis' engine rather than its pytest plugin, whose lazy-fixture mode fails on
     pytest 9 (``request.node._nodeid``)."""
-    import schemathesis
-    from schemathesis.engine import Status, events, from_schema
+    from tally.benchmarks.fuzz import fuzz_openapi
 
-    config = schemathesis.Config.from_dict({
-        "seed": 20240601,
-        "generation": {"mode": "all", "max-examples": 20, "deterministic": True, "database": "none"},
-        "phases": {"stateful": {"enabled": False}},
-        "checks": {"enabled": False, **{name: {"enabled": True} for name in CHECKS}},
-    })
     # A live worker as its heartbeat says (without one, 503 no_worker is the documented answer), and the
     # model's info published, so token uploads reach the full check. Jobs stay queued; an event stream
     # (never of a real job: generated ids are random) would end on its first heartbeat.
     redis.Redis.from_url(settings.redis_url).set(Keys(settings.redis_prefix).worker("reference", "fuzz"),
                                                  json.dumps({"name": "fuzz", "host": "test", "pid": 0}), ex=600)
     app = create_app(settings.model_copy(update={"sse_heartbeat_s": 0.05}))
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
-    problems, cases = {}, 0  # each distinct problem once, in the order found
-    for event in from_schema(schema).execute():
-        if isinstance(event, events.ScenarioFinished):
-            cases += len(event.recorder.cases)
-            for case_id, checks in event.recorder.checks.items():
-                for check in checks:
-                    if check.status != Status.SUCCESS:
-                        info = check.failure_info
-                        what = f"{info.failure.title}: {str(info.failure.message)[:300]}" if info else check.status
-                        problems.setdefault(f"{event.label} {check.name}: {what}", info and info.code_sample)
-        elif isinstance(event, (events.NonFatalError, events.FatalError)):  # e.g. an exception in the app
-            problems.setdefault(f"{getattr(event, 'label', 'run')}: {type(event.value).__name__}: "
-                                f"{str(event.value)[:300]}", None)
-    assert not problems, f"{len(problems)} distinct problems:\n" + "\n".join(
-        f"- {text}" + (f"\n    {sample}" if sample else "") for text, sample in list(problems.items())[:20])
-    assert cases >= 300, cases
+    result = fuzz_openapi(app, max_examples=20)
+    assert not result["problems"], f"{len(result['problems'])} distinct problems:\n" + "\n".join(
+        f"- {p}" for p in result["problems"][:20])
+    assert result["server_errors"] == result["schema_violations"] == 0 and result["cases"] >= 300, result
+

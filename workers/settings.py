@@ -62,7 +62,9 @@ class Settings(BaseSettings):
     result_ttl: int = Field(86_400, description="Seconds images and job records are kept.")
     job_timeout: int = 1_800
     library_timeout: int = 7_200
-    job_retries: int = 2
+    job_retries: int = Field(5, ge=0, description=(
+        "Runs a job gets after its worker died under it (or stopped): a job that keeps killing workers fails "
+        "after this many, the others survive a busy night of restarts."))
     worker_heartbeat_s: float = 5.0
     sse_heartbeat_s: float = Field(15.0, gt=0, description="An idle event stream sends a comment this often.")
 

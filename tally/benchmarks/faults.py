@@ -6,12 +6,14 @@ Each scenario starts from a private Redis (AOF, ``appendfsync everysec``), the A
 - ``worker_term``: SIGTERM mid-job: the worker's exit status and time, and whether the job still ends well;
 - ``redis_restart``: Redis stopped and restarted under queued and running jobs: lost jobs;
 - ``bola``: another key's job on every job route: how many answers were not 404;
-- ``quota``: one key flooding the queue: another key's median queue wait, flooded vs alone.
-The property-based fuzz of the OpenAPI schema runs in the test suite (``tests/test_hostile.py``).
+- ``quota``: one key flooding the queue: another key's median queue wait, flooded vs alone;
+- ``fuzz``: schemathesis over the whole OpenAPI document (``fuzz.fuzz_openapi``): server errors and
+  responses that break the document.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -65,11 +67,16 @@ def _wait_all(http: httpx.Client, jobs: list[str], timeout: float, headers: dict
 
 
 def _completions(http: httpx.Client, job: str) -> int:
-    text = http.get(f"/v1/jobs/{job}/events", timeout=30).text
-    return sum(1 for line in text.splitlines() if line.startswith("data:") and '"status": "succeeded"' in line)
+    """How many times the job ran to success: its ``succeeded`` progress events (the final record aside)."""
+    from tally.client import sse_events
+
+    with http.stream("GET", f"/v1/jobs/{job}/events", timeout=30) as stream:
+        return sum(name == "progress" and data.get("status") == "succeeded" for name, data in sse_events(stream))
 
 
 def worker_kill(jobs: int = 12, every_s: float = 4.0, timeout: float = 400) -> dict:
+    """Every ``every_s`` seconds (counted once both workers are up again: a start takes seconds here), one
+    of the two workers, busy with the queued jobs, is SIGKILLed and started again under the same name."""
     with _service(workers=2) as (launcher, http, _):
         ids = [http.post("/v1/jobs", json={**REFINE_JOB, "seed": s}).json()["id"] for s in range(jobs)]
         kills, last = 0, time.monotonic()
@@ -77,9 +84,13 @@ def worker_kill(jobs: int = 12, every_s: float = 4.0, timeout: float = 400) -> d
 
         def kill_one():
             nonlocal kills, last
+            live = set(http.get("/v1/models").json()[0]["live_workers"])
+            if len(live) < 2:
+                last = time.monotonic()  # wait for the restarted worker before the next kill counts down
+                return
             if time.monotonic() - last < every_s:
                 return
-            name = rng.choice([n for n in launcher.processes if n.startswith("worker-")])
+            name = "worker-" + rng.choice(sorted(live))  # with jobs queued, both are busy
             proc = launcher.processes.pop(name)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -162,6 +173,33 @@ def bola_and_quota(flood: int = 40) -> dict:
                           "other_key_p50_wait_alone_s": round(statistics.median(alone), 3), "flood_jobs": flood}}
 
 
+def fuzz(max_examples: int = 50) -> dict:
+    """The API in this process on a private Redis, with a live worker's heartbeat and the reference model's
+    info published (as a worker writes them), so every route, token uploads included, is reached in full."""
+    import redis
+
+    from optimization.pipelines import TextToImage
+    from optimization.reference.models import reference_model
+    from service.app import create_app
+    from workers.keys import Keys
+
+    from .fuzz import fuzz_openapi
+
+    root = Path(tempfile.mkdtemp(prefix="tally-bench-fuzz-"))
+    settings = Settings(redis_url=f"redis://127.0.0.1:{_port()}/0", runtime_dir=root, token_dir=root / "tokens",
+                        auth="off", sse_heartbeat_s=0.05)
+    t2i = TextToImage.from_spec(reference_model())
+    with Launcher(settings, log_dir=root / "logs") as launcher:
+        launcher.ensure_redis()
+        connection, k = redis.Redis.from_url(settings.redis_url), Keys(settings.redis_prefix)
+        connection.set(k.worker("reference", "fuzz"), json.dumps({"name": "fuzz", "host": "bench", "pid": 0}), ex=3600)
+        connection.set(k.model_info("reference"), json.dumps({
+            "id": "reference", "fingerprint": t2i.fingerprint, "classes": reference_model().classes,
+            "max_count": 12, "dims": {name: enc.config.hidden_size for name, _, enc in t2i.encoders()}}))
+        result = fuzz_openapi(create_app(settings), max_examples=max_examples)
+    return {**{k: v for k, v in result.items() if k != "problems"}, "problems": result["problems"][:10]}
+
+
 def run(progress=None) -> dict:
     step = progress or (lambda name: None)
     result = {}
@@ -173,4 +211,6 @@ def run(progress=None) -> dict:
     result["redis_restart"] = redis_restart()
     step("bola and quota")
     result.update(bola_and_quota())
+    step("fuzz the OpenAPI document")
+    result["fuzz"] = fuzz()
     return result
