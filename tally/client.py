@@ -125,10 +125,3 @@ class Client:
         prefix = base.path.rstrip("/")
         path = link if prefix and (link == prefix or link.startswith(prefix + "/")) else prefix + "/" + link.lstrip("/")
         return urlunsplit((base.scheme, base.netloc, path, "", ""))
-
-
-def follow_job(url: str, body: dict, on_event: Callable[[dict], None] | None = None, timeout: float = 30.0,
-               api_key: str | None = None) -> dict:
-    """Submit the job and follow it to its final record (raises ``ClientError``)."""
-    with Client(url, api_key=api_key, timeout=timeout) as client:
-        return client.follow(client.submit(body)["id"], on_event)
