@@ -35,6 +35,19 @@ def _submit(rt, **body) -> str:
     return records.submit(rt.connection, rt.settings, request, owner="tester").job_id
 
 
+def _engine_fails_once(monkeypatch, error: BaseException) -> None:
+    """The next engine call raises ``error``; the ones after it work."""
+    real, calls = CountEngine.generate, []
+
+    def fails_once(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(CountEngine, "generate", fails_once)
+
+
 def _work(rt) -> None:
     queues = [generation_queue(rt.connection, rt.settings, "reference"),
               library_queue(rt.connection, rt.settings, "reference")]
@@ -42,16 +55,7 @@ def _work(rt) -> None:
 
 
 def test_a_bug_in_the_engine_fails_the_job_as_internal_and_the_worker_serves_the_next(runtime, monkeypatch, caplog):
-    real = CountEngine.generate
-    calls = []
-
-    def broken_once(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError("an unexpected bug deep in the engine")
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(CountEngine, "generate", broken_once)
+    _engine_fails_once(monkeypatch, RuntimeError("an unexpected bug deep in the engine"))
     first = _submit(runtime, prompt="a photo of red circles", count=2, seed=1, budget={"max_candidates": 8})
     second = _submit(runtime, prompt="a photo of red circles", count=2, seed=2, budget={"max_candidates": 8})
     with caplog.at_level(logging.ERROR, logger="tally.worker"):
@@ -143,15 +147,7 @@ def test_prune_removes_tokens_that_do_not_beat_the_base(runtime, tally_cli):
 
 
 def test_running_out_of_memory_fails_the_job_as_out_of_memory_and_the_worker_serves_on(runtime, monkeypatch):
-    real, calls = CountEngine.generate, []
-
-    def oom_once(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise MemoryError("injected")
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(CountEngine, "generate", oom_once)
+    _engine_fails_once(monkeypatch, MemoryError("injected"))
     first = _submit(runtime, prompt="a photo of red circles", count=2, seed=1, budget={"max_candidates": 8})
     second = _submit(runtime, prompt="a photo of red circles", count=2, seed=2, budget={"max_candidates": 8})
     _work(runtime)
