@@ -81,8 +81,8 @@ def run_slice(rt, model_id: str, cls: str, count: int, key_id: str) -> dict:
         _update(connection, settings, key_id, status="queued")
         return {"key": key_id, "status": "requeued"}
     validation = part.token.metadata["validation"]
-    _update(connection, settings, key_id, iterations=part.token.metadata["iterations"], validation=json.dumps(validation),
-            slices=int(connection.hget(k.learning(key_id), "slices") or 0) + 1)
+    connection.hincrby(k.learning(key_id), "slices", 1)
+    _update(connection, settings, key_id, iterations=part.token.metadata["iterations"], validation=json.dumps(validation))
     if not part.done:
         with connection.pipeline() as pipe:
             pipe.set(k.library_state(key_id), part.state_bytes(), ex=settings.library_timeout)
