@@ -140,6 +140,8 @@ class JobOut(BaseModel):
     cost: Cost | None = None
     timings: dict[str, float] = {}
     error: Error | None = None
+    warnings: list[str] = Field([], description="What may make the images miss the prompt, e.g. words the "
+                                               "model's tokenizer cannot encode whole; set when the job starts.")
 
 
 class JobList(BaseModel):
@@ -187,3 +189,14 @@ class ModelOut(BaseModel):
     default_policy: Policy
     live_workers: list[str]
     queue_depth: int
+
+
+class JobEvent(BaseModel):
+    """A ``progress`` event of ``GET /v1/jobs/{id}/events``: the job's status, and its stage and progress while
+    it runs (``requeued``: a worker stopped and the job went back to its queue)."""
+    model_config = ConfigDict(extra="allow")
+    status: Status
+    stage: Stage | None = None
+    progress: Progress | None = None
+    requeued: bool | None = None
+    cancel_requested: bool | None = None

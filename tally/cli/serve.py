@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from optimization.config import Policy
 from optimization.errors import InvalidRequest
 
-from .common import JsonOption, app, console, prepare, progress_bar, write_json
+from .common import JsonOption, app, console, prepare, write_json
 
 
 @app.command()
@@ -106,7 +107,7 @@ def submit(
     seed: Optional[int] = None,
     url: Annotated[str, typer.Option(envvar="TALLY_URL", help="The API.")] = "http://127.0.0.1:8000",
     api_key: Annotated[Optional[str], typer.Option(envvar="TALLY_API_KEY", show_default=False,
-                                                   help="Sent as Authorization: Bearer and X-API-Key.")] = None,
+                                                   help="Sent as Authorization: Bearer.")] = None,
     queue_if_offline: Annotated[bool, typer.Option(
         "--queue-if-offline", help="Queue even if no worker serves the model now (else error no_worker).")] = False,
     detach: Annotated[bool, typer.Option("--detach", help="Print the job id and links, don't follow.")] = False,
@@ -118,47 +119,65 @@ def submit(
     from tally.client import Client, ClientError
 
     budget = {"max_seconds": budget_seconds, "max_candidates": budget_candidates, "max_iterations": budget_iterations}
-    body = {"prompt": prompt, "count": count, "object": object_, "num_images": num_images, "seed": seed,
-            "model": model, "policy": policy, "budget": {k: v for k, v in budget.items() if v is not None} or None,
-            "queue_if_offline": queue_if_offline or None}  # sent only when asked: older servers forbid it
     with Client(url, api_key=api_key) as client:
         try:
-            accepted = client.submit({k: v for k, v in body.items() if v is not None})
+            accepted = client.submit(prompt, count, object=object_, num_images=num_images, seed=seed, model=model,
+                                     policy=policy, budget=budget, queue_if_offline=queue_if_offline)
         except ClientError as exc:
             if exc.code == "no_worker":
                 raise ClientError(f"{exc.message} (tally submit --queue-if-offline)", exc.code, exc.status) from None
             raise
-        job_id = accepted["id"]
+        job_id = accepted.id
         if detach:
-            console.print(f"job {job_id} {accepted.get('status', 'queued')}", highlight=False)
-            for name, link in accepted.get("links", {}).items():
+            console.print(f"job {job_id} {accepted.status}", highlight=False)
+            for name, link in accepted.links.model_dump().items():
                 console.print(f"  {name}: {client.absolute(link)}", highlight=False, soft_wrap=True)
             if json_path is None or str(json_path) != "-":
                 print(job_id)  # stdout: the id alone, for scripts
-            write_json(accepted, json_path)
+            write_json(accepted.model_dump(mode="json"), json_path)
             return
         console.print(f"job {job_id} queued", highlight=False)
-
-        with progress_bar("job", num_images) as update:
-            def on_event(event: dict) -> None:
-                if isinstance(event.get("progress"), dict):  # status-only events carry no progress
-                    update(event["progress"].get("images_verified", 0))
-
-            final = client.follow(job_id, on_event)
-        write_json(final, json_path)
-        status = final.get("status")
-        if status != "succeeded":
-            error = final.get("error") or {}
-            raise InvalidRequest(f"{error['code']}: {error['message']}" if error.get("code")
-                                 else f"job {job_id} ended {status}")
-        for r in final.get("results", []):
-            console.print(f"image {r['index']}: seed {r['seed']}, detected {r['detected_count']} "
-                          f"{final.get('object')}(s), {'verified' if r['verified'] else 'NOT verified'}  {client.absolute(r['url'])}",
+        final = _follow(client, job_id, num_images)
+        write_json(final.model_dump(mode="json"), json_path)
+        for warning in final.warnings:
+            console.print(f"[yellow]warning:[/] {escape(warning)}")
+        if final.status != "succeeded":
+            raise InvalidRequest(f"{final.error.code}: {final.error.message}" if final.error
+                                 else f"job {job_id} ended {final.status}")
+        for r in final.results:
+            console.print(f"image {r.index}: seed {r.seed}, detected {r.detected_count} {final.object}(s), "
+                          f"{'verified' if r.verified else 'NOT verified'}  {client.absolute(r.url)}",
                           highlight=False, soft_wrap=True)
             if out is not None:
                 out.mkdir(parents=True, exist_ok=True)
-                (out / f"{job_id}-{r['index']}.png").write_bytes(client.image(job_id, r["index"]))
-                (out / f"{job_id}-{r['index']}-boxes.png").write_bytes(client.image(job_id, r["index"], boxes=True))
-        if out is not None and final.get("results"):
+                (out / f"{job_id}-{r.index}.png").write_bytes(client.image(job_id, r.index))
+                (out / f"{job_id}-{r.index}-boxes.png").write_bytes(client.image(job_id, r.index, boxes=True))
+        if out is not None and final.results:
             console.print(f"images saved in {out}")
-        console.print(f"status: {status}; cost: {final.get('cost')}", highlight=False)
+        console.print(f"status: {final.status}; cost: {final.cost.model_dump() if final.cost else None}",
+                      highlight=False)
+
+
+def _follow(client, job_id: str, num_images: int):
+    """Wait for the job with a rich progress bar: verified images of those asked for, and what the engine is
+    doing (queued, stage, candidates, refinement iteration and its detected counts)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[bold]verified"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[state]}"), console=console) as bar:
+        task = bar.add_task("job", total=num_images, state="queued")
+
+        def on_progress(event) -> None:
+            state = event.status if event.stage is None else f"{event.status}: {event.stage}"
+            if event.progress is not None:
+                p = event.progress
+                state += f", {p.candidates} candidates"
+                if p.iterations:
+                    state += f", iteration {p.iterations} counts {p.detected_counts} loss {p.loss:.3g}" \
+                        if p.loss is not None else f", iteration {p.iterations}"
+                bar.update(task, completed=p.images_verified)
+            bar.update(task, state=state)
+
+        final = client.wait(job_id, on_progress)
+        bar.update(task, completed=sum(r.verified for r in final.results), state=final.status)
+    return final
