@@ -185,7 +185,7 @@ def job_record(connection: redis.Redis, settings: Settings, job_id: str, owner: 
             "progress": meta.get("progress"), "token": meta.get("token"), "results": meta.get("results") or [],
             "cost": meta.get("cost"), "timings": meta.get("timings"), "error": error, "owner": meta.get("owner"),
             "budget_exhausted": meta.get("budget_exhausted"),
-            "prompt": meta.get("prompt"), "object": meta.get("object")}
+            "prompt": meta.get("prompt"), "object": meta.get("object"), "warnings": meta.get("warnings") or []}
 
 
 def push_event(connection: redis.Redis, settings: Settings, job_id: str, event: dict) -> None:

@@ -14,6 +14,7 @@ from rq.job import Job, get_current_job
 
 from optimization.config import Policy, Stage
 from optimization.errors import InvalidRequest
+from optimization.prompts import tokenizer_warnings, with_count
 
 from . import library
 from .queue import dequeued, keys
@@ -117,7 +118,9 @@ def _run_engine(rt, job: Job, req: JobRequest, report: _Reporter):
         key_id = engine.token_key(cls, req.count).id
         scheduled = library.schedule(rt.connection, rt.settings, rt.model.id, cls, req.count, key_id)
     report.update(token={"key": engine.token_key(cls, req.count).id, "library_hit": token is not None,
-                         "learning_scheduled": scheduled})
+                         "learning_scheduled": scheduled},
+                  warnings=tokenizer_warnings(with_count(req.prompt, cls, req.count),
+                                              [tokenizer for _, tokenizer, _ in engine.t2i.encoders()]))
     return engine.generate(req.prompt, req.count, object_=cls, num_images=req.num_images, seed=req.seed,
                            budget=req.budget, policy=req.policy, token=token, progress=report.progress,
                            should_stop=lambda: rt.shutdown.is_set() or bool(rt.connection.exists(k.job_cancel(job.id))))

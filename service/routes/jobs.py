@@ -46,7 +46,7 @@ def _record_out(record: dict, request: Request) -> JobOut:
                   count=req["count"], policy=req["policy"], seed=req["seed"],
                   seed_source=req.get("seed_source", "request"), progress=record["progress"], token=record["token"],
                   results=results, budget_exhausted=record.get("budget_exhausted"), cost=record["cost"],
-                  timings=record["timings"] or {}, error=record["error"])
+                  timings=record["timings"] or {}, error=record["error"], warnings=record.get("warnings") or [])
 
 
 @router.post("", status_code=202, response_model=JobAccepted,
