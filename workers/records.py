@@ -5,7 +5,8 @@ A job is an RQ job; Tally's record lives in its ``meta`` (owner, request, stage,
 cost, timings, error). Every change is also appended to the job's Redis stream, whose statuses are
 ``JobStatus`` values, so a client following the event stream sees every change in order and is woken
 the moment the job ends (``XREAD BLOCK``, no polling). An owner's jobs are indexed by submission time.
-Images are PNGs in Redis with the result TTL; every key a job leaves expires with it.
+Images are PNGs in Redis with the result TTL, or in the object store behind a Redis key with that TTL
+(``objects``); every key a job leaves expires with it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rq.job import JobStatus as RQStatus
 
 from optimization.config import ModelSpec
 
+from . import objects
 from .queue import enqueue_generation, generation_queue, keys, live_workers
 from .requests import JobRequest
 from .settings import Settings
@@ -229,7 +231,14 @@ def cancel(connection: redis.Redis, settings: Settings, job_id: str, owner: str)
 def image_png(connection: redis.Redis, settings: Settings, job_id: str, n: int, owner: str) -> bytes | None:
     if _fetch(connection, job_id, owner) is None:
         return None
-    return connection.get(keys(settings).job_images(job_id, n))
+    return objects.load_image(connection, settings, job_id, n)
+
+
+def image_location(connection: redis.Redis, settings: Settings, job_id: str, n: int, owner: str) -> str | None:
+    """A presigned URL of the stored PNG, for the owner only, when ``store_presign`` is set; else None."""
+    if not settings.store_presign or _fetch(connection, job_id, owner) is None:
+        return None
+    return objects.image_url(connection, settings, job_id, n)
 
 
 def draw_detections(png: bytes, boxes: list) -> bytes:

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from optimization.config import Budget, LibraryConfig, ModelSpec, Policy, RefineConfig
@@ -29,6 +29,17 @@ class Settings(BaseSettings):
 
     runtime_dir: Path = Field(Path(".tally"), description="Datasets, training runs, Redis data, ultralytics settings.")
     token_dir: Path | None = Field(None, description="Durable count-token files; default <runtime_dir>/tokens.")
+    store: str | None = Field(None, description=(
+        "Object store for result images and token files: s3://BUCKET[/PREFIX] on any S3-API server (workers.objects); "
+        "None: tokens in token_dir, images in Redis."))
+    s3_endpoint_url: str | None = Field(None, description="The S3 server (e.g. http://minio:9000); default "
+                                                          "AWS_ENDPOINT_URL, else AWS itself.")
+    s3_public_endpoint_url: str | None = Field(None, description="Where clients reach that server, if elsewhere: "
+                                                                 "presigned URLs are signed for it.")
+    store_presign: bool = Field(False, description="Image requests answer 307 to a presigned URL of the stored PNG "
+                                                   "rather than streaming it through the API.")
+    store_presign_seconds: int = Field(300, ge=1, le=604_800, description="How long a presigned URL works.")
+    store_create_bucket: bool = Field(False, description="Create the bucket if it is missing (tests, a fresh MinIO).")
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "tally"
     models: list[ModelSpec] = Field(default_factory=lambda: [reference_model()])
@@ -67,6 +78,17 @@ class Settings(BaseSettings):
         "after this many, the others survive a busy night of restarts."))
     worker_heartbeat_s: float = 5.0
     sse_heartbeat_s: float = Field(15.0, gt=0, description="An idle event stream sends a comment this often.")
+
+    @field_validator("store")
+    @classmethod
+    def _store_location(cls, value: str | None) -> str | None:
+        """A clear error at start for anything but s3://BUCKET[/PREFIX]; empty means none."""
+        from .objects import StoreLocation
+
+        if not value:
+            return None
+        StoreLocation.parse(value)
+        return value
 
     @property
     def tokens_path(self) -> Path:

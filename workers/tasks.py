@@ -16,7 +16,7 @@ from optimization.config import Policy, Stage
 from optimization.errors import InvalidRequest
 from optimization.prompts import tokenizer_warnings, with_count
 
-from . import library
+from . import library, objects
 from .queue import dequeued, keys
 from .records import JobStatus, job_ended, push_event
 from .requests import JobRequest
@@ -55,7 +55,8 @@ class WorkerStopping(Exception):
 
 
 def generate_job(request: dict) -> dict:
-    """Run in a worker: library token lookup, the count engine, PNGs to Redis, the record completed."""
+    """Run in a worker: library token lookup, the count engine, PNGs kept (Redis or the object store), the
+    record completed."""
     from optimization.optimizer import Canceled
 
     from .worker import current_runtime
@@ -133,7 +134,7 @@ def _store_results(rt, job: Job, result, report: _Reporter) -> dict:
     results = []
     with rt.connection.pipeline() as pipe:
         for n, image in enumerate(result.images):
-            pipe.set(k.job_images(job.id, n), png_bytes(image.image), ex=rt.settings.result_ttl)
+            objects.save_image(pipe, rt.settings, job.id, n, png_bytes(image.image))  # Redis, or the object store
             results.append({**image.to_dict(), "index": n})
         pipe.hincrby(k.metrics(), "optimization_iterations", result.cost["iterations"])
         pipe.hincrbyfloat(k.metrics(), "engine_seconds", result.cost["seconds"])

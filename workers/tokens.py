@@ -1,11 +1,13 @@
 """``TokenStore``: the library of count tokens, one store for the workers, the API and the CLI.
 
-A token is its textual-inversion safetensors file, stored whole. The durable directory is the source of
-truth (``<dir>/<key id>.safetensors``); Redis holds the index and a cache of the bytes, so every API
-replica lists the same library. Every write goes to the file first, then to Redis, so a token learned or
-imported by any process is listed at once; workers re-seed Redis from the directory at start, so a
-Redis flush loses no learned token. Torch-free (the API uses it): metadata comes from the safetensors
-header (``optimization.token_file``).
+A token is its textual-inversion safetensors file, stored whole. The durable layer is the source of
+truth: a local directory (``<dir>/<key id>.safetensors``, the default) or, with ``TALLY_STORE``, the object
+store (``<prefix>/tokens/<key id>.safetensors``), which every host shares. Redis holds the index and a cache
+of the bytes, so every API replica lists the same library. Every write goes to the durable layer first,
+then to Redis, so a token learned or imported by any process is listed at once; workers re-seed Redis from
+the durable layer at start, so a Redis flush (or a fresh host) loses no learned token. A key id is parsed
+before it names a file or an object, so no id reaches outside ``tokens/``. Torch-free (the API uses it):
+metadata comes from the safetensors header (``optimization.token_file``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import redis
 
@@ -21,6 +23,7 @@ from optimization.errors import InvalidRequest
 from optimization.token_file import SUFFIX, TokenKey, token_info, write_atomic
 
 from .keys import Keys
+from .objects import TOKENS, ObjectStore, store_from_settings
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -31,20 +34,103 @@ if TYPE_CHECKING:
 log = logging.getLogger("tally.tokens")
 
 
-class TokenStore:
-    """``redis_optional``: for commands that may run where no Redis answers (benchmarks, ``tally
-    optimize``): the store then works on the directory alone, and workers index the files when they start."""
+# ------------------------------------------------------------------------------------------ durable layer
+class TokenFiles(Protocol):
+    """The durable layer: one file per key id. Every method parses the id first (``TokenKey.parse``:
+    InvalidRequest for anything else), so an id never names a file or object outside the library."""
 
-    def __init__(self, connection: redis.Redis, directory: Path, keys: Keys = Keys(), redis_optional: bool = False):
-        self.redis = connection
+    def read(self, key_id: str) -> bytes | None: ...
+
+    def write(self, key_id: str, data: bytes) -> None: ...
+
+    def remove(self, key_id: str) -> bool:
+        """Delete the file; whether there was one."""
+
+    def ids(self) -> list[str]:
+        """The names of the files there (not yet validated: a foreign name fails ``read``)."""
+
+
+class TokenDirectory:
+    """A local directory (the default; shared across hosts only through a shared volume)."""
+
+    def __init__(self, directory: Path):
         self.directory = Path(directory)
+
+    def path(self, key_id: str) -> Path:
+        return self.directory / TokenKey.parse(key_id).filename
+
+    def read(self, key_id: str) -> bytes | None:
+        path = self.path(key_id)
+        return path.read_bytes() if path.is_file() else None
+
+    def write(self, key_id: str, data: bytes) -> None:
+        write_atomic(self.path(key_id), data)
+
+    def remove(self, key_id: str) -> bool:
+        path = self.path(key_id)
+        existed = path.is_file()
+        path.unlink(missing_ok=True)
+        return existed
+
+    def ids(self) -> list[str]:
+        return sorted(p.name.removesuffix(SUFFIX) for p in self.directory.glob(f"*{SUFFIX}"))
+
+    def __str__(self) -> str:
+        return str(self.directory)
+
+
+class TokenObjects:
+    """The object store's ``tokens/`` (``TALLY_STORE``): one library for every host. A put is atomic there."""
+
+    def __init__(self, store: ObjectStore):
+        self.store = store
+
+    def key(self, key_id: str) -> str:
+        return TOKENS + TokenKey.parse(key_id).filename
+
+    def read(self, key_id: str) -> bytes | None:
+        return self.store.get(self.key(key_id))
+
+    def write(self, key_id: str, data: bytes) -> None:
+        self.store.put(self.key(key_id), data, "application/octet-stream")
+
+    def remove(self, key_id: str) -> bool:
+        key = self.key(key_id)
+        existed = self.store.get(key) is not None
+        self.store.delete(key)
+        return existed
+
+    def ids(self) -> list[str]:
+        names = (k[len(TOKENS):] for k in self.store.list(TOKENS))
+        return [n.removesuffix(SUFFIX) for n in names if n.endswith(SUFFIX) and "/" not in n]
+
+    def __str__(self) -> str:
+        return f"{self.store!r} {TOKENS}"
+
+
+def token_files(settings: Settings) -> TokenFiles:
+    """The configured durable layer: the object store's ``tokens/`` with ``TALLY_STORE``, else ``tokens_path``."""
+    store = store_from_settings(settings)
+    return TokenObjects(store) if store is not None else TokenDirectory(settings.tokens_path)
+
+
+# ------------------------------------------------------------------------------------------------ store
+class TokenStore:
+    """``files``: the durable layer, or a directory for one. ``redis_optional``: for commands that may run
+    where no Redis answers (benchmarks, ``tally optimize``): the store then works on the durable layer
+    alone, and workers index its files when they start."""
+
+    def __init__(self, connection: redis.Redis, files: TokenFiles | Path, keys: Keys = Keys(),
+                 redis_optional: bool = False):
+        self.redis = connection
+        self.files = TokenDirectory(files) if isinstance(files, (str, Path)) else files
         self.keys = keys
         self.redis_optional = redis_optional
         self._redis_ok = True
 
     @classmethod
     def for_settings(cls, settings: Settings, connection: redis.Redis, redis_optional: bool = False) -> "TokenStore":
-        return cls(connection, settings.tokens_path, Keys(settings.redis_prefix), redis_optional)
+        return cls(connection, token_files(settings), Keys(settings.redis_prefix), redis_optional)
 
     def _index(self, operation, default=None):
         """Run a Redis operation; where Redis is optional and away, warn once and work on files alone."""
@@ -59,14 +145,10 @@ class TokenStore:
             self._redis_ok = False
             return default
 
-    def path(self, key_id: str) -> Path:
-        """The file of a key; the key is parsed and validated, so the path stays inside the directory."""
-        return self.directory / TokenKey.parse(key_id).filename
-
     def put(self, data: bytes) -> dict:
         """Store a token file (validated) durably first, then in the Redis index; returns its info."""
         info = token_info(data)
-        write_atomic(self.path(info["key"]), data)
+        self.files.write(info["key"], data)
         self._cache(info, data)
         return info
 
@@ -81,13 +163,14 @@ class TokenStore:
 
     def get(self, key_id: str) -> bytes | None:
         try:
-            path = self.path(key_id)
+            TokenKey.parse(key_id)
         except InvalidRequest:
             return None
         data = self._index(lambda r: r.hget(self.keys.token(key_id), "data"))
-        if data is None and path.is_file():  # flushed Redis: the file is the truth
-            data = path.read_bytes()
-            self._cache(token_info(data), data)
+        if data is None:  # flushed Redis: the file is the truth
+            data = self.files.read(key_id)
+            if data is not None:
+                self._cache(token_info(data), data)
         return data
 
     def info(self, key_id: str) -> dict | None:
@@ -100,7 +183,7 @@ class TokenStore:
     def list(self, model: str | None = None, object_: str | None = None, count: int | None = None) -> list[dict]:
         members = self._index(lambda r: r.smembers(self.keys.token_index()))
         if members is None:  # no index: the files are the library
-            members = [p.name.removesuffix(SUFFIX) for p in self.directory.glob(f"*{SUFFIX}")]
+            members = self.files.ids()
         ids = sorted(k.decode() if isinstance(k, bytes) else k for k in members)
         infos = [i for i in (self.info(k) for k in ids) if i is not None]
         return [i for i in infos if (model is None or i["model"] == model)
@@ -108,12 +191,10 @@ class TokenStore:
 
     def delete(self, key_id: str) -> bool:
         try:
-            path = self.path(key_id)
+            existed = self.files.remove(key_id)
         except InvalidRequest:  # not a key: only an index entry can exist under it, never a file
-            path = None
-        existed = path is not None and path.is_file()
-        if path is not None:
-            path.unlink(missing_ok=True)
+            existed = False
+
         def unindex(r: redis.Redis) -> list:
             with r.pipeline() as pipe:
                 pipe.delete(self.keys.token(key_id))
@@ -126,12 +207,14 @@ class TokenStore:
     def reseed(self) -> int:
         """Load every durable token file into Redis (a worker does this at start); returns how many."""
         n = 0
-        for path in sorted(self.directory.glob(f"*{SUFFIX}")):
-            data = path.read_bytes()
+        for key_id in self.files.ids():
             try:
+                data = self.files.read(key_id)
+                if data is None:  # deleted since it was listed
+                    continue
                 info = token_info(data)
             except InvalidRequest as exc:  # a foreign or corrupt file is skipped, never fatal
-                log.warning("skipping %s: %s", path.name, exc)
+                log.warning("skipping %s%s in %s: %s", key_id, SUFFIX, self.files, exc)
                 continue
             self._cache(info, data)
             n += 1

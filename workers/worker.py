@@ -3,7 +3,8 @@
 CUDA is not fork-safe and loading a pipeline costs seconds, so the worker is an RQ ``SimpleWorker`` that
 runs jobs in its own process. It listens to its model's user queue before the library queue (user jobs
 first), publishes the model's fingerprint and classes for the API, keeps a heartbeat key alive for
-``/readyz``, ``/v1/models`` and orphan detection, and re-seeds Redis from the durable token directory.
+``/readyz``, ``/v1/models`` and orphan detection, and re-seeds Redis from the durable token files
+(their directory, or the object store's ``tokens/``).
 
 Lifecycle: a stale registration of the same name (a killed predecessor) is cleared at start; jobs of dead
 workers are recovered at start and every few seconds (``recovery``); a lost Redis is waited for with
@@ -59,7 +60,7 @@ def load_runtime(settings: Settings, model_id: str | None = None) -> WorkerRunti
     model = settings.model(model_id)
     connection = connect(settings, blocking=True)
     engine = CountEngine.from_spec(model, refine_config=settings.refine)
-    store = TokenStore(connection, settings.tokens_path, keys(settings))
+    store = TokenStore.for_settings(settings, connection)
     return WorkerRuntime(settings, model, connection, engine, store)
 
 

@@ -10,7 +10,7 @@ from typing import Annotated
 import redis
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
 from optimization.config import Budget
 from workers import records
@@ -168,7 +168,9 @@ async def job_events(job_id: str, request: Request, settings: SettingsDep, conne
 
 
 @router.get("/{job_id}/images/{n}", name="job_image", response_class=Response,
-            responses={200: {"content": {t: {} for t in images.MEDIA_TYPES.values()}}, **NOT_FOUND})
+            responses={200: {"content": {t: {} for t in images.MEDIA_TYPES.values()}}, **NOT_FOUND,
+                       307: {"description": "The plain PNG is at a presigned URL of the object store (Location); "
+                                            "deployments with store_presign only."}})
 def job_image(job_id: str, n: int, settings: SettingsDep, connection: RedisDep, owner: OwnerDep,
               boxes: Annotated[bool, Query(description="Draw the detections.")] = False,
               image_format: Annotated[images.ImageFormat, Query(
@@ -178,6 +180,10 @@ def job_image(job_id: str, n: int, settings: SettingsDep, connection: RedisDep, 
 
     Scope: the key that created the job (another key's job is 404)."""
     _job_id(job_id)
+    if not boxes and image_format == "png" and 0 <= n < settings.max_images:
+        location = records.image_location(connection, settings, job_id, n, owner)  # with store_presign only
+        if location is not None:
+            return RedirectResponse(location, status_code=307)
     png = records.image_png(connection, settings, job_id, n, owner) if 0 <= n < settings.max_images else None
     if png is None:
         raise ApiError(404, "not_found", f"job {job_id!r} has no image {n} (or it expired)")
