@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 
+import anyio
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from optimization.errors import InvalidRequest
+from workers import stats
 
 log = logging.getLogger("tally.api")
 
@@ -62,7 +67,59 @@ def _describe(error: dict) -> str:
     return f"{where or 'request'}: {error.get('msg', 'invalid')}{shown}"
 
 
+class ErrorCounter:
+    """Pure ASGI: counts each error response (status 400 and up) for /metrics by its status and the ``code``
+    of its body, once the response is sent, and an exception no handler took as 500 ``internal`` (Starlette's
+    outermost layer writes that response). A response below 400 costs a comparison and no Redis call. An
+    error that Redis is unreachable is not counted: Redis is where the count would go."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status, body = 0, b""
+
+        async def watched(message: Message) -> None:
+            nonlocal status, body
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and status >= 400 and len(body) < 4096:
+                body += message.get("body", b"")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception:
+            if not status:
+                await _count_error(scope, 500, "internal")
+            raise
+        if status >= 400:
+            await _count_error(scope, status, _code_of(body))
+
+
+def _code_of(body: bytes) -> str:
+    try:
+        code = json.loads(body).get("code")
+    except (ValueError, AttributeError):
+        return "unknown"
+    return code if isinstance(code, str) and re.fullmatch(r"[a-z_]{1,40}", code) else "unknown"
+
+
+async def _count_error(scope: Scope, status: int, code: str) -> None:
+    if code == "redis_unavailable":
+        return
+    state = scope["app"].state
+    try:
+        await anyio.to_thread.run_sync(stats.count_http_error, state.redis, state.settings, status, code)
+    except redis.RedisError:
+        pass  # the response went out; a lost count is no reason to fail anything
+
+
 def install(app: FastAPI) -> None:
+    app.add_middleware(ErrorCounter)
+
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError):
         return json_response(exc.status, exc.code, exc.message, exc.headers)

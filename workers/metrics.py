@@ -1,13 +1,17 @@
-"""Prometheus metrics, read from Redis at scrape time (every API replica reports the same numbers)."""
+"""Prometheus metrics, read from Redis at scrape time (every API replica reports the same numbers): queue and
+worker gauges from RQ and the heartbeats, counters and latency histograms from the metrics hash (``stats``)."""
 
 from __future__ import annotations
 
+import math
+
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
-from .queue import generation_queue, keys, library_queue, live_workers
+from . import stats
+from .queue import generation_queue, library_queue, live_workers
 from .records import JobStatus
 from .settings import Settings
 
@@ -31,24 +35,56 @@ class _RedisCollector:
                     jobs.add_metric([m.id, kind, state], registry(queue=queue).count)
             workers.add_metric([m.id], len(live_workers(self.connection, self.settings, m.id)))
         yield from (jobs, depth, workers)
-        raw = {k.decode(): float(v) for k, v in self.connection.hgetall(keys(self.settings).metrics()).items()}
-        counters = {k: v for k, v in raw.items() if ":" not in k}
+        yield from self._figures(stats.read(self.connection, self.settings))
+
+    def _figures(self, figures: stats.Figures):
+        models = [m.id for m in self.settings.models]
+        latency = HistogramMetricFamily(
+            "tally_job_stage_seconds", "Seconds per stage of a job: queue (submit to start; every job a worker "
+            "ran), sampling, refining (jobs that refined) and total (submit to finish) of succeeded jobs",
+            labels=["model", "stage"])
+        for model in models:
+            for stage in stats.STAGES:
+                h = figures.histogram(model, stage)
+                latency.add_metric([model, stage], [(_bound(b), n) for b, n in h.buckets], h.sum)
+        yield latency
+        finished = CounterMetricFamily("tally_jobs_finished", "Jobs a worker finished, by outcome",
+                                       labels=["model", "status"])
+        for model in models:
+            for status in (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled):
+                finished.add_metric([model, status], figures.value("jobs_finished", model, status))
+        yield finished
+        for figure, name, help_text in (
+                ("images_returned", "tally_images_returned", "Images returned by finished jobs"),
+                ("images_verified", "tally_images_verified", "Returned images the detector verified (the count is right)"),
+                ("cache_hits", "tally_cache_hits", "Jobs that found a library token"),
+                ("cache_misses", "tally_cache_misses", "Jobs that found no library token"),
+                ("learning_scheduled", "tally_library_tasks_started", "Library-learning tasks started by a miss")):
+            c = CounterMetricFamily(name, help_text, labels=["model"])
+            for model in models:
+                c.add_metric([model], figures.value(figure, model))
+            yield c
+        errors = CounterMetricFamily("tally_http_errors", "API error responses (4xx, 5xx) by status and error code",
+                                     labels=["status", "code"])
+        for (status, code), value in sorted(figures.series["http_errors"].items()):
+            errors.add_metric([status, code], value)
+        yield errors
         rejections = CounterMetricFamily("tally_rejections", "Requests refused (401, 403, 429) by reason",
                                          labels=["reason"])
-        for name, value in raw.items():
-            if name.startswith("rejected:"):
-                rejections.add_metric([name.split(":", 1)[1]], value)
+        for (reason,), value in sorted(figures.series["rejected"].items()):
+            rejections.add_metric([reason], value)
         yield rejections
         for name, help_text in (("jobs_submitted", "Jobs accepted by the API"),
-                                ("cache_hits", "Jobs that found a library token"),
-                                ("cache_misses", "Jobs that found no library token"),
-                                ("library_tasks_started", "Library-learning tasks started"),
                                 ("candidates", "Candidate images sampled"),
                                 ("optimization_iterations", "Token-optimization iterations"),
                                 ("engine_seconds", "Seconds spent in the count engine")):
             c = CounterMetricFamily(f"tally_{name}", help_text)
-            c.add_metric([], counters.get(name, 0.0))
+            c.add_metric([], figures.plain.get(name, 0.0))
             yield c
+
+
+def _bound(seconds: float) -> str:
+    return "+Inf" if math.isinf(seconds) else repr(seconds)
 
 
 def prometheus_text(connection: redis.Redis, settings: Settings) -> bytes:

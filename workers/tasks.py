@@ -16,7 +16,7 @@ from optimization.config import Policy, Stage
 from optimization.errors import InvalidRequest
 from optimization.prompts import tokenizer_warnings, with_count
 
-from . import library, objects
+from . import library, objects, stats
 from .queue import dequeued, keys
 from .records import JobStatus, job_ended, push_event
 from .requests import JobRequest
@@ -25,16 +25,18 @@ log = logging.getLogger("tally.worker")
 
 
 class _Reporter:
-    """Writes a running job's record (meta) and its event stream."""
+    """Writes a running job's record (meta) and its event stream; when it ends, its figures for /metrics."""
 
     def __init__(self, runtime, job: Job):
         self.runtime, self.job = runtime, job
+        self.stage_ends: dict[str, float] = {}  # engine stage -> time of its latest progress event
 
     def update(self, **fields) -> None:
         self.job.meta.update(fields)
         self.job.save_meta()
 
     def progress(self, event: dict) -> None:
+        self.stage_ends[event.get("stage")] = time.time()
         progress = {**self.job.meta["progress"], **{k: v for k, v in event.items() if k != "stage"}}
         self.update(stage=event.get("stage"), progress=progress)
         push_event(self.runtime.connection, self.runtime.settings, self.job.id,
@@ -47,6 +49,12 @@ class _Reporter:
                   JobStatus.failed if fields.get("error") else JobStatus.succeeded)
         push_event(self.runtime.connection, self.runtime.settings, self.job.id, {"status": status})
         job_ended(self.runtime.connection, self.runtime.settings, self.job.meta["owner"], self.job.id)
+        results, seconds = fields.get("results") or [], stats.stage_durations(timings, self.stage_ends)
+        stats.record_finished(self.runtime.connection, self.runtime.settings, self.runtime.model.id, status, seconds,
+                              results)
+        log.info("job %s %s: %d of %d images verified, %.1f s from submit to finish", self.job.id, status,
+                 sum(bool(r.get("verified")) for r in results), len(results), seconds.get("total", 0.0),
+                 extra={"status": str(status), "seconds": {k: round(v, 3) for k, v in seconds.items()}})
         return {k: v for k, v in fields.items() if k != "results"}
 
 
@@ -113,11 +121,11 @@ def _run_engine(rt, job: Job, req: JobRequest, report: _Reporter):
     k = keys(rt.settings)
     cls = engine.resolve_object(req.prompt, req.object)
     token = rt.store.token_for(engine, cls, req.count)
-    rt.connection.hincrby(k.metrics(), "cache_hits" if token else "cache_misses", 1)
     scheduled = False
     if token is None and req.policy in (Policy.library, Policy.refine):
         key_id = engine.token_key(cls, req.count).id
         scheduled = library.schedule(rt.connection, rt.settings, rt.model.id, cls, req.count, key_id)
+    stats.record_library_lookup(rt.connection, rt.settings, rt.model.id, token is not None, scheduled)
     report.update(token={"key": engine.token_key(cls, req.count).id, "library_hit": token is not None,
                          "learning_scheduled": scheduled},
                   warnings=tokenizer_warnings(with_count(req.prompt, cls, req.count),
