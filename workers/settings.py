@@ -78,6 +78,9 @@ class Settings(BaseSettings):
         "after this many, the others survive a busy night of restarts."))
     worker_heartbeat_s: float = 5.0
     sse_heartbeat_s: float = Field(15.0, gt=0, description="An idle event stream sends a comment this often.")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="Worker logs on stderr: 'json' (one object a line, with worker, model and job_id, for a "
+                            "log collector) or 'text' (for a terminal).")
 
     @field_validator("store")
     @classmethod

@@ -9,7 +9,8 @@ first), publishes the model's fingerprint and classes for the API, keeps a heart
 Lifecycle: a stale registration of the same name (a killed predecessor) is cleared at start; jobs of dead
 workers are recovered at start and every few seconds (``recovery``); a lost Redis is waited for with
 backoff, never a reason to exit; SIGTERM or Ctrl-C interrupts the running job at its next check, puts it
-back at the front of its queue, and exits.
+back at the front of its queue, and exits. Logs: lines on stderr, JSON by default, stamped with the worker,
+its model and the running job's id (``logs``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from rq import SimpleWorker
 
 from optimization.config import ModelSpec
 
+from . import logs
 from .queue import connect, generation_queue, keys, library_queue
 from .recovery import recover_orphans, worker_alive
 from .settings import Settings
@@ -68,13 +70,18 @@ log = logging.getLogger("tally.worker")
 
 
 class TallyWorker(SimpleWorker):
-    """RQ's in-process worker whose stop signal also interrupts the running job at its next check."""
+    """RQ's in-process worker whose stop signal also interrupts the running job at its next check, and whose
+    log records while a job runs (RQ's own included) carry the job id."""
 
     shutdown: threading.Event
 
     def request_stop(self, signum, frame):
         self.shutdown.set()
         super().request_stop(signum, frame)
+
+    def execute_job(self, job, queue):
+        with logs.job_context(job.id):
+            super().execute_job(job, queue)
 
 
 def _heartbeat(runtime: WorkerRuntime, name: str, stop: threading.Event) -> None:
@@ -128,8 +135,10 @@ def _prepare(runtime: WorkerRuntime, name: str) -> int:
 def run_worker(settings: Settings, model_id: str | None = None, burst: bool = False, name: str | None = None,
                on_ready=None) -> None:
     global _runtime
+    model = settings.model(model_id)
+    name = name or f"{model.id}-{socket.gethostname()}-{os.getpid()}"
+    log_handler = logs.install(settings.log_format, worker=name, model=model.id)
     _runtime = runtime = load_runtime(settings, model_id)
-    name = name or f"{runtime.model.id}-{socket.gethostname()}-{os.getpid()}"
     queues = [generation_queue(runtime.connection, settings, runtime.model.id),
               library_queue(runtime.connection, settings, runtime.model.id)]
     stop = threading.Event()
@@ -162,3 +171,4 @@ def run_worker(settings: Settings, model_id: str | None = None, burst: bool = Fa
             runtime.connection.delete(keys(settings).worker(runtime.model.id, name))
         except redis.RedisError:
             pass
+        logs.uninstall(log_handler)

@@ -1,0 +1,90 @@
+"""Worker logs: JSON lines stamped with the worker, its model and the running job's id, RQ's own lines
+included; a real RQ worker (``TallyWorker``) runs the jobs in this process on a private Redis."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import uuid
+
+import pytest
+import redis
+
+from workers import logs, records, worker
+from workers.queue import generation_queue
+from workers.requests import build_request
+from workers.settings import Settings
+from workers.tokens import TokenStore
+
+
+@pytest.fixture
+def runtime(redis_url, tmp_path, t2i, counter, reference_spec, monkeypatch):
+    from optimization.counter import load_crosscheck
+    from optimization.engine import CountEngine
+
+    settings = Settings(redis_url=redis_url, redis_prefix=f"l{uuid.uuid4().hex[:8]}", runtime_dir=tmp_path,
+                        token_dir=tmp_path / "tokens")
+    connection = redis.Redis.from_url(redis_url)
+    engine = CountEngine(t2i, counter, reference_spec, load_crosscheck(reference_spec.crosscheck), settings.refine)
+    rt = worker.WorkerRuntime(settings, reference_spec, connection, engine, TokenStore.for_settings(settings, connection))
+    monkeypatch.setattr(worker, "_runtime", rt)
+    return rt
+
+
+@pytest.fixture
+def log_lines():
+    """What the worker's log handler writes, as it would to stderr; RQ's job lines shown (INFO)."""
+    stream, rq_log = io.StringIO(), logging.getLogger("rq.worker")
+    handler, rq_level = logs.install("json", stream=stream, worker="w-logs", model="reference"), rq_log.level
+    yield lambda: stream.getvalue().splitlines()
+    logs.uninstall(handler)
+    rq_log.setLevel(rq_level)
+
+
+def test_every_line_a_worker_logs_during_a_job_is_json_and_carries_the_job_id(runtime, log_lines):
+    submitted = [records.submit(runtime.connection, runtime.settings, build_request(
+        runtime.settings, prompt="a photo of green triangles", count=4, seed=seed, policy="resample",
+        budget={"max_candidates": 4}), owner="tester").job_id for seed in (1, 2)]
+    runner = worker.TallyWorker([generation_queue(runtime.connection, runtime.settings, "reference")],
+                                connection=runtime.connection, name="w-logs")
+    runner.shutdown = runtime.shutdown
+    runner.work(burst=True, with_scheduler=False, logging_level="INFO")
+
+    lines = [json.loads(line) for line in log_lines()]  # every line is one JSON object
+    assert lines and all(line["worker"] == "w-logs" and line["model"] == "reference" and line["level"] and
+                         line["logger"] and line["time"] for line in lines)
+    assert list(dict.fromkeys(line["job_id"] for line in lines if "job_id" in line)) == submitted
+    for job_id in submitted:
+        stamped = [n for n, line in enumerate(lines) if line.get("job_id") == job_id]
+        assert stamped == list(range(stamped[0], stamped[-1] + 1))  # nothing unstamped while the job ran
+        mine = [lines[n] for n in stamped]
+        assert any(line["logger"] == "rq.worker" and "Job OK" in line["message"] for line in mine)  # RQ's own
+        [finished] = [line for line in mine if line["logger"] == "tally.worker"]  # Tally's line per finished job
+        assert finished["status"] == "succeeded" and finished["seconds"]["total"] > 0
+    assert not any("job_id" in line for line in lines if "done, quitting" in line["message"])  # after the jobs
+
+
+def test_text_lines_name_the_worker_and_the_job():
+    stream = io.StringIO()
+    handler = logs.install("text", stream=stream, worker="w-text", model="reference")
+    try:
+        logging.getLogger("tally.worker").info("outside any job")
+        with logs.job_context("job-123"):
+            logging.getLogger("tally.worker").info("inside it")
+    finally:
+        logs.uninstall(handler)
+    outside, inside = stream.getvalue().splitlines()
+    assert "tally.worker [w-text] outside any job" in outside and "job-123" not in outside
+    assert "tally.worker [w-text job-123] inside it" in inside
+
+
+def test_log_format_is_json_unless_TALLY_LOG_FORMAT_says_text(monkeypatch):
+    from pydantic import ValidationError
+
+    assert Settings().log_format == "json"
+    monkeypatch.setenv("TALLY_LOG_FORMAT", "text")
+    assert Settings().log_format == "text"
+    monkeypatch.setenv("TALLY_LOG_FORMAT", "xml")
+    with pytest.raises(ValidationError):
+        Settings()
