@@ -45,7 +45,7 @@ def log_lines():
 def test_every_line_a_worker_logs_during_a_job_is_json_and_carries_the_job_id(runtime, log_lines):
     submitted = [records.submit(runtime.connection, runtime.settings, build_request(
         runtime.settings, prompt="a photo of green triangles", count=4, seed=seed, policy="resample",
-        budget={"max_candidates": 4}), owner="tester").job_id for seed in (1, 2)]
+        budget={"max_candidates": 2}), owner="tester").job_id for seed in (1, 2)]
     runner = worker.TallyWorker([generation_queue(runtime.connection, runtime.settings, "reference")],
                                 connection=runtime.connection, name="w-logs")
     runner.shutdown = runtime.shutdown
