@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import uuid
 
 import pytest
@@ -54,13 +55,16 @@ def test_every_line_a_worker_logs_during_a_job_is_json_and_carries_the_job_id(ru
     lines = [json.loads(line) for line in log_lines()]  # every line is one JSON object
     assert lines and all(line["worker"] == "w-logs" and line["model"] == "reference" and line["level"] and
                          line["logger"] and line["time"] for line in lines)
-    assert list(dict.fromkeys(line["job_id"] for line in lines if "job_id" in line)) == submitted
+    assert {line["job_id"] for line in lines if "job_id" in line} == set(submitted)
+    announced = re.compile(r"workers\.tasks\.\w+\(.*\) \(\w+\)$")  # RQ's word that it dequeued a job, just before it
+    stamped = [n for n, line in enumerate(lines) if "job_id" in line]
+    assert all("job_id" in line or announced.search(line["message"])  # nothing unstamped while jobs ran
+               for line in lines[stamped[0]:stamped[-1] + 1])
     for job_id in submitted:
-        stamped = [n for n, line in enumerate(lines) if line.get("job_id") == job_id]
-        assert stamped == list(range(stamped[0], stamped[-1] + 1))  # nothing unstamped while the job ran
-        mine = [lines[n] for n in stamped]
-        assert any(line["logger"] == "rq.worker" and "Job OK" in line["message"] for line in mine)  # RQ's own
-        [finished] = [line for line in mine if line["logger"] == "tally.worker"]  # Tally's line per finished job
+        about = [line for line in lines if job_id in line["message"] and not announced.search(line["message"])]
+        assert {line.get("job_id") for line in about} == {job_id}  # a line about a job carries that job's id
+        assert any(line["logger"] == "rq.worker" and "Job OK" in line["message"] for line in about)  # RQ's own
+        [finished] = [line for line in about if line["logger"] == "tally.worker"]  # Tally's, one per finished job
         assert finished["status"] == "succeeded" and finished["seconds"]["total"] > 0
     assert not any("job_id" in line for line in lines if "done, quitting" in line["message"])  # after the jobs
 
@@ -72,11 +76,13 @@ def test_text_lines_name_the_worker_and_the_job():
         logging.getLogger("tally.worker").info("outside any job")
         with logs.job_context("job-123"):
             logging.getLogger("tally.worker").info("inside it")
+            logging.getLogger("tally.worker").info("about another job", extra={"job_id": "job-456"})
     finally:
         logs.uninstall(handler)
-    outside, inside = stream.getvalue().splitlines()
+    outside, inside, other = stream.getvalue().splitlines()
     assert "tally.worker [w-text] outside any job" in outside and "job-123" not in outside
     assert "tally.worker [w-text job-123] inside it" in inside
+    assert "tally.worker [w-text job-456] about another job" in other  # a record naming its job keeps it
 
 
 def test_log_format_is_json_unless_TALLY_LOG_FORMAT_says_text(monkeypatch):

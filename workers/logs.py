@@ -41,7 +41,7 @@ class Stamp(logging.Filter):
         for name, value in self.fields.items():
             setattr(record, name, value)
         job_id = _job_id.get()
-        if job_id is not None:
+        if job_id is not None and not hasattr(record, "job_id"):  # a record may name its job itself (``extra``)
             record.job_id = job_id
         return True
 

@@ -54,7 +54,8 @@ class _Reporter:
                               results)
         log.info("job %s %s: %d of %d images verified, %.1f s from submit to finish", self.job.id, status,
                  sum(bool(r.get("verified")) for r in results), len(results), seconds.get("total", 0.0),
-                 extra={"status": str(status), "seconds": {k: round(v, 3) for k, v in seconds.items()}})
+                 extra={"job_id": self.job.id, "status": str(status),  # its own id, also when jobs share a batch
+                        "seconds": {k: round(v, 3) for k, v in seconds.items()}})
         return {k: v for k, v in fields.items() if k != "results"}
 
 
