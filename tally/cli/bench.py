@@ -1,4 +1,6 @@
-"""``tally bench ...``: thin shells over ``tally.benchmarks``; each prints a table and writes JSON."""
+"""``tally bench ...``: thin shells over ``tally.benchmarks``; each prints a table and writes its JSON into
+``--out`` (``out/bench/NAME.json``, ``NAME-MODEL.json`` for a model other than the default), where
+``tally report`` reads it, and to ``--json`` as well."""
 
 from __future__ import annotations
 
@@ -10,12 +12,24 @@ import typer
 from optimization.config import Budget, Policy
 from optimization.errors import InvalidRequest
 
+from tally.benchmarks.report import DEFAULT_FOLDER, result_path
+
 from .common import DetectorOption, JsonOption, ModelOption, app, console, load_engine, model_spec, prepare, \
     progress_bar, quiet_model_loading, token_store, write_json
 
-bench_app = typer.Typer(help="Benchmarks that print a table and write JSON.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print a table and write JSON (read by `tally report`).",
+                        no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
-OutOption = Annotated[Path, typer.Option(help="Folder for the pictures.")]
+OutOption = Annotated[Path, typer.Option(help="Folder for the JSON (NAME.json; NAME-MODEL.json for a model other "
+                                               "than the default) and the pictures; `tally report` reads it.")]
+
+
+def save(result: dict, name: str, out: Path, json_path: Optional[Path]) -> None:
+    """The result where ``tally report`` finds it, named for its model unless that is the default one, and at
+    ``--json`` too."""
+    model = result.get("model")
+    write_json(result, result_path(out, name, model if model and model != prepare().default_model else None),
+               json_path)
 
 
 @bench_app.command("detector")
@@ -23,6 +37,7 @@ def detector(
     scenes: Annotated[int, typer.Option(min=1, help="Fresh rendered scenes (seeds disjoint from training).")] = 1000,
     model: ModelOption = None,
     detector: DetectorOption = None,
+    out: OutOption = DEFAULT_FOLDER,
     json_path: JsonOption = None,
 ) -> None:
     """Exact-count accuracy and MAE of the detector on fresh rendered scenes of the reference world."""
@@ -30,12 +45,13 @@ def detector(
     from tally.benchmarks.common import markdown_table
     from tally.benchmarks.detector import bench_detector
 
-    counter = load_counter(model_spec(model, detector))
+    spec = model_spec(model, detector)
+    counter = load_counter(spec)
     with progress_bar("count rendered scenes", scenes) as update:
-        result = bench_detector(counter, scenes, progress=update)
+        result = {"model": spec.id, **bench_detector(counter, scenes, progress=update)}
     console.print(markdown_table(result["per_count"], result["overall"]), highlight=False)
     console.print(f"degraded copies (blur/noise): {result['degraded']}")
-    write_json(result, json_path)
+    save(result, "detector", out, json_path)
 
 
 @bench_app.command("base")
@@ -43,7 +59,7 @@ def base(
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per prompt (every class x counts 1..10).")] = 10,
     model: ModelOption = None,
     detector: DetectorOption = None,
-    out: OutOption = Path("out/bench"),
+    out: OutOption = DEFAULT_FOLDER,
     json_path: JsonOption = None,
 ) -> None:
     """Count accuracy of the base pipeline (no count token), with a sample grid and a per-count plot."""
@@ -56,7 +72,7 @@ def base(
     console.print(markdown_table(result["per_count"], result["overall"]), highlight=False)
     console.print({k: result[k] for k in ("class_presence", "detector_vs_crosscheck_agreement", "speed")})
     console.print(f"pictures: {', '.join(result['pictures'])}")
-    write_json(result, json_path)
+    save(result, "base", out, json_path)
 
 
 def _policies(text: str) -> tuple[Policy, ...]:
@@ -74,7 +90,7 @@ def engine(
     policies: Annotated[str, typer.Option(help="Comma-separated policies to compare.")] = ",".join(Policy),
     jobs_per_key: Annotated[Optional[int], typer.Option(min=1, help="Jobs (seeds) per class and count.")] = None,
     model: ModelOption = None,
-    out: OutOption = Path("out/bench"),
+    out: OutOption = DEFAULT_FOLDER,
     json_path: JsonOption = None,
 ) -> None:
     """Each policy on the same jobs at the same budget: verified, falsely verified, clean images per second."""
@@ -87,13 +103,14 @@ def engine(
                        progress_bar)
     console.print(bench.policies_table(result), highlight=False)
     console.print(f"default policy by this run: {result['default_policy']}")
-    write_json(result, json_path)
+    save(result, "engine", out, json_path)
 
 
 @bench_app.command("optimize")
 def optimize(
     quick: Annotated[bool, typer.Option(help="Fewer keys and seeds (< 10 min).")] = False,
     model: ModelOption = None,
+    out: OutOption = DEFAULT_FOLDER,
     json_path: JsonOption = None,
 ) -> None:
     """Refinement success on near-miss seeds; library tokens vs the base prompt on held-out seeds."""
@@ -102,21 +119,21 @@ def optimize(
     result = bench.run(load_engine(model_spec(model)), token_store(), quick, progress_bar)
     console.print(result["refine"])
     console.print(result["library"])
-    write_json(result, json_path)
+    save(result, "optimize", out, json_path)
 
 
 @bench_app.command("iteration")
-def iteration(model: ModelOption = None, json_path: JsonOption = None) -> None:
+def iteration(model: ModelOption = None, out: OutOption = DEFAULT_FOLDER, json_path: JsonOption = None) -> None:
     """Seconds per optimization iteration against one forward + backward of the same generation."""
     from tally.benchmarks.iteration import bench_iteration
 
     result = bench_iteration(load_engine(model_spec(model)))
     console.print(result)
-    write_json(result, json_path)
+    save(result, "iteration", out, json_path)
 
 
 @bench_app.command("faults")
-def faults(json_path: JsonOption = None) -> None:
+def faults(out: OutOption = DEFAULT_FOLDER, json_path: JsonOption = None) -> None:
     """Worker kills, SIGTERM, a Redis restart, cross-key access and a flooding key, on private processes."""
     from tally.benchmarks import faults as bench
 
@@ -124,13 +141,14 @@ def faults(json_path: JsonOption = None) -> None:
     with console.status("fault scenarios") as status:
         result = bench.run(progress=lambda name: status.update(f"bench faults: {name}"))
     console.print(result)
-    write_json(result, json_path)
+    save(result, "faults", out, json_path)
 
 
 @bench_app.command("service")
 def service(
     repeats: Annotated[int, typer.Option(min=1, help="Library-hit jobs timed (after one warm-up).")] = 7,
     requests: Annotated[int, typer.Option(min=10, help="Requests per load phase (bounded).")] = 2000,
+    out: OutOption = DEFAULT_FOLDER,
     json_path: JsonOption = None,
 ) -> None:
     """Service overhead and throughput; starts a private Redis, API and worker, and cleans up."""
@@ -142,4 +160,4 @@ def service(
         result = bench.run(repeats=repeats, load_requests=requests,
                            progress=lambda name: status.update(f"bench service: {name}"))
     console.print(result)
-    write_json(result, json_path)
+    save(result, "service", out, json_path)

@@ -46,15 +46,22 @@ def progress_bar(description: str, total: int | None = None):
         yield update
 
 
-def write_json(payload: dict, path: Optional[Path]) -> None:
-    if path is None:
-        return
-    if str(path) == "-":
-        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    console.print(f"JSON written to {path}")
+def write_json(payload: dict, *paths: Optional[Path]) -> None:
+    """The result at each path given ('-' is stdout; None is skipped; a path given twice is written once):
+    benchmarks pass their default file and ``--json`` both."""
+    written: set[Path] = set()
+    for path in paths:
+        if path is None:
+            continue
+        if str(path) == "-":
+            sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+            continue
+        if path.resolve() in written:
+            continue
+        written.add(path.resolve())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+        console.print(f"JSON written to {path}")
 
 
 def prepare() -> Settings:
