@@ -2,6 +2,7 @@
 # - a virtual environment at .venv with Tally installed (re-installed when pyproject.toml changes)
 # - offline by default: the reference world needs no hub (unset HF_HUB_OFFLINE/YOLO_OFFLINE for hub models)
 # - ensure_redis: a Redis server answering at TALLY_REDIS_URL, started under .tally/redis if none does
+# - ensure_chromium: Debian's Chromium at /usr/bin/chromium, for the browser tests (Playwright downloads no browser)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -50,4 +51,19 @@ ensure_redis() {
   done
   echo "error: redis-server did not answer on port $port; see $TALLY_RUNTIME_DIR/redis/redis.log" >&2
   return 1
+}
+
+ensure_chromium() {
+  local chromium="${TALLY_CHROMIUM:-/usr/bin/chromium}"
+  if [ -x "$chromium" ]; then
+    return 0
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "==> installing chromium with apt (the browser tests drive it headless)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+      || echo "warning: apt could not install chromium; tests/test_browser.py will fail." >&2
+  else
+    echo "warning: no Chromium at $chromium; tests/test_browser.py will fail." >&2
+    echo "         install it (e.g. 'sudo apt-get install chromium') or set TALLY_CHROMIUM to a Chromium binary." >&2
+  fi
 }

@@ -15,7 +15,7 @@ from workers.queue import connect, connect_async
 from workers.settings import Settings, get_settings
 
 from . import errors
-from .routes import health, jobs, models, tokens
+from .routes import health, jobs, me, models, tokens, web
 
 DOCS_STATIC_URL = "/static/docs"
 
@@ -121,8 +121,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = openapi
 
-    for router in (jobs.router, tokens.router, models.router, health.router):
+    for router in (jobs.router, tokens.router, models.router, me.router, health.router):
         app.include_router(router)
+    web.install(app)
     return app
 
 

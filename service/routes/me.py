@@ -1,0 +1,29 @@
+"""/v1/me: the caller as the API sees it, so that a client (the web page) can show what the key may do
+instead of offering actions that would end in 403."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from ..deps import AUTH_ERRORS, CallerDep, SettingsDep
+
+router = APIRouter(prefix="/v1/me", tags=["me"], responses=AUTH_ERRORS)
+
+
+class Me(BaseModel):
+    owner: str = Field(description="Whose jobs this key lists and reads.")
+    scope: Literal["user", "admin"] = Field(description="admin: may also write the token library.")
+    name: str | None = Field(None, description="The key's name (null with auth off).")
+    auth: Literal["required", "off"] = Field(description="off: this deployment checks no key.")
+
+
+@router.get("", response_model=Me)
+def who_am_i(caller: CallerDep, settings: SettingsDep) -> Me:
+    """The calling key: its owner, scope and name, and whether this deployment checks keys at all.
+
+    Scope: any key."""
+    return Me(owner=caller.owner, scope=caller.scope, name=caller.key.name if caller.key else None,
+              auth=settings.auth)
