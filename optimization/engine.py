@@ -100,6 +100,78 @@ def derive_seed(job_seed: int, index: int) -> int:
     return (int(job_seed) + index * SEED_STRIDE) % (2**63)
 
 
+@dataclass
+class GenerationRequest:
+    """What ``CountEngine.generate`` takes, as one value (``generate_many`` takes several)."""
+    prompt: str
+    count: int
+    object_: str | None = None
+    num_images: int = 1
+    seed: int = 0
+    budget: Budget = Budget()
+    policy: str | None = None
+    token: CountToken | None = None
+    progress: Callable[[dict], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+
+
+class _Job:
+    """One request's state through the stages; ``error`` ends it (its outcome then)."""
+
+    def __init__(self, engine: CountEngine | None, request: GenerationRequest | None):
+        self.error: Exception | None = None
+        if engine is None:
+            return
+        # 1. check inputs
+        self.request = request
+        policy = request.policy or engine.default_policy
+        self.cls = engine.check_inputs(request.prompt, request.count, request.object_, request.num_images, policy,
+                                       request.token)
+        self.policy = Policy(policy)
+        self.count = request.count
+        self.spent = 0.0  # seconds of engine time charged to this job: its share of each batch it was in
+        self.cost = {"candidates": 0, "iterations": 0, "seconds": 0.0}
+        self.events = request.progress or (lambda event: None)
+        # 2. prompts: the count by the documented rule, then the placeholder for token policies
+        self.text = with_count(request.prompt, self.cls, request.count)
+        self.token_text, self.init_word = place_token(self.text, request.count)
+        self.use_token = self.policy in (Policy.library, Policy.refine) and request.token is not None
+        self.sample_text = self.token_text if self.use_token else self.text
+        self.token_id = request.token.key.id if self.use_token else None
+        self.verified: list[_Candidate] = []
+        self.misses: list[_Candidate] = []
+        self.index = 0
+
+    @classmethod
+    def failed(cls, error: Exception) -> _Job:
+        job = cls(None, None)
+        job.error = error
+        return job
+
+    def should_stop(self) -> bool:
+        return bool(self.request.should_stop and self.request.should_stop())
+
+    def wants(self) -> int:
+        """Candidates it would take now: a batch at first, then until verified, out of candidates or time."""
+        budget, done = self.request.budget, self.cost["candidates"]
+        if self.index and (len(self.verified) >= self.request.num_images or done >= budget.max_candidates
+                           or self.spent >= budget.max_seconds):
+            return 0
+        return max(0, min(CANDIDATE_BATCH, budget.max_candidates - done))
+
+    def take(self, n: int) -> list[int]:
+        seeds = [derive_seed(self.request.seed, self.index + i) for i in range(n)]
+        self.index += n
+        return seeds
+
+    def add(self, seeds: list[int], images: torch.Tensor, verdicts: list[Verification]) -> None:
+        for s, image, verdict in zip(seeds, images, verdicts):
+            (self.verified if verdict.verified else self.misses).append(_Candidate(s, image, verdict))
+        self.cost["candidates"] += len(seeds)
+        self.events({"stage": Stage.sampling, "candidates": self.cost["candidates"],
+                     "images_verified": len(self.verified), "detected_counts": [v.detected_count for v in verdicts]})
+
+
 class CountEngine:
     """Resident pipeline + counter (+ an independent cross-check, where configured) answering count requests."""
 
@@ -175,72 +247,117 @@ class CountEngine:
                  budget: Budget = Budget(), policy: str | None = None, token: CountToken | None = None,
                  progress: Callable[[dict], None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> EngineResult:
-        # 1. check inputs
-        policy = policy or self.default_policy
-        cls = self.check_inputs(prompt, count, object_, num_images, policy, token)
-        policy = Policy(policy)
-        started = time.perf_counter()
-        cost = {"candidates": 0, "iterations": 0, "seconds": 0.0}
-        events = progress or (lambda event: None)
+        """One request; raises ``InvalidRequest`` for bad input and ``Canceled`` when ``should_stop`` says so."""
+        outcome = self.generate_many([GenerationRequest(prompt, count, object_, num_images, seed, budget, policy,
+                                                        token, progress, should_stop)])[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
-        # 2. prompts: the count by the documented rule, then the placeholder for token policies
-        text = with_count(prompt, cls, count)
-        token_text, init_word = place_token(text, count)
-        use_token = policy in (Policy.library, Policy.refine) and token is not None
-        if use_token:
-            self.t2i.set_token(token.vectors)
-        sample_text = token_text if use_token else text
-        token_label = token.key.id if use_token else None
+    def generate_many(self, requests: list[GenerationRequest],
+                      batch_size: int = 2 * CANDIDATE_BATCH) -> list[EngineResult | Exception]:
+        """Several requests sharing the pipeline's batches (cross-job batching): candidates of requests with the
+        same conditioning token are generated together, up to ``batch_size`` images per call, each verified
+        against its own object and count; every request keeps its own seeds, budget, cancellation, progress
+        and outcome (a result, or the exception that ended it). Refinement, when a policy asks for it, runs
+        per request afterwards. One request alone samples exactly as it always has."""
+        jobs: list[_Job] = []
+        for request in requests:
+            try:  # 1-2. check inputs, write the prompts
+                jobs.append(_Job(self, request))
+            except Exception as exc:  # noqa: BLE001 - that request's outcome
+                jobs.append(_Job.failed(exc))
+        self._sample_together(jobs, batch_size)  # 3.
+        outcomes: list[EngineResult | Exception] = []
+        for job in jobs:
+            if job.error is None:
+                try:
+                    if job.policy == Policy.refine:  # 4.
+                        self._refine_misses(job)
+                    outcomes.append(self._result(job))  # 5.
+                    continue
+                except Exception as exc:  # noqa: BLE001
+                    job.error = exc
+            outcomes.append(job.error)
+        return outcomes
 
-        # 3. sample candidates and verify
-        verified: list[_Candidate] = []
-        misses: list[_Candidate] = []
-        index = 0
-        while index == 0 or (len(verified) < num_images and cost["candidates"] < budget.max_candidates
-                             and time.perf_counter() - started < budget.max_seconds):  # one batch at least
-            if should_stop and should_stop():
-                raise Canceled()
-            n = min(CANDIDATE_BATCH, budget.max_candidates - cost["candidates"])
-            seeds = [derive_seed(seed, index + i) for i in range(n)]
-            index += n
-            images = self.t2i.generate(sample_text, seeds)
-            verdicts = self.verify_images(images, self.counter.detect(images), cls, count)
-            for s, image, verdict in zip(seeds, images, verdicts):
-                (verified if verdict.verified else misses).append(_Candidate(s, image, verdict))
-            cost["candidates"] += n
-            events({"stage": Stage.sampling, "candidates": cost["candidates"], "images_verified": len(verified),
-                    "detected_counts": [v.detected_count for v in verdicts]})
+    def _sample_together(self, jobs: list[_Job], batch_size: int) -> None:
+        """Stage 3: sample candidates in batches and verify each conservatively, until each job has its
+        verified images or its budget ends (one batch at least). Alone, a job takes ``CANDIDATE_BATCH``
+        candidates a batch; several share a batch fairly (at least one candidate each per batch)."""
+        while True:
+            for job in jobs:
+                if job.error is None and job.wants() and job.should_stop():
+                    job.error = Canceled()
+            active = [j for j in jobs if j.error is None and j.wants()]
+            if not active:
+                return
+            # The text encoder holds one count token at a time: a batch shares one (or none).
+            group = [j for j in active if j.token_id == active[0].token_id]
+            share = max(1, batch_size // len(group))
+            batch: list[tuple[_Job, list[int]]] = []
+            room = batch_size
+            for job in group:
+                n = min(job.wants(), share, room)
+                if n > 0:
+                    batch.append((job, job.take(n)))
+                    room -= n
+            began = time.perf_counter()
+            try:
+                if group[0].use_token:
+                    self.t2i.set_token(group[0].request.token.vectors)
+                prompts = [j.sample_text for j, seeds in batch for _ in seeds]
+                seeds = [s for _, ss in batch for s in ss]
+                images = (self.t2i.generate(prompts[0], seeds) if len(set(prompts)) == 1
+                          else self.t2i.generate_each(prompts, seeds))
+                detections = self.counter.detect(images)
+            except Exception as exc:  # noqa: BLE001 - the requests of this batch end with it
+                for job, _ in batch:
+                    job.error = exc
+                continue
+            start = 0
+            for job, job_seeds in batch:
+                part = slice(start, start + len(job_seeds))
+                job.add(job_seeds, images[part], self.verify_images(images[part], detections[part], job.cls, job.count))
+                start += len(job_seeds)
+            took = time.perf_counter() - began
+            for job, job_seeds in batch:  # each job pays its share of the batch, so batching costs it no budget
+                job.spent += took * len(job_seeds) / len(seeds)
 
-        # 4. refine the token on the nearest misses
-        if policy == Policy.refine:
-            start_vectors = token.vectors if use_token else self.word_vectors(init_word)
-            for miss in sorted(misses, key=lambda c: c.verification.miss):
-                left_s = budget.max_seconds - (time.perf_counter() - started)
-                left_it = budget.max_iterations - cost["iterations"]
-                if len(verified) >= num_images or left_s <= 0 or left_it <= 0:
-                    break
-                config = self.refine_config.model_copy(update={"max_iterations": left_it, "max_seconds": left_s})
-                result = self.refine(token_text, cls, count, miss.seed, start_vectors, config,
-                                     progress=lambda r: events(self._refine_event(r, cost, len(verified))),
-                                     should_stop=should_stop)
-                cost["iterations"] += result.iterations + (1 if result.hit else 0)
-                if result.hit:
-                    misses.remove(miss)  # its refined image replaces it
-                    verified.append(_Candidate(result.hit.seed, result.hit.image, result.hit.verification,
+    def _refine_misses(self, job: _Job) -> None:
+        """Stage 4: optimize the token on the nearest misses until enough are verified or the budget ends."""
+        request, budget, cost = job.request, job.request.budget, job.cost
+        start_vectors = request.token.vectors if job.use_token else self.word_vectors(job.init_word)
+        for miss in sorted(job.misses, key=lambda c: c.verification.miss):
+            left_s = budget.max_seconds - job.spent
+            left_it = budget.max_iterations - cost["iterations"]
+            if len(job.verified) >= request.num_images or left_s <= 0 or left_it <= 0:
+                break
+            config = self.refine_config.model_copy(update={"max_iterations": left_it, "max_seconds": left_s})
+            result = self.refine(job.token_text, job.cls, job.count, miss.seed, start_vectors, config,
+                                 progress=lambda r: job.events(self._refine_event(r, cost, len(job.verified))),
+                                 should_stop=request.should_stop)
+            cost["iterations"] += result.iterations + (1 if result.hit else 0)
+            job.spent += result.seconds
+            if result.hit:
+                job.misses.remove(miss)  # its refined image replaces it
+                job.verified.append(_Candidate(result.hit.seed, result.hit.image, result.hit.verification,
                                                result.hit.iteration))
-        cost["seconds"] = round(time.perf_counter() - started, 3)
 
-        # 5. verified first, then the closest misses
-        closest = sorted(misses, key=lambda c: c.verification.miss)
-        chosen = verified[:num_images] + closest[:max(0, num_images - len(verified))]
-        images = [ImageResult(c.image, c.seed, c.verification, policy,
-                              f"refined:{self.token_key(cls, count).id}" if c.iteration is not None else token_label,
-                              c.iteration)
+    def _result(self, job: _Job) -> EngineResult:
+        """Stage 5: verified images first, then the closest misses."""
+        job.cost["seconds"] = round(job.spent, 3)
+        wanted = job.request.num_images
+        closest = sorted(job.misses, key=lambda c: c.verification.miss)
+        chosen = job.verified[:wanted] + closest[:max(0, wanted - len(job.verified))]
+        key = self.token_key(job.cls, job.count)
+        images = [ImageResult(c.image, c.seed, c.verification, job.policy,
+                              f"refined:{key.id}" if c.iteration is not None else job.token_id, c.iteration)
                   for c in chosen]
-        events({"stage": Stage.verifying, "candidates": cost["candidates"], "iterations": cost["iterations"],
-                "images_verified": sum(r.verified for r in images)})
-        return EngineResult(text, cls, count, policy, images, cost, self.token_key(cls, count),
-                            library_hit=token is not None)
+        job.events({"stage": Stage.verifying, "candidates": job.cost["candidates"], "iterations": job.cost["iterations"],
+                    "images_verified": sum(r.verified for r in images)})
+        return EngineResult(job.text, job.cls, job.count, job.policy, images, job.cost, key,
+                            library_hit=job.request.token is not None)
 
     def refine(self, token_prompt: str, cls: str, count: int, seed: int, start: dict[str, torch.Tensor],
                config: RefineConfig, progress: Callable[[IterationReport], None] | None = None,

@@ -169,6 +169,14 @@ class TextToImage:
         cond = self.encode(prompt)
         return torch.cat([self._call(cond, seeds[i:i + batch_size]).cpu() for i in range(0, len(seeds), batch_size)])
 
+    @torch.no_grad()
+    def generate_each(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        """Image i of ``prompts[i]`` and ``seeds[i]``, all in one batch (requests with different prompts
+        sharing the denoiser); each prompt is encoded once."""
+        encoded = {p: self.encode(p) for p in dict.fromkeys(prompts)}
+        cond = {k: torch.cat([encoded[p][k] for p in prompts]) for k in encoded[prompts[0]]}
+        return self._call(cond, seeds).cpu()
+
     def generate_differentiable(self, prompt: str, seeds: list[int], vectors: dict[str, torch.Tensor]) -> torch.Tensor:
         """Images on the model's device whose gradient reaches ``vectors`` (the placeholder's embedding) only."""
         with torch.enable_grad(), self.live_token(vectors):
