@@ -128,7 +128,7 @@ def test_help_shows_the_defaults_settings_hold(tally_cli):
 
 @pytest.mark.slow
 def test_bench_detector_reports_json(tally_cli, tmp_path):
-    result = tally_cli("bench", "detector", "--scenes", "24", "--json", str(tmp_path / "d.json"))
+    result = tally_cli("bench", "detector", "--scenes", "24", "--out", str(tmp_path), "--json", str(tmp_path / "d.json"))
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "d.json").read_text())
     assert report["overall"]["n"] == 24 and set(report["overall"]) >= {"exact", "mae", "n"}

@@ -181,15 +181,3 @@ def test_the_report_reads_every_models_results(tally_cli, bench_folder, tmp_path
     html, _ = _report(tally_cli, folder, tmp_path / "report")
     assert "other · resample" in html and "reference · resample" in html
     assert "<td>other</td>" in html and "0.123" in _cells(html)
-
-
-@pytest.mark.slow
-def test_bench_base_writes_out_bench_base_json_and_the_report_shows_it(tally_cli, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert tally_cli("bench", "base", "--seeds", "1").returncode == 0
-    result = json.loads((tmp_path / "out/bench/base.json").read_text())
-    assert result["model"] == "reference" and result["overall"]["n"] == 40
-    assert tally_cli("report").returncode == 0
-    html = (tmp_path / "out/report/index.html").read_text()
-    assert fmt(result["overall"]["exact"]) in _cells(html) and 'src="base-reference-base_samples.png"' in html
-    assert "run <code>tally bench engine --quick</code> to write it" in html
