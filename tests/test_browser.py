@@ -34,8 +34,10 @@ NO_CHROMIUM = (f"no Chromium at {CHROMIUM}: the browser tests drive Debian's Chr
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
+    # Tiny library learning (refine and library jobs start it), in short slices: a job waits for one at most.
     env = {"TALLY_LIBRARY__MAX_ITERATIONS": "2", "TALLY_LIBRARY__SEEDS_PER_ITERATION": "2",
-           "TALLY_LIBRARY__VALIDATION_SEEDS": "4", "TALLY_LIBRARY__VALIDATE_EVERY": "1"}  # tiny library learning
+           "TALLY_LIBRARY__VALIDATION_SEEDS": "4", "TALLY_LIBRARY__VALIDATE_EVERY": "1",
+           "TALLY_LIBRARY_SLICE_SECONDS": "1"}
     with launch_service(tmp_path_factory.mktemp("browser"), env) as service:
         yield service
 
@@ -175,8 +177,8 @@ def test_a_dropped_event_stream_resumes_after_its_last_event(page, service):
 
     page.route(f"**/v1/jobs/{job_id}/events", events)
     page.goto(f"/#/jobs/{job_id}")
-    assert wait_for_status(page, "succeeded") == "succeeded"
     page.wait_for_selector("#event-log li:text('final: succeeded')", state="attached")  # in a closed <details>
+    assert page.inner_text("#job-status") == "succeeded"  # never back to "running" while the history replays
     second = re.search(r"^id: (\S+)$", full[0].split("\n\n")[1], re.M).group(1)
     assert asked == [None, second], asked  # resumed after the last event it had, once
     log = page.locator("#event-log li").all_text_contents()
@@ -197,18 +199,16 @@ def test_the_event_parser_reads_server_sent_events_as_the_standard_does(page):
                       {"id": None, "event": "message", "data": "only"}]
 
 
-def test_refining_draws_the_loss_and_the_detected_counts(page, service):
-    fill_job(page, "a photo of red circles", 3, num_images=4, seed=1, policy="refine", max_candidates=8,
-             max_iterations=3, max_seconds=300)
-    record = service.record(submit(page))
-    assert wait_for_status(page, "succeeded", "failed") == "succeeded"
-    record = service.record(record["id"])
-    assert record["cost"]["iterations"] >= 1, "no refinement happened: the chart has nothing to draw"
-    page.wait_for_selector("#chart:not([hidden])")
-    assert page.locator("#chart-svg path.chart-loss").count() == 1
-    assert page.locator("#chart-svg circle.chart-count").count() >= record["cost"]["iterations"]
-    shot(page, "5-refining")
-    assert not page.problems, page.problems
+def test_an_api_error_is_shown_with_its_code_and_message(page):
+    fill_job(page, "a photo of 3 red circles", 0)
+    page.click("#submit")
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.inner_text("#error-code") == "422 invalid_request"
+    assert page.inner_text("#error-message").startswith("count")
+    assert page.locator("#job").is_hidden()
+    shot(page, "5-error")
+    page.click("#error-close")
+    assert page.locator("#error").is_hidden()
 
 
 def test_the_jobs_list_pages_through_the_keys_jobs_and_opens_one(browser, service):
@@ -242,6 +242,33 @@ def test_the_jobs_list_pages_through_the_keys_jobs_and_opens_one(browser, servic
 def _as(service: Service, http: httpx.Client) -> Service:
     """The service seen through another client (another key)."""
     return Service(service.url, service.settings, service.launcher, service.redis, http)
+
+
+def test_with_auth_required_the_page_works_once_a_key_is_entered(browser, service):
+    from workers.auth import KeyStore
+
+    settings = service.settings.model_copy(update={"auth": "required"})  # the same Redis, so the same worker
+    secret, _ = KeyStore(service.redis, settings).create(f"browser-{uuid.uuid4().hex[:6]}", scope="user")
+    with serve_api(settings) as port:
+        page = open_page(browser, f"http://127.0.0.1:{port}")
+        assert page.inner_text("#error-code") == "401 unauthorized"
+        assert page.inner_text("#whoami") == "no valid key"
+        page.fill("#api-key", secret)
+        page.click("#key-save")
+        page.wait_for_selector("#whoami:text-matches(' · user$')")
+        assert page.locator("#error").is_hidden()
+        fill_job(page, EASY["prompt"], EASY["count"], 1, EASY["seed"], "resample", max_candidates=8)
+        submit(page)
+        assert wait_for_status(page, "succeeded") == "succeeded"
+        wait_for_images(page, 1)
+        page.click("#nav-tokens")  # a user key: no import or delete, and the page says why
+        page.wait_for_selector("#token-admin-note:not([hidden])")
+        assert page.locator("#token-file").is_disabled()
+        page.reload()  # the key was kept (localStorage)
+        page.wait_for_selector("body[data-ready=true]")
+        assert page.input_value("#api-key") == secret and page.locator("#error").is_hidden()
+        assert not page.problems, page.problems
+        page.context.close()
 
 
 def _token_file(service: Service, tmp_path: Path, obj: str, count: int) -> Path:
@@ -296,43 +323,19 @@ def test_the_token_library_imports_lists_downloads_and_deletes_tokens(page, serv
     assert not page.problems, page.problems
 
 
-def test_an_api_error_is_shown_with_its_code_and_message(page):
-    fill_job(page, "a photo of 3 red circles", 0)
-    page.click("#submit")
-    page.wait_for_selector("#error:not([hidden])")
-    assert page.inner_text("#error-code") == "422 invalid_request"
-    assert page.inner_text("#error-message").startswith("count")
-    assert page.locator("#job").is_hidden()
-    shot(page, "8-error")
-    page.click("#error-close")
-    assert page.locator("#error").is_hidden()
-
-
-def test_with_auth_required_the_page_works_once_a_key_is_entered(browser, service):
-    from workers.auth import KeyStore
-
-    settings = service.settings.model_copy(update={"auth": "required"})  # the same Redis, so the same worker
-    secret, _ = KeyStore(service.redis, settings).create(f"browser-{uuid.uuid4().hex[:6]}", scope="user")
-    with serve_api(settings) as port:
-        page = open_page(browser, f"http://127.0.0.1:{port}")
-        assert page.inner_text("#error-code") == "401 unauthorized"
-        assert page.inner_text("#whoami") == "no valid key"
-        page.fill("#api-key", secret)
-        page.click("#key-save")
-        page.wait_for_selector("#whoami:text-matches(' · user$')")
-        assert page.locator("#error").is_hidden()
-        fill_job(page, EASY["prompt"], EASY["count"], 1, EASY["seed"], "resample", max_candidates=8)
-        submit(page)
-        assert wait_for_status(page, "succeeded") == "succeeded"
-        wait_for_images(page, 1)
-        page.click("#nav-tokens")  # a user key: no import or delete, and the page says why
-        page.wait_for_selector("#token-admin-note:not([hidden])")
-        assert page.locator("#token-file").is_disabled()
-        page.reload()  # the key was kept (localStorage)
-        page.wait_for_selector("body[data-ready=true]")
-        assert page.input_value("#api-key") == secret and page.locator("#error").is_hidden()
-        assert not page.problems, page.problems
-        page.context.close()
+def test_refining_draws_the_loss_and_the_detected_counts(page, service):
+    """Last: a refine job without a library token starts library learning, which the worker then runs."""
+    fill_job(page, "a photo of red circles", 3, num_images=4, seed=1, policy="refine", max_candidates=8,
+             max_iterations=3, max_seconds=300)
+    record = service.record(submit(page))
+    assert wait_for_status(page, "succeeded", "failed") == "succeeded"
+    record = service.record(record["id"])
+    assert record["cost"]["iterations"] >= 1, "no refinement happened: the chart has nothing to draw"
+    page.wait_for_selector("#chart:not([hidden])")
+    assert page.locator("#chart-svg path.chart-loss").count() == 1
+    assert page.locator("#chart-svg circle.chart-count").count() >= record["cost"]["iterations"]
+    shot(page, "8-refining")
+    assert not page.problems, page.problems
 
 
 def _save_small(source: Path, target: Path) -> None:

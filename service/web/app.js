@@ -256,9 +256,11 @@ async function follow(job) {
 
 function onProgress(job, event) {
   const record = job.record;
-  record.status = event.status;
-  if ("stage" in event) record.stage = event.stage;
-  if (event.progress) record.progress = event.progress;
+  if (!TERMINAL.has(record.status)) { // a finished job's replayed events rebuild its history, not its state
+    record.status = event.status;
+    if ("stage" in event) record.stage = event.stage;
+    if (event.progress) record.progress = event.progress;
+  }
   const p = event.progress;
   if (event.stage === "refining" && p && typeof p.loss === "number") {
     job.points = job.points.filter((q) => q.iteration !== p.iterations);
