@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -144,3 +145,16 @@ def test_bench_base_reports_json_and_pictures(tally_cli, tmp_path):
     assert sorted(report["per_count"], key=int) == [str(n) for n in range(1, 11)]
     assert 0 <= report["class_presence"] <= 1 and 0 <= report["detector_vs_crosscheck_agreement"] <= 1
     assert (tmp_path / "b" / "base_samples.png").exists() and (tmp_path / "b" / "base_accuracy_per_count.png").exists()
+
+
+def test_an_invalid_environment_is_one_line_naming_the_setting(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TALLY_STORE": "ftp://nowhere", "TALLY_RUNTIME_DIR": str(tmp_path)}
+    tally = str(Path(sys.executable).with_name("tally"))
+    done = subprocess.run([tally, "tokens", "list"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: invalid configuration: TALLY_STORE:"), lines

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -23,8 +24,20 @@ from workers.settings import Settings, get_settings
 app = typer.Typer(help="Tally: text-to-image with the exact number of objects.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 console = Console(stderr=True)
+
+
+def _settings_or_exit() -> Settings:
+    """The settings; an invalid environment (``TALLY_*``) is one line naming each problem, exit status 2."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"TALLY_{'__'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        console.print(f"[red]error:[/red] invalid configuration: {escape(problems)}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+
+
 # The defaults every command shows in --help: the same settings the API and the workers read.
-DEFAULTS = get_settings()
+DEFAULTS = _settings_or_exit()
 
 JsonOption = Annotated[Optional[Path], typer.Option("--json", help="Write the result here ('-' for stdout).")]
 ModelOption = Annotated[Optional[str], typer.Option(

@@ -29,7 +29,7 @@ def worker(
 
     def ready(runtime, reseeded: int) -> None:
         console.print(f"worker ready: model {runtime.model.id} ({runtime.engine.t2i.fingerprint}), "
-                      f"{reseeded} tokens re-seeded from {settings.tokens_path}")
+                      f"{reseeded} tokens re-seeded from {settings.store or settings.tokens_path}")
 
     run_worker(settings, model, burst=burst, name=name, on_ready=ready)
 
@@ -60,6 +60,8 @@ def up(
     host: str = "127.0.0.1",
     port: int = 8000,
     workers_per_model: Annotated[int, typer.Option(min=0)] = 1,
+    api_workers: Annotated[Optional[int], typer.Option(
+        min=1, show_default=False, help="API processes on the port; default: TALLY_API_WORKERS (2).")] = None,
 ) -> None:
     """Start Redis (if none answers), the API and a worker per model, and keep them up (a process that dies
     is restarted with backoff); Ctrl-C or SIGTERM stops what was started within seconds, putting running
@@ -83,7 +85,7 @@ def up(
         console.print("auth off (loopback development): set TALLY_AUTH=required to require API keys")
     with Launcher(settings, env=env) as launcher:
         launcher.ensure_redis()
-        launcher.start_api(host, port)
+        launcher.start_api(host, port, workers=api_workers or settings.api_workers)
         for m in settings.models:
             for i in range(workers_per_model):
                 launcher.start_worker(m.id, f"{m.id}-{i}")
