@@ -58,7 +58,7 @@ ensure_chromium() {
   if [ -x "$chromium" ]; then
     return 0
   fi
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  if [ -z "${TALLY_CHROMIUM:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "==> installing chromium with apt (the browser tests drive it headless)"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
       || echo "warning: apt could not install chromium; tests/test_browser.py will fail." >&2
