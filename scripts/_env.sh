@@ -3,6 +3,7 @@
 # - offline by default: the reference world needs no hub (unset HF_HUB_OFFLINE/YOLO_OFFLINE for hub models)
 # - ensure_redis: a Redis server answering at TALLY_REDIS_URL, started under .tally/redis if none does
 # - ensure_chromium: Debian's Chromium at /usr/bin/chromium, for the browser tests (Playwright downloads no browser)
+# - ensure_iproute2: `ip`, for the multi-host test's network namespaces (tests/netns.py)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -65,5 +66,18 @@ ensure_chromium() {
   else
     echo "warning: no Chromium at $chromium; tests/test_browser.py will fail." >&2
     echo "         install it (e.g. 'sudo apt-get install chromium') or set TALLY_CHROMIUM to a Chromium binary." >&2
+  fi
+}
+
+ensure_iproute2() {
+  if command -v ip >/dev/null; then
+    return 0
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "==> installing iproute2 with apt (the multi-host test makes its hosts with ip netns)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null \
+      || echo "warning: apt could not install iproute2; tests/test_multihost.py will fail." >&2
+  else
+    echo "warning: no ip binary; tests/test_multihost.py will fail (it needs root and iproute2)." >&2
   fi
 }
