@@ -257,12 +257,13 @@ def test_an_image_index_out_of_range_is_404(api, n):
 
 # ---------------------------------------------------------------------------------------------- links
 def _put_result(settings, job_id: str) -> None:
-    from rq.job import Job
+    from workers import records
 
-    job = Job.fetch(job_id, connection=redis.Redis.from_url(settings.redis_url))
-    job.meta["results"] = [{"index": 0, "seed": 1, "detected_count": 3, "verified": True, "boxes": [],
-                            "confidences": [], "policy": "resample"}]
-    job.save_meta()
+    connection = redis.Redis.from_url(settings.redis_url)
+    record = records.read_record(connection, settings, job_id)
+    record["results"] = [{"index": 0, "seed": 1, "detected_count": 3, "verified": True, "boxes": [],
+                          "confidences": [], "policy": "resample"}]
+    records.save_record(connection, settings, record)
 
 
 def test_links_are_never_built_from_the_host_header(api, settings, published):

@@ -21,6 +21,14 @@ class Keys:
         """Owner of each job in a model's user queue (fair dispatch)."""
         return f"{self.prefix}-{model_id}:owners"
 
+    def queue_owner_counts(self, model_id: str) -> str:
+        """How many jobs each owner has in a model's user queue (fair dispatch's fast path)."""
+        return f"{self.prefix}-{model_id}:owner-counts"
+
+    def job_record(self, job_id: str) -> str:
+        """A job's public record: what ``GET /v1/jobs/{id}`` shows, one read (``records``)."""
+        return f"{self.prefix}:job:{job_id}:record"
+
     def job_images(self, job_id: str, n: int) -> str:
         return f"{self.prefix}:job:{job_id}:image:{n}"
 
@@ -76,6 +84,10 @@ class Keys:
     def api_keys(self) -> str:
         """API-key records by the SHA-256 of the key (``auth.KeyStore``)."""
         return f"{self.prefix}:api-keys"
+
+    def rate_window(self, key_id: str) -> str:
+        """An API key's recent request times (``auth.Limiter``'s moving window)."""
+        return f"{self.prefix}:rate:{key_id}"
 
     def owner_active(self, owner: str) -> str:
         """An owner's queued and running jobs (the active-jobs quota)."""

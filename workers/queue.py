@@ -5,7 +5,8 @@ a worker listens to its user queue first), and worker liveness. Library tasks th
 from __future__ import annotations
 
 import redis
-from rq import Queue, Retry
+from rq import Callback, Queue, Retry
+from rq.job import Job
 
 from .keys import Keys
 from .requests import JobRequest
@@ -43,52 +44,77 @@ def library_queue(connection: redis.Redis, settings: Settings, model_id: str) ->
 
 # Fair dispatch: a new job goes before the first queued job that is deeper in its own owner's line than the
 # new one is in its owner's, so owners alternate (A1 B1 A2 B2 A3 A4 ...) and one key flooding the queue
-# delays another key's job by at most one job per flooding owner. Atomic, and a job a worker already took
-# is never pushed again.
+# delays another key's job by at most one job per flooding owner. Run in the submit's transaction, right
+# after the job was pushed to the tail (so no worker can have taken it). Each owner's count of queued jobs
+# (``queue_owner_counts``) makes the common case O(owners): when no other owner's line is deeper than the
+# new job's, the tail is already its place and the queue is not scanned; otherwise the scan stops at the
+# place found. A job without an owner entry (one put back by a retry) is in nobody's line.
+# KEYS: queue, owners, owner counts; ARGV: job id, owner, TTL. Returns the new index, or -1 (the tail).
 _FAIR_INSERT = """
-local ids = redis.call('LRANGE', KEYS[1], 0, -1)
-local present, mine = false, 0
-for _, id in ipairs(ids) do
-  if id == ARGV[1] then present = true
-  elseif redis.call('HGET', KEYS[2], id) == ARGV[2] then mine = mine + 1 end
+local mine = tonumber(redis.call('HGET', KEYS[3], ARGV[2]) or '0')
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+local counts, deeper = redis.call('HVALS', KEYS[3]), false
+for _, n in ipairs(counts) do
+  if tonumber(n) > mine + 1 then deeper = true break end
 end
-if not present then return -2 end
-local depth = {}
-for i, id in ipairs(ids) do
-  if id ~= ARGV[1] then
-    local owner = redis.call('HGET', KEYS[2], id) or ''
-    depth[owner] = (depth[owner] or 0) + 1
-    if depth[owner] > mine + 1 then
-      redis.call('LREM', KEYS[1], 1, ARGV[1])
-      redis.call('LINSERT', KEYS[1], 'BEFORE', id, ARGV[1])
-      return i - 1
+if not deeper then return -1 end
+local depth, start, chunk = {}, 0, 256
+while true do
+  local ids = redis.call('LRANGE', KEYS[1], start, start + chunk - 1)
+  if #ids == 0 then return -1 end
+  for i, id in ipairs(ids) do
+    if id == ARGV[1] then return -1 end
+    local owner = redis.call('HGET', KEYS[2], id)
+    if owner then
+      depth[owner] = (depth[owner] or 0) + 1
+      if depth[owner] > mine + 1 then
+        redis.call('LREM', KEYS[1], -1, ARGV[1])
+        redis.call('LINSERT', KEYS[1], 'BEFORE', id, ARGV[1])
+        return start + i - 1
+      end
     end
   end
+  start = start + chunk
 end
-return -1
+"""
+
+# A job left the queue (a worker took it, or it was canceled): it no longer counts in its owner's line.
+_DEQUEUED = """
+local owner = redis.call('HGET', KEYS[1], ARGV[1])
+if not owner then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('HINCRBY', KEYS[2], owner, -1) <= 0 then redis.call('HDEL', KEYS[2], owner) end
+return 1
 """
 
 
-def enqueue_generation(connection: redis.Redis, settings: Settings, request: JobRequest, meta: dict,
-                       job_id: str) -> None:
+def enqueue_generation(connection: redis.Redis, settings: Settings, request: JobRequest, meta: dict, job_id: str,
+                       pipeline: redis.client.Pipeline) -> Job:
+    """Queue a generation job on ``pipeline``, a transaction (``MULTI`` already begun) that the caller
+    executes: the RQ job (a valid RQ job, as ``enqueue_call`` writes it), its place in the queue and its
+    owner's line, in the caller's one round trip."""
     queue = generation_queue(connection, settings, request.model)
-    owners = keys(settings).queue_owners(request.model)
-    with connection.pipeline() as pipe:
-        pipe.hset(owners, job_id, meta["owner"])
-        pipe.expire(owners, settings.result_ttl)
-        pipe.execute()
-    queue.enqueue_call(
+    k = keys(settings)
+    job = queue.enqueue_call(
         "workers.tasks.generate_job", kwargs={"request": request.model_dump(mode="json")}, job_id=job_id,
         timeout=settings.job_timeout, result_ttl=settings.result_ttl, failure_ttl=settings.result_ttl,
-        ttl=settings.result_ttl, meta=meta, retry=Retry(max=settings.job_retries) if settings.job_retries else None)
-    connection.eval(_FAIR_INSERT, 2, queue.key, owners, job_id, meta["owner"])
+        ttl=settings.result_ttl, meta=meta, retry=Retry(max=settings.job_retries) if settings.job_retries else None,
+        on_failure=Callback("workers.tasks.generation_failed"), pipeline=pipeline)
+    pipeline.eval(_FAIR_INSERT, 3, queue.key, k.queue_owners(request.model), k.queue_owner_counts(request.model),
+                  job_id, meta["owner"], settings.result_ttl)
+    return job
 
 
-def dequeued(connection: redis.Redis, settings: Settings, model_id: str, job_id: str) -> None:
-    """A worker took the job: it no longer counts in its owner's line."""
-    connection.hdel(keys(settings).queue_owners(model_id), job_id)
+def dequeued(connection: redis.Redis | redis.client.Pipeline, settings: Settings, model_id: str, job_id: str) -> None:
+    """A worker took the job, or it was canceled: it no longer counts in its owner's line."""
+    k = keys(settings)
+    connection.eval(_DEQUEUED, 2, k.queue_owners(model_id), k.queue_owner_counts(model_id), job_id)
 
 
 def live_workers(connection: redis.Redis, settings: Settings, model_id: str) -> list[str]:
     """Names of the workers of a model whose heartbeat has not expired."""
-    return sorted(k.decode().rsplit(":", 1)[-1] for k in connection.scan_iter(keys(settings).workers(model_id)))
+    return sorted(k.decode().rsplit(":", 1)[-1]
+                  for k in connection.scan_iter(keys(settings).workers(model_id), count=1000))

@@ -1,10 +1,14 @@
 """The API side of the job lifecycle: submit (with idempotency), the record ``GET /v1/jobs/{id}`` shows,
 the event stream's events, cancel, images. Torch-free; the worker side lives in ``tasks``.
 
-A job is an RQ job; Tally's record lives in its ``meta`` (owner, request, stage, progress, token, results,
-cost, timings, error). Every change is also appended to the job's Redis stream, whose statuses are
-``JobStatus`` values, so a client following the event stream sees every change in order and is woken
-the moment the job ends (``XREAD BLOCK``, no polling). An owner's jobs are indexed by submission time.
+A job is an RQ job; Tally's record of it (owner, request, status, stage, progress, token, results, cost,
+timings, error ...) is one Redis key, ``Keys.job_record``, written whole at every change by whoever makes
+it (the submit, the worker, a cancel, a failure callback, recovery) and read in one round trip, queue
+position included (``job_record``). A submit is one transaction in one round trip: the RQ job, its fair
+place in the queue, the record, the first event, the owner's indexes. Every change is also appended to
+the job's Redis stream, whose statuses are ``JobStatus`` values, so a client following the event stream
+sees every change in order and is woken the moment the job ends (``XREAD BLOCK``, no polling). An
+owner's jobs are indexed by submission time.
 Images are PNGs in Redis with the result TTL, or in the object store behind a Redis key with that TTL
 (``objects``); every key a job leaves expires with it.
 """
@@ -18,15 +22,16 @@ import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
+import orjson
 import redis
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
-from rq.job import JobStatus as RQStatus
+from rq.queue import Queue
 
 from optimization.config import ModelSpec
 
 from . import objects
-from .queue import enqueue_generation, generation_queue, keys, live_workers
+from .queue import dequeued, enqueue_generation, generation_queue, keys, live_workers
 from .requests import JobRequest
 from .settings import Settings
 
@@ -70,7 +75,11 @@ def model_classes(connection: redis.Redis, settings: Settings, spec: ModelSpec) 
 # ------------------------------------------------------------------------------------------------- submit
 def submit(connection: redis.Redis, settings: Settings, request: JobRequest, owner: str,
            idempotency_key: str | None = None) -> Submitted:
-    """Queue a generation job; the same idempotency key with the same request returns the same job."""
+    """Queue a generation job; the same idempotency key with the same request returns the same job.
+
+    One round trip, one transaction (``MULTI``): the RQ job, its fair place in the queue, its record, its
+    first event, the owner's indexes and the counter; a job is never in the queue without its record. An
+    idempotency key costs one more round trip before it (claiming the key decides whether to submit)."""
     k = keys(settings)
     job_id = uuid.uuid4().hex
     if idempotency_key:
@@ -81,13 +90,14 @@ def submit(connection: redis.Redis, settings: Settings, request: JobRequest, own
             if previous.get("body") != body:
                 raise IdempotencyConflict(f"idempotency key {idempotency_key!r} was used for a different request")
             return Submitted(previous["job"], created=False)
-    meta = {"owner": owner, "request": request.model_dump(mode="json"), "model": request.model, "stage": None,
-            "progress": {"images_verified": 0, "candidates": 0, "iterations": 0, "loss": None, "detected_counts": []},
-            "token": None, "results": [], "cost": None, "timings": {"submitted": time.time()}, "error": None}
-    enqueue_generation(connection, settings, request, meta, job_id)
-    push_event(connection, settings, job_id, {"status": JobStatus.queued})
     now = time.time()
+    record = new_record(job_id, owner, request, now)
+    meta = {"owner": owner, "model": request.model, "request": record["request"]}  # what RQ keeps of it
     with connection.pipeline() as pipe:
+        pipe.multi()
+        job = enqueue_generation(connection, settings, request, meta, job_id, pipe)
+        save_record(pipe, settings, record, queue_key=Queue.redis_queue_namespace_prefix + job.origin)
+        push_event(pipe, settings, job_id, {"status": JobStatus.queued})
         pipe.sadd(k.owner_active(owner), job_id)
         pipe.expire(k.owner_active(owner), settings.result_ttl)
         pipe.zadd(k.owner_jobs(owner), {job_id: now})
@@ -100,12 +110,14 @@ def submit(connection: redis.Redis, settings: Settings, request: JobRequest, own
 
 def active_jobs(connection: redis.Redis, settings: Settings, owner: str, limit: int) -> int:
     """The owner's queued and running jobs, counted exactly once ``limit`` is in sight (jobs that ended
-    without saying so, e.g. timed out by RQ, are dropped from the count then)."""
+    without saying so are dropped from the count then); below it, one ``SCARD``."""
     key = keys(settings).owner_active(owner)
+    count = connection.scard(key)
+    if count < limit:
+        return count
     members = [m.decode() for m in connection.smembers(key)]
-    if len(members) < limit:
-        return len(members)
-    ended = [m for m in members if (r := job_record(connection, settings, m, owner)) is None or r["status"] in TERMINAL]
+    found = job_records(connection, settings, members, owner)
+    ended = [m for m, r in zip(members, found) if r is None or r["status"] in TERMINAL]
     if ended:
         connection.srem(key, *ended)
     return len(members) - len(ended)
@@ -119,10 +131,20 @@ class NoWorker(Exception):
     """No live worker serves the model: a job would wait for ever."""
 
 
+_LIVE_WORKER_SEEN: dict[tuple[str, str, str], float] = {}  # (redis url, prefix, model) -> when a live one was seen
+LIVE_WORKER_CACHE_S = 2.0
+
+
 def require_worker(connection: redis.Redis, settings: Settings, model_id: str) -> None:
+    """Raise ``NoWorker`` unless a live worker serves the model. A worker seen alive within the last
+    ``LIVE_WORKER_CACHE_S`` counts without asking Redis again (its heartbeat lives longer than that)."""
+    seen = (settings.redis_url, settings.redis_prefix, model_id)
+    if time.monotonic() - _LIVE_WORKER_SEEN.get(seen, -LIVE_WORKER_CACHE_S) < LIVE_WORKER_CACHE_S:
+        return
     if not live_workers(connection, settings, model_id):
         raise NoWorker(f"no live worker serves model {model_id!r}; retry later, or pass queue_if_offline: true "
                        "to queue the job until one starts")
+    _LIVE_WORKER_SEEN[seen] = time.monotonic()
 
 
 def list_jobs(connection: redis.Redis, settings: Settings, owner: str, status: JobStatus | None = None,
@@ -134,8 +156,8 @@ def list_jobs(connection: redis.Redis, settings: Settings, owner: str, status: J
         page = connection.zrevrangebyscore(key, upper, "-inf", start=0, num=limit * 2, withscores=True)
         if not page:
             return out, None
-        for job_id, score in page:
-            record = job_record(connection, settings, job_id.decode(), owner)
+        found = job_records(connection, settings, [job_id.decode() for job_id, _ in page], owner)
+        for (job_id, score), record in zip(page, found):
             if record is not None and (status is None or record["status"] == status):
                 out.append(record)
                 if len(out) == limit:
@@ -153,49 +175,130 @@ def _fetch(connection: redis.Redis, job_id: str, owner: str) -> Job | None:
     return job if job.meta.get("owner") == owner else None  # another owner's job does not exist for you
 
 
-def status_of(job: Job) -> JobStatus:
-    meta = job.meta
-    if (meta.get("timings") or {}).get("finished"):  # the worker's own word, a moment before RQ's
-        return JobStatus.canceled if meta.get("canceled") else JobStatus.failed if meta.get("error") else JobStatus.succeeded
-    rq_status = job.get_status(refresh=False)
-    if meta.get("canceled") or rq_status in (RQStatus.CANCELED, RQStatus.STOPPED):
-        return JobStatus.canceled
-    if rq_status == RQStatus.FINISHED:
-        return JobStatus.failed if meta.get("error") else JobStatus.succeeded
-    if rq_status == RQStatus.FAILED:
-        return JobStatus.failed
-    if rq_status == RQStatus.STARTED:
-        return JobStatus.running
-    return JobStatus.queued
+FAILED_IN_WORKER = {"code": "internal", "message": "the job failed in the worker; it was retried and gave up"}
+
+
+def new_record(job_id: str, owner: str, request: JobRequest, submitted: float) -> dict:
+    """A queued job's record. Its fields are what ``GET /v1/jobs/{id}`` shows (``job_record``)."""
+    return {"id": job_id, "status": JobStatus.queued, "owner": owner, "model": request.model,
+            "request": request.model_dump(mode="json"), "stage": None,
+            "progress": {"images_verified": 0, "candidates": 0, "iterations": 0, "loss": None, "detected_counts": []},
+            "token": None, "results": [], "cost": None, "timings": {"submitted": submitted}, "error": None,
+            "budget_exhausted": None, "prompt": None, "object": None, "warnings": []}
+
+
+def save_record(connection: redis.Redis | redis.client.Pipeline, settings: Settings, record: dict,
+                queue_key: str | None = None) -> None:
+    """Write a job's whole record (on a pipeline: queued there), with the result TTL. ``queue_key``: the
+    RQ list the job waits in, once, at submit (``job_record`` finds the queue position there)."""
+    key = keys(settings).job_record(record["id"])
+    fields = {"record": orjson.dumps(record), "status": str(record["status"])}
+    if queue_key is not None:
+        fields["queue"] = queue_key
+    connection.hset(key, mapping=fields)
+    connection.expire(key, settings.result_ttl)
+
+
+def read_record(connection: redis.Redis, settings: Settings, job_id: str) -> dict | None:
+    """A job's stored record as written (anyone's: for the worker and the lifecycle, not for callers)."""
+    raw = connection.hget(keys(settings).job_record(job_id), "record")
+    return orjson.loads(raw) if raw is not None else None
+
+
+def worker_record(connection: redis.Redis, settings: Settings, job: Job) -> dict:
+    """The record a worker starts from: the stored one, else (a job queued before records were kept, or
+    whose record was lost) one rebuilt from what RQ keeps of the job."""
+    record = read_record(connection, settings, job.id)
+    if record is None:
+        meta = job.meta
+        record = new_record(job.id, meta["owner"], JobRequest.model_validate(meta["request"]),
+                            (meta.get("timings") or {}).get("submitted", time.time()))
+    return record
+
+
+# One round trip: the record, and the job's position in its queue when it is queued (LPOS on the RQ list).
+_READ = """
+local r = redis.call('HMGET', KEYS[1], 'record', 'status', 'queue')
+if not r[1] then return false end
+if r[2] == 'queued' and r[3] then return {r[1], redis.call('LPOS', r[3], ARGV[1])} end
+return {r[1]}
+"""
+_READ_SHA = hashlib.sha1(_READ.encode()).hexdigest()
+
+
+def _read_script(client, settings: Settings, job_id: str):
+    """The read script on ``client``; on a pipeline, by its text (a pipeline would ask for a loaded script
+    with an extra round trip); else by its SHA, loaded on the first NOSCRIPT."""
+    args = (1, keys(settings).job_record(job_id), job_id)
+    if isinstance(client, redis.client.Pipeline):
+        return client.eval(_READ, *args)
+    try:
+        return client.evalsha(_READ_SHA, *args)
+    except redis.exceptions.NoScriptError:
+        return client.eval(_READ, *args)
+
+
+def _public(reply, owner: str) -> dict | None:
+    """The read script's reply as ``job_record`` returns it; None for another owner's job."""
+    if not reply:
+        return None
+    record = orjson.loads(reply[0])
+    if record.get("owner") != owner:
+        return None  # another owner's job does not exist for you
+    status = JobStatus(record["status"])
+    error = record.get("error")
+    if status == JobStatus.failed and error is None:
+        error = FAILED_IN_WORKER
+    timings = record.get("timings") or {}
+    return {"id": record["id"], "status": status, "stage": record.get("stage") if status == JobStatus.running else None,
+            "submitted": timings.get("submitted"), "queue_position": reply[1] if len(reply) > 1 else None,
+            "model": record.get("model"), "request": record.get("request"), "progress": record.get("progress"),
+            "token": record.get("token"), "results": record.get("results") or [], "cost": record.get("cost"),
+            "timings": timings, "error": error, "owner": record.get("owner"),
+            "budget_exhausted": record.get("budget_exhausted"), "prompt": record.get("prompt"),
+            "object": record.get("object"), "warnings": record.get("warnings") or []}
 
 
 def job_record(connection: redis.Redis, settings: Settings, job_id: str, owner: str) -> dict | None:
-    """What ``GET /v1/jobs/{id}`` shows; None when the job does not exist for this owner."""
-    job = _fetch(connection, job_id, owner)
-    if job is None:
+    """What ``GET /v1/jobs/{id}`` shows, in one round trip; None when the job does not exist for this owner."""
+    return _public(_read_script(connection, settings, job_id), owner)
+
+
+def job_records(connection: redis.Redis, settings: Settings, job_ids: list[str], owner: str) -> list[dict | None]:
+    """``job_record`` of each id, all in one round trip."""
+    if not job_ids:
+        return []
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            _read_script(pipe, settings, job_id)
+        return [_public(reply, owner) for reply in pipe.execute()]
+
+
+def job_interrupted(connection: redis.Redis, settings: Settings, job_id: str, retried: bool) -> JobStatus | None:
+    """A job's run ended without the worker's word (its worker died, or it raised past the job's own
+    handlers): it is queued again when RQ retries it, else failed. Writes the record and the event,
+    unless the record already says so or the job had ended; returns the status written, if any."""
+    record = read_record(connection, settings, job_id)
+    status = JobStatus.queued if retried else JobStatus.failed
+    if record is None or record["status"] in TERMINAL or record["status"] == status:
         return None
-    meta = job.meta
-    status = status_of(job)
-    error = meta.get("error")
-    if status == JobStatus.failed and error is None:
-        # The job raised or its worker died and no retry was left; the traceback stays in the worker log.
-        error = {"code": "internal", "message": "the job failed in the worker; it was retried and gave up"}
-    position = job.get_position() if status == JobStatus.queued else None
-    return {"id": job.id, "status": status, "stage": meta.get("stage") if status == JobStatus.running else None,
-            "submitted": (meta.get("timings") or {}).get("submitted"),
-            "queue_position": position, "model": meta.get("model"), "request": meta.get("request"),
-            "progress": meta.get("progress"), "token": meta.get("token"), "results": meta.get("results") or [],
-            "cost": meta.get("cost"), "timings": meta.get("timings"), "error": error, "owner": meta.get("owner"),
-            "budget_exhausted": meta.get("budget_exhausted"),
-            "prompt": meta.get("prompt"), "object": meta.get("object"), "warnings": meta.get("warnings") or []}
-
-
-def push_event(connection: redis.Redis, settings: Settings, job_id: str, event: dict) -> None:
-    key = keys(settings).job_events(job_id)
+    record.update(status=status, stage=None, error=None if retried else FAILED_IN_WORKER)
     with connection.pipeline() as pipe:
-        pipe.xadd(key, {"event": json.dumps({**event, "time": round(time.time(), 3)})}, maxlen=10_000,
-                  approximate=True)
-        pipe.expire(key, settings.result_ttl)
+        save_record(pipe, settings, record)
+        push_event(pipe, settings, job_id, {"status": status, "requeued": retried})
+        if not retried:
+            pipe.srem(keys(settings).owner_active(record["owner"]), job_id)
+        pipe.execute()
+    return status
+
+
+def push_event(connection: redis.Redis | redis.client.Pipeline, settings: Settings, job_id: str, event: dict) -> None:
+    """Append ``event`` to the job's stream (on a pipeline: queued there, for its caller to execute)."""
+    key = keys(settings).job_events(job_id)
+    pipe = connection if isinstance(connection, redis.client.Pipeline) else connection.pipeline()
+    pipe.xadd(key, {"event": json.dumps({**event, "time": round(time.time(), 3)})}, maxlen=10_000, approximate=True)
+    pipe.expire(key, settings.result_ttl)
+    if pipe is not connection:
         pipe.execute()
 
 
@@ -207,22 +310,25 @@ def decode_events(entries) -> list[tuple[str, dict]]:
 # ------------------------------------------------------------------------------------------------- cancel
 def cancel(connection: redis.Redis, settings: Settings, job_id: str, owner: str) -> dict | None:
     """A queued job never runs; a running one stops within one iteration (the engine polls the flag)."""
-    job = _fetch(connection, job_id, owner)
-    if job is None:
+    record = read_record(connection, settings, job_id)
+    if record is None or record.get("owner") != owner:
         return None
-    status = status_of(job)
+    status = record["status"]
+    if status in (JobStatus.queued, JobStatus.running):
+        connection.set(keys(settings).job_cancel(job_id), 1, ex=settings.result_ttl)  # first: a job starting now stops
     if status == JobStatus.queued:
         try:
-            job.cancel()
-        except InvalidJobOperation:
-            pass  # it started meanwhile: the flag below stops it
-        job.meta["canceled"] = True
-        job.save_meta()
-    if status == JobStatus.queued:
-        push_event(connection, settings, job_id, {"status": JobStatus.canceled})
-        job_ended(connection, settings, owner, job_id)
-    if status in (JobStatus.queued, JobStatus.running):
-        connection.set(keys(settings).job_cancel(job_id), 1, ex=settings.result_ttl)
+            Job.fetch(job_id, connection=connection).cancel()
+        except (InvalidJobOperation, NoSuchJobError):
+            status = JobStatus.running  # a worker took it meanwhile: the flag stops it
+        else:
+            dequeued(connection, settings, record["model"], job_id)
+            record.update(status=JobStatus.canceled, canceled=True, stage=None)
+            with connection.pipeline() as pipe:
+                save_record(pipe, settings, record)
+                push_event(pipe, settings, job_id, {"status": JobStatus.canceled})
+                pipe.srem(keys(settings).owner_active(owner), job_id)
+                pipe.execute()
     if status == JobStatus.running:
         push_event(connection, settings, job_id, {"status": JobStatus.running, "cancel_requested": True})
     return job_record(connection, settings, job_id, owner)

@@ -1,7 +1,9 @@
 """Jobs whose worker died: found by the workers' own heartbeats (seconds), not by the job timeout (RQ's
 abandoned-job rule waits job timeout + 60 s), then handed to RQ's abandoned-job handling, which retries
 them while retries are left (else fails them) and runs their failure callbacks (library locks are
-released that way). Every worker runs this at start, when it reconnects, and every few seconds."""
+released that way, and a user job's record says queued or failed). Every worker runs this at start, when
+it reconnects, and every few seconds (from its heartbeat thread: the callbacks' time limit is a timer
+there, not SIGALRM, which only the main thread may set)."""
 
 from __future__ import annotations
 
@@ -13,10 +15,12 @@ import socket
 import redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
+from rq.job import JobStatus as RQStatus
 from rq.registry import StartedJobRegistry
+from rq.timeouts import TimerDeathPenalty
 
 from .queue import generation_queue, keys, library_queue
-from .records import JobStatus, push_event, status_of
+from .records import job_interrupted, read_record
 from .settings import Settings
 
 log = logging.getLogger("tally.worker")
@@ -48,7 +52,7 @@ def recover_orphans(connection: redis.Redis, settings: Settings, model_id: str, 
     worker that is (re)starting and so runs nothing, whose leftover jobs are orphans too."""
     recovered = []
     for queue in (generation_queue(connection, settings, model_id), library_queue(connection, settings, model_id)):
-        registry = StartedJobRegistry(queue=queue)
+        registry = StartedJobRegistry(queue=queue, death_penalty_class=TimerDeathPenalty)
         orphans = []
         for job_id, execution_id in registry.get_job_and_execution_ids():
             try:
@@ -63,9 +67,13 @@ def recover_orphans(connection: redis.Redis, settings: Settings, model_id: str, 
             continue
         registry.cleanup()
         for job in orphans:
-            status = status_of(Job.fetch(job.id, connection=connection))
-            log.warning("job %s: its worker %s died; now %s", job.id, job.worker_name, status)
+            retried = Job.fetch(job.id, connection=connection).get_status() != RQStatus.FAILED
             if queue.name == keys(settings).generation_queue(model_id):
-                push_event(connection, settings, job.id, {"status": status, "requeued": status == JobStatus.queued})
+                # The failure callback wrote the record; this covers a callback that could not run.
+                job_interrupted(connection, settings, job.id, retried)
+                status = (read_record(connection, settings, job.id) or {}).get("status")
+            else:
+                status = "queued" if retried else "failed"
+            log.warning("job %s: its worker %s died; now %s", job.id, job.worker_name, status)
             recovered.append(job.id)
     return recovered

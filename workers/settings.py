@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     admin_key_file: Path | None = Field(None, description="A file (e.g. a Docker secret) holding an admin key the "
                                                           "API accepts from its first start, for deployments.")
     rate_limit: str = Field("600/minute", description="Requests per key (a `limits` rate string).")
+    api_workers: int = Field(2, ge=1, description="API processes `tally up` starts (uvicorn workers on one port); "
+                                                  "the API scales by processes, one core each.")
     max_active_jobs: int = Field(32, ge=1, description="Queued plus running jobs per key.")
     public_url: str | None = Field(None, description="Base of the links the API returns (e.g. https://tally.example); "
                                                      "None: links are paths, never built from the Host header.")

@@ -18,37 +18,42 @@ from optimization.prompts import tokenizer_warnings, with_count
 
 from . import library, objects, stats
 from .queue import dequeued, keys
-from .records import JobStatus, job_ended, push_event
+from .records import JobStatus, job_ended, job_interrupted, push_event, save_record, worker_record
 from .requests import JobRequest
 
 log = logging.getLogger("tally.worker")
 
 
 class _Reporter:
-    """Writes a running job's record (meta) and its event stream; when it ends, its figures for /metrics."""
+    """Writes a running job's record (``records``: one key, what ``GET /v1/jobs/{id}`` shows) and its event
+    stream, each change in one round trip; when it ends, its figures for /metrics."""
 
     def __init__(self, runtime, job: Job):
         self.runtime, self.job = runtime, job
+        self.record = worker_record(runtime.connection, runtime.settings, job)
         self.stage_ends: dict[str, float] = {}  # engine stage -> time of its latest progress event
 
-    def update(self, **fields) -> None:
-        self.job.meta.update(fields)
-        self.job.save_meta()
+    def update(self, event: dict | None = None, **fields) -> None:
+        """Change the record's ``fields`` and, with ``event``, append it to the job's stream."""
+        self.record.update(fields)
+        with self.runtime.connection.pipeline(transaction=False) as pipe:
+            save_record(pipe, self.runtime.settings, self.record)
+            if event is not None:
+                push_event(pipe, self.runtime.settings, self.job.id, event)
+            pipe.execute()
 
     def progress(self, event: dict) -> None:
         self.stage_ends[event.get("stage")] = time.time()
-        progress = {**self.job.meta["progress"], **{k: v for k, v in event.items() if k != "stage"}}
-        self.update(stage=event.get("stage"), progress=progress)
-        push_event(self.runtime.connection, self.runtime.settings, self.job.id,
-                   {"status": JobStatus.running, "stage": event.get("stage"), "progress": progress})
+        progress = {**self.record["progress"], **{k: v for k, v in event.items() if k != "stage"}}
+        self.update(stage=event.get("stage"), progress=progress,
+                    event={"status": JobStatus.running, "stage": event.get("stage"), "progress": progress})
 
     def finish(self, **fields) -> dict:
-        timings = {**self.job.meta["timings"], "finished": time.time()}
-        self.update(**fields, timings=timings)
+        timings = {**self.record["timings"], "finished": time.time()}
         status = (JobStatus.canceled if fields.get("canceled") else
                   JobStatus.failed if fields.get("error") else JobStatus.succeeded)
-        push_event(self.runtime.connection, self.runtime.settings, self.job.id, {"status": status})
-        job_ended(self.runtime.connection, self.runtime.settings, self.job.meta["owner"], self.job.id)
+        self.update(**fields, status=status, timings=timings, event={"status": status})
+        job_ended(self.runtime.connection, self.runtime.settings, self.record["owner"], self.job.id)
         results, seconds = fields.get("results") or [], stats.stage_durations(timings, self.stage_ends)
         stats.record_finished(self.runtime.connection, self.runtime.settings, self.runtime.model.id, status, seconds,
                               results)
@@ -74,8 +79,9 @@ def generate_job(request: dict) -> dict:
     job = get_current_job()
     req = JobRequest.model_validate(request)
     report = _Reporter(rt, job)
-    report.update(stage=Stage.sampling, timings={**job.meta["timings"], "started": time.time()})
-    push_event(rt.connection, rt.settings, job.id, {"status": JobStatus.running, "stage": Stage.sampling})
+    report.update(status=JobStatus.running, stage=Stage.sampling,
+                  timings={**report.record["timings"], "started": time.time()},
+                  event={"status": JobStatus.running, "stage": Stage.sampling})
     dequeued(rt.connection, rt.settings, req.model, job.id)
     try:
         result = _run_engine(rt, job, req, report)
@@ -83,8 +89,7 @@ def generate_job(request: dict) -> dict:
         if not rt.connection.exists(keys(rt.settings).job_cancel(job.id)):  # not the caller: the worker stops
             job.retries_left = (job.retries_left or 0) + 1
             job.enqueue_at_front_on_retry = True
-            report.update(stage=None)
-            push_event(rt.connection, rt.settings, job.id, {"status": JobStatus.queued, "requeued": True})
+            report.update(status=JobStatus.queued, stage=None, event={"status": JobStatus.queued, "requeued": True})
             raise WorkerStopping(f"job {job.id} goes back to its queue") from None
         return report.finish(canceled=True, stage=None)
     except InvalidRequest as exc:  # bad input that only the worker could see (e.g. an object the detector lacks)
@@ -158,6 +163,23 @@ def library_job(model_id: str, cls: str, count: int, key_id: str) -> dict:
     from .worker import current_runtime
 
     return library.run_slice(current_runtime(), model_id, cls, count, key_id)
+
+
+def generation_failed(job: Job, connection, exc_type, *exc_info) -> None:
+    """RQ failure callback of generation jobs (also run for jobs abandoned by a dead worker, by
+    ``recovery``): a failure that the job's own handlers did not record (its worker died, RQ's job timeout)
+    is written to its record: queued again while RQ retries it, else failed."""
+    if exc_type is not None and issubclass(exc_type, WorkerStopping):
+        return  # the job put itself back, and its record says so
+    job_interrupted(connection, _settings(), job.id, retried=bool(job.retries_left))
+
+
+def _settings():
+    """The worker's settings (a callback gets none): the running worker's, else the environment's."""
+    from . import worker
+    from .settings import get_settings
+
+    return worker._runtime.settings if worker._runtime is not None else get_settings()
 
 
 def release_library_lock(job: Job, connection, *exc_info) -> None:

@@ -1,4 +1,8 @@
-"""/v1/jobs: submit, watch (record and event stream), fetch images, cancel."""
+"""/v1/jobs: submit, watch (record and event stream), fetch images, cancel.
+
+Submitting and reading a record are the hot routes: ``async``, with their few Redis round trips inline
+(the key's admission, the quota's count, the submit's one transaction; the record's one read), which costs
+less than a hop to the thread pool and back; the rest run in the thread pool."""
 
 from __future__ import annotations
 
@@ -51,8 +55,9 @@ def _record_out(record: dict, request: Request) -> JobOut:
 
 @router.post("", status_code=202, response_model=JobAccepted,
              responses={409: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}})
-def create_job(body: JobCreate, request: Request, settings: SettingsDep, connection: RedisDep, caller: CallerDep,
-               idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JobAccepted:
+async def create_job(body: JobCreate, request: Request, settings: SettingsDep, connection: RedisDep,
+                     caller: CallerDep,
+                     idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JobAccepted:
     """Queue a generation job.
 
     Scope: any key; the job belongs to the key."""
@@ -101,7 +106,8 @@ def _record(connection, settings, job_id: str, owner: str) -> dict:
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
-def get_job(job_id: str, request: Request, settings: SettingsDep, connection: RedisDep, owner: OwnerDep) -> JobOut:
+async def get_job(job_id: str, request: Request, settings: SettingsDep, connection: RedisDep,
+                  owner: OwnerDep) -> JobOut:
     """The job's record.
 
     Scope: the key that created the job (another key's job is 404)."""
