@@ -37,7 +37,7 @@ def _submit(rt, **body) -> str:
 
 def _engine_fails_once(monkeypatch, error: BaseException) -> None:
     """The next engine call raises ``error``; the ones after it work."""
-    real, calls = CountEngine.generate, []
+    real, calls = CountEngine.generate_many, []
 
     def fails_once(self, *args, **kwargs):
         calls.append(1)
@@ -45,7 +45,7 @@ def _engine_fails_once(monkeypatch, error: BaseException) -> None:
             raise error
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(CountEngine, "generate", fails_once)
+    monkeypatch.setattr(CountEngine, "generate_many", fails_once)
 
 
 def _work(rt) -> None:

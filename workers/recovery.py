@@ -14,6 +14,7 @@ import socket
 
 import redis
 from rq.exceptions import NoSuchJobError
+from rq.executions import Execution
 from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.registry import StartedJobRegistry
@@ -59,7 +60,8 @@ def recover_orphans(connection: redis.Redis, settings: Settings, model_id: str, 
                 job = Job.fetch(job_id, connection=connection)
             except NoSuchJobError:
                 continue
-            if job.worker_name == starting or not worker_alive(connection, settings, model_id, job.worker_name):
+            runner = _runner(connection, job, execution_id)
+            if runner == starting or not worker_alive(connection, settings, model_id, runner):
                 orphans.append(job)
                 # Expire the entry now: RQ's cleanup then treats it as abandoned.
                 connection.zadd(registry.key, {f"{job_id}:{execution_id}": 0}, xx=True)
@@ -77,3 +79,12 @@ def recover_orphans(connection: redis.Redis, settings: Settings, model_id: str, 
             log.warning("job %s: its worker %s died; now %s", job.id, job.worker_name, status)
             recovered.append(job.id)
     return recovered
+
+
+def _runner(connection: redis.Redis, job: Job, execution_id: str) -> str | None:
+    """The worker of this execution: RQ records it with the execution, in the transaction that adds the
+    registry entry (the job's own ``worker_name`` comes later, and not at all for a batch's companions)."""
+    try:
+        return Execution.fetch(execution_id, job.id, connection).worker_name or job.worker_name
+    except ValueError:  # the execution is gone: only the job can say
+        return job.worker_name

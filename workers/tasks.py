@@ -78,13 +78,11 @@ def generate_job(request: dict) -> dict:
     rt = current_runtime()
     job = get_current_job()
     req = JobRequest.model_validate(request)
-    report = _Reporter(rt, job)
-    report.update(status=JobStatus.running, stage=Stage.sampling,
-                  timings={**report.record["timings"], "started": time.time()},
-                  event={"status": JobStatus.running, "stage": Stage.sampling})
-    dequeued(rt.connection, rt.settings, req.model, job.id)
+    batched = rt.batched.pop(job.id, None)  # (reporter, outcome) when it ran in a batch shared with other jobs
+    report = batched[0] if batched else start_job(rt, job, req)
     try:
-        result = _run_engine(rt, job, req, report)
+        outcome = batched[1] if batched else rt.engine.generate_many([engine_request(rt, job, req, report)])[0]
+        result = _outcome(outcome)
     except Canceled:
         if not rt.connection.exists(keys(rt.settings).job_cancel(job.id)):  # not the caller: the worker stops
             job.retries_left = (job.retries_left or 0) + 1
@@ -122,7 +120,28 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _run_engine(rt, job: Job, req: JobRequest, report: _Reporter):
+def start_job(rt, job: Job, req: JobRequest) -> _Reporter:
+    """The job leaves its queue and runs: its record and stream say so."""
+    report = _Reporter(rt, job)
+    report.update(status=JobStatus.running, stage=Stage.sampling,
+                  timings={**report.record["timings"], "started": time.time()},
+                  event={"status": JobStatus.running, "stage": Stage.sampling})
+    dequeued(rt.connection, rt.settings, req.model, job.id)
+    return report
+
+
+def _outcome(outcome):
+    """An engine outcome: the result, or the exception that ended the request, raised here."""
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def engine_request(rt, job: Job, req: JobRequest, report: _Reporter):
+    """The library lookup (scheduling learning on a miss), the record's token and warnings, and what the
+    engine is asked."""
+    from optimization.engine import GenerationRequest
+
     engine = rt.engine
     k = keys(rt.settings)
     cls = engine.resolve_object(req.prompt, req.object)
@@ -136,9 +155,9 @@ def _run_engine(rt, job: Job, req: JobRequest, report: _Reporter):
                          "learning_scheduled": scheduled},
                   warnings=tokenizer_warnings(with_count(req.prompt, cls, req.count),
                                               [tokenizer for _, tokenizer, _ in engine.t2i.encoders()]))
-    return engine.generate(req.prompt, req.count, object_=cls, num_images=req.num_images, seed=req.seed,
-                           budget=req.budget, policy=req.policy, token=token, progress=report.progress,
-                           should_stop=lambda: rt.shutdown.is_set() or bool(rt.connection.exists(k.job_cancel(job.id))))
+    return GenerationRequest(req.prompt, req.count, object_=cls, num_images=req.num_images, seed=req.seed,
+                             budget=req.budget, policy=req.policy, token=token, progress=report.progress,
+                             should_stop=lambda: rt.shutdown.is_set() or bool(rt.connection.exists(k.job_cancel(job.id))))
 
 
 def _store_results(rt, job: Job, result, report: _Reporter) -> dict:

@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 
 import redis
 from rq import SimpleWorker
+from rq.worker import WorkerStatus
 
 from optimization.config import ModelSpec
 
-from . import logs
+from . import batching, logs
 from .queue import connect, generation_queue, keys, library_queue
 from .recovery import recover_orphans, worker_alive
 from .settings import Settings
@@ -45,6 +46,7 @@ class WorkerRuntime:
     engine: object  # optimization.engine.CountEngine
     store: TokenStore
     shutdown: threading.Event = field(default_factory=threading.Event)  # set by SIGTERM / Ctrl-C
+    batched: dict = field(default_factory=dict)  # job id -> (reporter, outcome) of jobs run in a shared batch
 
 
 _runtime: WorkerRuntime | None = None  # set once by run_worker; RQ calls job functions by import path
@@ -80,8 +82,22 @@ class TallyWorker(SimpleWorker):
         super().request_stop(signum, frame)
 
     def execute_job(self, job, queue):
+        """As RQ's, and with the jobs queued behind it when they can share its batches (``batching``)."""
+        runtime = current_runtime()
         with logs.job_context(job.id):
-            super().execute_job(job, queue)
+            execution = self.prepare_execution(job)
+            companions = []
+            if runtime.settings.batch_size > 1 and batching.batchable(job):
+                companions = batching.take_companions(self, queue, runtime.settings.batch_size - 1)
+            if companions:
+                batching.claim(self, job)
+                batching.run_together(runtime, [job, *(c for c, _ in companions)])
+            self.perform_job(job, queue, execution)
+            self.set_state(WorkerStatus.IDLE)
+        for companion, companion_execution in companions:
+            with logs.job_context(companion.id):
+                self.perform_job(companion, queue, companion_execution)
+                self.set_state(WorkerStatus.IDLE)
 
 
 def _heartbeat(runtime: WorkerRuntime, name: str, stop: threading.Event) -> None:

@@ -1,0 +1,75 @@
+"""Cross-job batching: a worker that takes a job also takes the jobs queued right behind it (same model,
+up to ``batch_size``) and runs their sampling in shared pipeline batches (``CountEngine.generate_many``).
+
+Each taken job is first registered as started by this worker (RQ's started registry, so a worker that dies
+now has its jobs recovered like any other), then all run together, each with its own seeds, budget,
+cancellation and progress; RQ then completes them one by one, ``generate_job`` finding its outcome ready.
+Jobs whose policy refines their token run alone: refinement does not share a batch, and would hold the
+others' results back.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from rq.job import Job
+from rq.queue import Queue
+
+from optimization.config import Policy
+
+from .requests import JobRequest
+
+log = logging.getLogger("tally.worker")
+GENERATE = "workers.tasks.generate_job"
+
+
+def batchable(job: Job) -> bool:
+    try:
+        request = JobRequest.model_validate(job.kwargs["request"])
+    except Exception:  # noqa: BLE001 - not ours to judge here: it runs alone and fails there
+        return False
+    return job.func_name == GENERATE and request.policy in (Policy.resample, Policy.library)
+
+
+def take_companions(worker, queue: Queue, limit: int) -> list[tuple[Job, object]]:
+    """Up to ``limit`` batchable jobs from the front of ``queue``, each registered as started by ``worker``;
+    returns (job, RQ execution) pairs. The first job that cannot share a batch stays at the front."""
+    taken = []
+    while len(taken) < limit:
+        job_id = worker.connection.lindex(queue.key, 0)
+        if job_id is None:
+            break
+        try:
+            job = Job.fetch(job_id.decode(), connection=worker.connection)
+        except Exception:  # noqa: BLE001 - gone or unreadable: RQ's own dequeue deals with it
+            break
+        if not batchable(job) or worker.connection.lrem(queue.key, 1, job.id) != 1:
+            break  # not ours to batch, or another worker took it first
+        claim(worker, job)
+        taken.append((job, worker.prepare_execution(job)))
+    return taken
+
+
+def run_together(runtime, jobs: list[Job]) -> None:
+    """Start every job, run them in shared batches, and leave each outcome in ``runtime.batched``."""
+    from .tasks import engine_request, start_job
+
+    entries = []
+    for job in jobs:
+        req = JobRequest.model_validate(job.kwargs["request"])
+        report = start_job(runtime, job, req)
+        try:
+            entries.append((job, report, engine_request(runtime, job, req, report)))
+        except Exception as exc:  # noqa: BLE001 - that job's outcome, raised when RQ runs it
+            runtime.batched[job.id] = (report, exc)
+    outcomes = runtime.engine.generate_many([request for _, _, request in entries], runtime.settings.batch_size)
+    for (job, report, _), outcome in zip(entries, outcomes):
+        runtime.batched[job.id] = (report, outcome)
+    log.info("ran %d jobs in shared batches", len(jobs))
+
+
+def claim(worker, job: Job) -> None:
+    """Mark the job started by ``worker`` (RQ does so only when it performs it): recovery must see whose it is."""
+    with worker.connection.pipeline() as pipe:
+        job.prepare_for_execution(worker.name, pipe)
+        pipe.execute()
