@@ -4,6 +4,7 @@
 # - ensure_redis: a Redis server answering at TALLY_REDIS_URL, started under .tally/redis if none does
 # - ensure_chromium: Debian's Chromium at /usr/bin/chromium, for the browser tests (Playwright downloads no browser)
 # - ensure_iproute2: `ip`, for the multi-host test's network namespaces (tests/netns.py)
+# - ensure_wrk: wrk, the compiled HTTP load generator of `tally bench service` (and tests/test_wrk.py)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -79,5 +80,18 @@ ensure_iproute2() {
       || echo "warning: apt could not install iproute2; tests/test_multihost.py will fail." >&2
   else
     echo "warning: no ip binary; tests/test_multihost.py will fail (it needs root and iproute2)." >&2
+  fi
+}
+
+ensure_wrk() {
+  if command -v wrk >/dev/null; then
+    return 0
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "==> installing wrk with apt (the service benchmark's load generator)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null \
+      || echo "warning: apt could not install wrk; tally bench service and tests/test_wrk.py will fail." >&2
+  else
+    echo "warning: no wrk; tally bench service and tests/test_wrk.py will fail (install it: 'sudo apt-get install wrk')." >&2
   fi
 }

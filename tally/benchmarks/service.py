@@ -1,18 +1,24 @@
 """``tally bench service``: the service's overhead and throughput, measured against itself in one run.
 
 It starts a private Redis, the API and one worker (and cleans up), then measures
-- ``cache_hit_ratio``: median end-to-end latency of a library-hit job through API + queue + worker, divided by
-  a direct ``CountEngine`` call doing the same work (same prompt, seed, token, budget) in this process;
-- ``submit_rps`` and ``status_p99_ms``: a bounded load on loopback (submissions go to a model queue that no
-  worker serves, so the load measures the API and Redis alone);
+- ``cache_hit_ratio``: median end-to-end latency of a library-hit job through API + queue + worker, followed
+  by its event stream as a client does, divided by a direct ``CountEngine`` call doing the same work (same
+  prompt, seed, token, budget) in this process; ``finish_to_final_ms``: from the worker's finish to the
+  client's final event (p50, p99);
+- ``submit_rps``, ``status_p50_ms`` and ``status_p99_ms``: wrk (a compiled load generator, ``wrk``) at 32
+  connections for ``load_seconds`` each, with the worker idle: submissions to a model queue that no worker
+  serves (the API and Redis alone), then reads of 100 of those jobs round robin; ``status_p50_busy_ms``,
+  ``status_p99_busy_ms`` and ``submit_rps_busy``: the same while the worker computes a burst of real jobs
+  (``worker_busy_fraction``: how much of that time it did);
 - ``single_flight_library_tasks``: library tasks started by 20 concurrent jobs of one new key;
 - ``learning_wait``: the queue wait of user jobs submitted while that key's library task learns (in slices
-  of ``library_slice_seconds``, behind user jobs), p50 and p99.
+  of ``library_slice_seconds``, behind user jobs), p50 and p99;
+- ``batching_speedup``: images per second of 16 queued one-image jobs with cross-job batching on, divided by
+  the same with it off (``batch_size`` 1); ``lone_job_p50_ratio``: a lone job's p50 latency, on over off.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import statistics
@@ -26,7 +32,10 @@ import redis
 
 from workers.settings import Settings
 
+from tally.benchmarks import wrk
+from tally.client import Client
 from tally.launcher import Launcher
+from workers.auth import KeyStore
 from workers.keys import Keys
 from workers.queue import generation_queue
 
@@ -37,29 +46,73 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-async def _load(url: str, make_request, total: int, concurrency: int) -> list[float]:
-    """``total`` requests, ``concurrency`` at a time; returns each one's latency in seconds."""
-    latencies: list[float] = []
-    queue = asyncio.Queue()
-    for i in range(total):
-        queue.put_nowait(i)
-
-    async def client_loop(client: httpx.AsyncClient):
-        while not queue.empty():
-            i = queue.get_nowait()
-            t = time.perf_counter()
-            response = await make_request(client, i)
-            latencies.append(time.perf_counter() - t)
-            if response.status_code >= 400:
-                raise RuntimeError(f"{response.status_code}: {response.text[:200]}")
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
-        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
-    return latencies
+LOAD_BODY = {"prompt": "a photo of red circles", "object": "circle", "count": 3, "model": "load-only",
+             "queue_if_offline": True}
+BUSY_BODY = {"prompt": "a photo of green squares", "count": 9, "num_images": 8, "policy": "resample",
+             "budget": {"max_candidates": 64, "max_seconds": 30}}
 
 
-def run(repeats: int = 7, load_requests: int = 2000, concurrency: int = 32, api_workers: int = 2,
+def _load_phase(url: str, secret: str, http: httpx.Client, settings: Settings, folder: Path, connections: int,
+                seconds: float, busy_jobs: int = 16) -> dict:
+    """wrk's submit and status loads with the worker idle; then, while the worker computes a burst of real
+    jobs (canceled after), the status load and the submit load again."""
+    time.sleep(1)  # this process's torch threads wind down after the direct calls of phase 1
+    submit = wrk.run(url, wrk.submit_script(LOAD_BODY), [secret, "0"], folder, connections, seconds)
+    job_ids = generation_queue(redis.Redis.from_url(settings.redis_url), settings, "load-only").get_job_ids(0, 99)
+    (folder / "job-ids").write_text("\n".join(job_ids) + "\n")
+    status_args = [secret, str(folder / "job-ids")]
+    status = wrk.run(url, wrk.status_script(), status_args, folder, connections, seconds)
+
+    burst = [http.post("/v1/jobs", json={**BUSY_BODY, "seed": s}).json()["id"] for s in range(busy_jobs)]
+    deadline = time.monotonic() + 120
+    while not any(http.get(f"/v1/jobs/{j}").json()["status"] == "running" for j in burst[:2]):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the worker did not start the burst of jobs within 120 s")
+        time.sleep(0.1)
+    start = time.time()
+    status_busy = wrk.run(url, wrk.status_script(), status_args, folder, connections, seconds)
+    submit_busy = wrk.run(url, wrk.submit_script(LOAD_BODY), [secret, "1000000000"], folder, connections, seconds)
+    end = time.time()
+    for job in burst:  # the next phases start with an idle worker
+        http.delete(f"/v1/jobs/{job}")
+    timings = []
+    for job in burst:
+        while (record := http.get(f"/v1/jobs/{job}").json())["status"] in ("queued", "running"):
+            time.sleep(0.1)
+        timings.append(record["timings"])
+
+    runs = {"submit": submit, "status": status, "status_busy": status_busy, "submit_busy": submit_busy}
+    failed = {name: load.errors for name, load in runs.items() if load.errors}
+    if failed:
+        raise RuntimeError(f"wrk saw error responses or socket errors: {failed}")
+    return {"submit_rps": submit.rps, "submit_p99_ms": submit.p99_ms, "status_rps": status.rps,
+            "status_p50_ms": status.p50_ms, "status_p99_ms": status.p99_ms,
+            "status_p50_busy_ms": status_busy.p50_ms, "status_p99_busy_ms": status_busy.p99_ms,
+            "submit_rps_busy": submit_busy.rps, "worker_busy_fraction": _busy_fraction(timings, start, end),
+            "concurrency": connections,
+            "load": {"generator": "wrk", "threads": 1, "seconds": seconds,
+                     "runs": {name: load.to_dict() for name, load in runs.items()}}}
+
+
+def _busy_fraction(timings: list[dict], start: float, end: float) -> float:
+    """How much of [start, end] some job was running (from its start to its finish)."""
+    spans = sorted((max(t["started"], start), min(t.get("finished", end), end)) for t in timings if t.get("started"))
+    covered, reach = 0.0, start
+    for begin, finish in spans:
+        if finish > reach:
+            covered += finish - max(begin, reach)
+            reach = finish
+    return round(covered / (end - start), 3)
+
+
+def _percentiles(seconds: list[float]) -> dict:
+    """p50 and p99 in milliseconds (p99: the largest below the 99th percentile rank, the max for few samples)."""
+    ordered = sorted(seconds)
+    return {"p50": round(1000 * statistics.median(ordered), 1),
+            "p99": round(1000 * ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 1), "n": len(ordered)}
+
+
+def run(repeats: int = 15, load_seconds: float = 5.0, concurrency: int = 32, api_workers: int = 2,
         learning_jobs: int = 12, progress=None) -> dict:
     from optimization.config import Budget
     from optimization.count_token import CountToken
@@ -71,7 +124,8 @@ def run(repeats: int = 7, load_requests: int = 2000, concurrency: int = 32, api_
     reference = Settings().model("reference")
     models = [reference.model_dump(mode="json"), {**reference.model_dump(mode="json"), "id": "load-only"}]  # "load-only": no worker
     env = {"TALLY_REDIS_URL": redis_url, "TALLY_RUNTIME_DIR": str(root), "TALLY_TOKEN_DIR": str(root / "tokens"),
-           "TALLY_MODELS": json.dumps(models)}  # library learning at its defaults: phase 4 waits behind it
+           "TALLY_MODELS": json.dumps(models), "TALLY_AUTH": "required"}  # as deployed; library learning at its
+    # defaults: phase 4 waits behind it
     settings = Settings(redis_url=redis_url, runtime_dir=root, token_dir=root / "tokens")
     port = _port()
     url = f"http://127.0.0.1:{port}"
@@ -82,7 +136,11 @@ def run(repeats: int = 7, load_requests: int = 2000, concurrency: int = 32, api_
         launcher.start_api("127.0.0.1", port, workers=api_workers)
         launcher.start_worker("reference", "bench")
         launcher.wait_ready(url, timeout=300, models=["reference"])  # "load-only" has no worker on purpose
-        http = httpx.Client(base_url=url, timeout=120)
+        # One admin key for every request (keys are checked as in a deployment), with no rate limit in the way.
+        secret, _ = KeyStore(redis.Redis.from_url(redis_url), settings).create(
+            "bench", "admin", rate_limit="1000000/second", max_active_jobs=10**9)
+        auth = {"Authorization": f"Bearer {secret}"}
+        http = httpx.Client(base_url=url, headers=auth, timeout=120)
 
         # 1. library hit through the service vs the same work done directly
         step("library-hit latency: service vs direct")
@@ -92,17 +150,17 @@ def run(repeats: int = 7, load_requests: int = 2000, concurrency: int = 32, api_
         assert http.post("/v1/tokens", content=token.to_bytes()).status_code == 201
         body = {"prompt": "a photo of blue triangles", "count": count, "seed": 123, "policy": "library",
                 "budget": {"max_candidates": 8}}
-        service_s, direct_s, waits, runs, engine_s = [], [], [], [], []
+        service_s, direct_s, waits, runs, engine_s, pushed = [], [], [], [], [], []
+        client = Client(url, secret, timeout=120)
         for r in range(repeats + 1):
             t = time.perf_counter()
-            job = http.post("/v1/jobs", json=body).json()["id"]
-            while (record := http.get(f"/v1/jobs/{job}").json())["status"] not in ("succeeded", "failed"):
-                time.sleep(0.02)  # a tighter poll steals the 2 cores from the worker it waits for
+            record = client.wait(client.submit(**body).id)  # the event stream: pushed, not polled
             service_s.append(time.perf_counter() - t)
-            timings = record["timings"]
-            waits.append(timings["started"] - timings["submitted"])
-            runs.append(timings["finished"] - timings["started"])
-            engine_s.append(record["cost"]["seconds"])
+            pushed.append(time.time() - record.timings["finished"])  # worker's finish -> client's final event
+            waits.append(record.timings["started"] - record.timings["submitted"])
+            runs.append(record.timings["finished"] - record.timings["started"])
+            engine_s.append(record.cost.seconds)
+        client.close()
         # Direct calls after the service ones, not interleaved: this process's torch threads keep spinning
         # for a while after each call and would slow the worker's next job.
         for r in range(repeats + 1):
@@ -117,23 +175,13 @@ def run(repeats: int = 7, load_requests: int = 2000, concurrency: int = 32, api_
                       # where the time goes: queue wait, the job in the worker, the engine inside it
                       cache_hit_breakdown_ms={"queue_wait": round(1000 * statistics.median(waits[1:]), 1),
                                               "job": round(1000 * statistics.median(runs[1:]), 1),
-                                              "engine": round(1000 * statistics.median(engine_s[1:]), 1)})
+                                              "engine": round(1000 * statistics.median(engine_s[1:]), 1)},
+                      finish_to_final_ms=_percentiles(pushed[1:]))
         del engine
 
-        # 2. submissions and status reads under load (API + Redis only)
-        step(f"load: {load_requests} submissions, then {load_requests} status reads")
-        load_body = {"prompt": "a photo of red circles", "object": "circle", "count": 3, "model": "load-only",
-                     "queue_if_offline": True}
-        t = time.perf_counter()
-        asyncio.run(_load(url, lambda c, i: c.post("/v1/jobs", json={**load_body, "seed": i}), load_requests, concurrency))
-        result["submit_rps"] = round(load_requests / (time.perf_counter() - t), 1)
-        job_ids = generation_queue(redis.Redis.from_url(redis_url), settings, "load-only").get_job_ids(0, 99)
-        latencies = asyncio.run(_load(url, lambda c, i: c.get(f"/v1/jobs/{job_ids[i % len(job_ids)]}"),
-                                      load_requests, concurrency))
-        ordered = sorted(latencies)
-        result["status_p50_ms"] = round(1000 * ordered[len(ordered) // 2], 2)
-        result["status_p99_ms"] = round(1000 * ordered[int(len(ordered) * 0.99) - 1], 2)
-        result.update(load_requests=load_requests, concurrency=concurrency, api_workers=api_workers)
+        # 2. submissions and status reads under load (API + Redis), the worker idle, then busy
+        step(f"load (wrk, {concurrency} connections, {load_seconds:g} s a run): submit, status; again, worker busy")
+        result.update(_load_phase(url, secret, http, settings, root, concurrency, load_seconds), api_workers=api_workers)
 
         # 3. single flight: 20 concurrent jobs of one new key
         step("single flight: 20 concurrent jobs of a new key")
@@ -141,7 +189,7 @@ def run(repeats: int = 7, load_requests: int = 2000, concurrency: int = 32, api_
         lock = threading.Lock()
 
         def submit(seed: int) -> None:
-            job = httpx.post(f"{url}/v1/jobs", json={"prompt": "a photo of red crosses", "count": 9, "seed": seed,
+            job = httpx.post(f"{url}/v1/jobs", headers=auth, json={"prompt": "a photo of red crosses", "count": 9, "seed": seed,
                                                       "policy": "library", "budget": {"max_candidates": 8}}).json()["id"]
             with lock:
                 ids.append(job)
@@ -182,5 +230,37 @@ def run(repeats: int = 7, load_requests: int = 2000, concurrency: int = 32, api_
             "p99_s": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 3) if waits else None,
             "max_s": round(max(waits), 3) if waits else None,
             "library_iterations_meanwhile": task.get("iterations"), "library_slices_meanwhile": task.get("slices")}
+
+        # 5. cross-job batching: 16 one-image jobs queued while no worker runs, then a lone job at a time;
+        # with batching on (the default batch_size), then off (batch_size 1)
+        step("cross-job batching: on, then off")
+        on = _batching(launcher, url, secret, "bench-batched")
+        launcher.env["TALLY_BATCH_SIZE"] = "1"
+        off = _batching(launcher, url, secret, "bench-unbatched")
+        result.update(batching_speedup=round(on["images_per_s"] / off["images_per_s"], 3),
+                      lone_job_p50_ratio=round(on["lone_p50_s"] / off["lone_p50_s"], 3),
+                      batching={"on": on, "off": off})
         http.close()
     return result
+
+
+def _batching(launcher: Launcher, url: str, secret: str, worker: str, jobs: int = 16, lone: int = 7) -> dict:
+    """Images per second of ``jobs`` one-image jobs queued before a fresh worker starts (from the first
+    job's start to the last one's finish, so model loading is not counted), and the p50 end-to-end latency
+    of a job submitted alone to the idle worker."""
+    body = {"prompt": "a photo of red circles", "count": 2, "policy": "resample", "budget": {"max_candidates": 32}}
+    for name in [n for n in launcher.processes if n.startswith("worker-")]:
+        launcher.stop(name)
+    with Client(url, secret, timeout=120) as client:
+        ids = [client.submit(**body, seed=s, queue_if_offline=True).id for s in range(jobs)]
+        launcher.start_worker("reference", worker)
+        records = [client.wait(i) for i in ids]
+        span = max(r.timings["finished"] for r in records) - min(r.timings["started"] for r in records)
+        alone = []
+        for s in range(lone + 1):  # the first one warms up
+            t = time.perf_counter()
+            client.wait(client.submit(**body, seed=20_000 + s).id)
+            alone.append(time.perf_counter() - t)
+    return {"jobs": jobs, "images_per_s": round(sum(len(r.results) for r in records) / span, 3),
+            "seconds": round(span, 3), "verified": sum(x.verified for r in records for x in r.results),
+            "candidates": sum(r.cost.candidates for r in records), "lone_p50_s": round(statistics.median(alone[1:]), 4)}

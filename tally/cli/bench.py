@@ -146,8 +146,9 @@ def faults(out: OutOption = DEFAULT_FOLDER, json_path: JsonOption = None) -> Non
 
 @bench_app.command("service")
 def service(
-    repeats: Annotated[int, typer.Option(min=1, help="Library-hit jobs timed (after one warm-up).")] = 7,
-    requests: Annotated[int, typer.Option(min=10, help="Requests per load phase (bounded).")] = 2000,
+    repeats: Annotated[int, typer.Option(min=1, help="Library-hit jobs timed (after one warm-up).")] = 15,
+    load_seconds: Annotated[float, typer.Option(min=1, help="Seconds of each wrk load run (submit, status; "
+                                                           "again with the worker busy).")] = 5.0,
     out: OutOption = DEFAULT_FOLDER,
     json_path: JsonOption = None,
 ) -> None:
@@ -157,7 +158,7 @@ def service(
     prepare()
     quiet_model_loading()
     with console.status("benchmarking the service") as status:
-        result = bench.run(repeats=repeats, load_requests=requests,
+        result = bench.run(repeats=repeats, load_seconds=load_seconds,
                            progress=lambda name: status.update(f"bench service: {name}"))
     console.print(result)
     save(result, "service", out, json_path)
