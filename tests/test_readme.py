@@ -9,7 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _code_lines():
     text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, flags=re.S)
+    blocks = [body for lang, body in re.findall(r"```(\w*)\n(.*?)```", text, flags=re.S)
+              if lang in ("", "bash", "sh", "console")]  # shell blocks; a python block is not commands
     return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
 
 
