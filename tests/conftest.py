@@ -213,3 +213,26 @@ def tally_cli(tmp_path, monkeypatch, capsys, redis_url):
         return CliResult(code, out.out, out.err)
 
     return run
+
+
+@pytest.fixture
+def runtime(redis_url, tmp_path, t2i, counter, reference_spec, monkeypatch):
+    """A worker's runtime in this process (the session's models, a private key prefix), for an in-process RQ
+    worker."""
+    import uuid
+
+    import redis
+
+    from optimization.counter import load_crosscheck
+    from optimization.engine import CountEngine
+    from workers import worker
+    from workers.settings import Settings
+    from workers.tokens import TokenStore
+
+    settings = Settings(redis_url=redis_url, redis_prefix=f"w{uuid.uuid4().hex[:8]}", runtime_dir=tmp_path,
+                        token_dir=tmp_path / "tokens")
+    connection = redis.Redis.from_url(redis_url)
+    engine = CountEngine(t2i, counter, reference_spec, load_crosscheck(reference_spec.crosscheck), settings.refine)
+    rt = worker.WorkerRuntime(settings, reference_spec, connection, engine, TokenStore.for_settings(settings, connection))
+    monkeypatch.setattr(worker, "_runtime", rt)
+    return rt

@@ -14,7 +14,7 @@ from workers import records, worker
 from workers.queue import generation_queue
 from workers.requests import build_request
 
-from .test_worker import _submit, runtime  # noqa: F401 - the fixture
+from .test_worker import _submit
 
 REQUESTS = [GenerationRequest("a photo of red circles", 3, seed=11, budget=Budget(max_candidates=16), policy="resample"),
             GenerationRequest("a photo of blue squares", 5, seed=12, budget=Budget(max_candidates=16), policy="resample"),
@@ -56,7 +56,7 @@ def test_a_canceled_request_ends_alone_and_the_others_finish(engine):
     assert isinstance(outcomes[0], Canceled) and _summary(outcomes[1]) == _summary(engine.generate_many([REQUESTS[0]])[0])
 
 
-def test_a_worker_runs_queued_jobs_in_one_batch_and_completes_each(runtime):  # noqa: F811
+def test_a_worker_runs_queued_jobs_in_one_batch_and_completes_each(runtime):
     jobs = [_submit(runtime, prompt="a photo of red circles", count=3, seed=s, policy="resample",
                     budget={"max_candidates": 8}) for s in range(4)]
     # An object only the worker can refuse (a model whose classes the API does not know): that job fails alone.

@@ -4,7 +4,7 @@ from optimization.reference import PIPELINE_PATH, scenes
 from optimization.prompts import words_not_whole
 from optimization.reference.tokenizer import WORDS, build_tokenizer_files, load_tokenizer
 
-from .test_worker import _work, runtime  # noqa: F401 (runtime: the in-process worker fixture)
+from .test_worker import _work
 
 
 @pytest.fixture(scope="module", params=["shipped", "fresh"])

@@ -3,31 +3,13 @@
 from __future__ import annotations
 
 import logging
-import uuid
 
-import pytest
-import redis
 from rq import SimpleWorker
 
 from optimization.engine import CountEngine
-from workers import records, worker
+from workers import records
 from workers.queue import generation_queue, library_queue
 from workers.requests import build_request
-from workers.settings import Settings
-from workers.tokens import TokenStore
-
-
-@pytest.fixture
-def runtime(redis_url, tmp_path, t2i, counter, reference_spec, monkeypatch):
-    from optimization.counter import load_crosscheck
-
-    settings = Settings(redis_url=redis_url, redis_prefix=f"w{uuid.uuid4().hex[:8]}", runtime_dir=tmp_path,
-                        token_dir=tmp_path / "tokens")
-    connection = redis.Redis.from_url(redis_url)
-    engine = CountEngine(t2i, counter, reference_spec, load_crosscheck(reference_spec.crosscheck), settings.refine)
-    rt = worker.WorkerRuntime(settings, reference_spec, connection, engine, TokenStore.for_settings(settings, connection))
-    monkeypatch.setattr(worker, "_runtime", rt)
-    return rt
 
 
 def _submit(rt, **body) -> str:

@@ -49,6 +49,9 @@ class TokenFiles(Protocol):
     def ids(self) -> list[str]:
         """The names of the files there (not yet validated: a foreign name fails ``read``)."""
 
+    def location(self, key_id: str) -> str:
+        """Where the key's file is, for people (a path, or the store and object key)."""
+
 
 class TokenDirectory:
     """A local directory (the default; shared across hosts only through a shared volume)."""
@@ -78,6 +81,9 @@ class TokenDirectory:
     def __str__(self) -> str:
         return str(self.directory)
 
+    def location(self, key_id: str) -> str:
+        return str(self.path(key_id))
+
 
 class TokenObjects:
     """The object store's ``tokens/`` (``TALLY_STORE``): one library for every host. A put is atomic there."""
@@ -106,6 +112,9 @@ class TokenObjects:
 
     def __str__(self) -> str:
         return f"{self.store!r} {TOKENS}"
+
+    def location(self, key_id: str) -> str:
+        return f"{self.store!r} {self.key(key_id)}"
 
 
 def token_files(settings: Settings) -> TokenFiles:

@@ -145,7 +145,7 @@ def optimize(
             summary = {**result.summary(), "verified": result.hit is not None, "prompt": token_prompt}
             token = CountToken(engine.token_key(cls, count), result.vectors, init_word, {"mode": "refine", **summary})
             out = out or Path("out/tokens") / f"{token.key.id}-refined-seed{seed}.safetensors"
-    path = token.save(out) if out is not None else token_store().path(token.key.id)
+    path = token.save(out) if out is not None else token_store().files.location(token.key.id)
     console.print(f"token {token.key.id} saved to {path}")
     console.print(summary)
     write_json({"key": token.key.id, "path": str(path), **summary}, json_path)
