@@ -25,6 +25,7 @@ import sys
 from dataclasses import dataclass
 
 from tally.launcher import Launcher
+from workers.recovery import _pid_alive  # the liveness check workers use
 
 NAME = re.compile(r"^tally-(\d+)-[a-z0-9]+$")
 ROUTE_TYPES = {"unicast", "local", "broadcast", "multicast", "throw", "unreachable", "prohibit", "blackhole", "nat"}
@@ -52,16 +53,6 @@ def ip(*args: str, namespace: str | None = None) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_leftovers() -> list[str]:
