@@ -55,43 +55,35 @@ ensure_redis() {
   return 1
 }
 
+# A Debian package for the tests, installed with apt when run as root; otherwise a warning naming what fails.
+apt_install() {  # package, why it is needed, what fails without it
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "==> installing $1 with apt ($2)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null \
+      || echo "warning: apt could not install $1; $3 will fail." >&2
+  else
+    echo "warning: no $1; $3 will fail (install it: 'sudo apt-get install $1')." >&2
+  fi
+}
+
 ensure_chromium() {
   local chromium="${TALLY_CHROMIUM:-/usr/bin/chromium}"
   if [ -x "$chromium" ]; then
     return 0
   fi
-  if [ -z "${TALLY_CHROMIUM:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "==> installing chromium with apt (the browser tests drive it headless)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
-      || echo "warning: apt could not install chromium; tests/test_browser.py will fail." >&2
-  else
+  if [ -n "${TALLY_CHROMIUM:-}" ]; then  # a binary the user chose: not ours to replace
     echo "warning: no Chromium at $chromium; tests/test_browser.py will fail." >&2
-    echo "         install it (e.g. 'sudo apt-get install chromium') or set TALLY_CHROMIUM to a Chromium binary." >&2
+    return 0
   fi
+  apt_install chromium "the browser tests drive it headless" tests/test_browser.py
 }
 
 ensure_iproute2() {
-  if command -v ip >/dev/null; then
-    return 0
-  fi
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "==> installing iproute2 with apt (the multi-host test makes its hosts with ip netns)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null \
-      || echo "warning: apt could not install iproute2; tests/test_multihost.py will fail." >&2
-  else
-    echo "warning: no ip binary; tests/test_multihost.py will fail (it needs root and iproute2)." >&2
-  fi
+  command -v ip >/dev/null || apt_install iproute2 "the multi-host test makes its hosts with ip netns" \
+    tests/test_multihost.py
 }
 
 ensure_wrk() {
-  if command -v wrk >/dev/null; then
-    return 0
-  fi
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "==> installing wrk with apt (the service benchmark's load generator)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null \
-      || echo "warning: apt could not install wrk; tally bench service and tests/test_wrk.py will fail." >&2
-  else
-    echo "warning: no wrk; tally bench service and tests/test_wrk.py will fail (install it: 'sudo apt-get install wrk')." >&2
-  fi
+  command -v wrk >/dev/null || apt_install wrk "the service benchmark's load generator" \
+    "tally bench service and tests/test_wrk.py"
 }
