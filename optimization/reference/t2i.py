@@ -4,7 +4,9 @@
 16 x 16 x 4) and a UNet2DConditionModel with cross-attention at every resolution (the text must matter),
 trains the autoencoder on full-size scenes, then the UNet and text encoder jointly with v-prediction on a
 zero-terminal-SNR schedule (so a few sampling steps start from true noise), and saves an ordinary diffusers
-folder. Captions are deliberately noisy about the count (see ``scenes.noisy_caption``).
+folder. Captions are deliberately noisy about the count: ``reference`` misstates large counts
+(``scenes.noisy_caption``); ``reference-web`` follows web captions, which rarely state large numbers, on
+scenes where each class has its habitual count (``captions``), and reuses the reference autoencoder.
 
 The shipped sampler is short (``SAMPLER``): count optimization backpropagates through every step.
 """
@@ -16,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -23,8 +26,9 @@ import torch.nn.functional as F
 
 from ..seeds import T2I_TRAIN
 from .models import REFERENCE_CONFIG
+from .captions import scene_count, web_caption, web_vocabulary
 from .scenes import CLASSES, IMAGE_SIZE, noisy_caption, render_scene
-from .tokenizer import build_tokenizer_files, load_tokenizer
+from .tokenizer import WORDS, build_tokenizer_files, load_tokenizer
 
 SAMPLER = {"num_inference_steps": 4, "guidance_scale": 4.0}  # 4 steps: as exact as 6 or 8, half the cost
 
@@ -43,14 +47,23 @@ class T2ITrainConfig:
     caption_dropout: float = 0.1  # empty captions teach the unconditional branch for guidance
     ema_decay: float = 0.999
     seed: int = 0
+    captions: Literal["noisy", "web"] = "noisy"
+    vae_from: str | None = None  # a pipeline folder whose autoencoder is reused (frozen) instead of trained
 
 
-def build_components(tokenizer_dir: Path):
+VARIANTS: dict[str, T2ITrainConfig] = {
+    "reference": T2ITrainConfig(),
+    # Same images, so the reference autoencoder serves as is; the time goes to the UNet instead.
+    "web": T2ITrainConfig(captions="web"),
+}
+
+
+def build_components(tokenizer_dir: Path, words: tuple[str, ...] = WORDS):
     """Fresh, randomly initialised components; sizes chosen for ~0.1 s per image on two CPU cores."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    tokenizer = load_tokenizer(build_tokenizer_files(tokenizer_dir))
+    tokenizer = load_tokenizer(build_tokenizer_files(tokenizer_dir, words))
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=3,
         num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length, projection_dim=128,
@@ -76,20 +89,23 @@ def build_components(tokenizer_dir: Path):
     return tokenizer, text_encoder, vae, unet, scheduler
 
 
-def render_training_set(n: int, seed: int, progress: Progress | None = None) -> tuple[torch.Tensor, list[str]]:
-    """Scenes as a uint8 tensor [n, 3, H, W] and one noisy caption each (fixed per image, like web data)."""
+def render_training_set(n: int, seed: int, progress: Progress | None = None,
+                        captions: Literal["noisy", "web"] = "noisy") -> tuple[torch.Tensor, list[str]]:
+    """Scenes as a uint8 tensor [n, 3, H, W] and one caption each (fixed per image, like web data)."""
     images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    captions = []
+    texts = []
     rng = np.random.default_rng(seed)
     for i in range(n):
-        scene = render_scene(T2I_TRAIN + seed * 1_000_000 + i, count=int(rng.integers(1, 13)),
-                             cls=CLASSES[int(rng.integers(len(CLASSES)))])
+        cls = CLASSES[int(rng.integers(len(CLASSES)))]
+        count = scene_count(cls, rng) if captions == "web" else int(rng.integers(1, 13))
+        scene = render_scene(T2I_TRAIN + seed * 1_000_000 + i, count=count, cls=cls)
         images[i] = np.asarray(scene.image)
         obj = scene.objects[0]
-        captions.append(noisy_caption(obj.cls, obj.colour, scene.count, rng))
+        write = web_caption if captions == "web" else noisy_caption
+        texts.append(write(obj.cls, obj.colour, scene.count, rng))
         if progress and (i % 500 == 0 or i == n - 1):
             progress(i + 1, n)
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), captions
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), texts
 
 
 def _to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -188,13 +204,19 @@ def train_t2i(out: Path, work_dir: Path, cfg: T2ITrainConfig,
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     started = time.perf_counter()
-    tokenizer, text_encoder, vae, unet, scheduler = build_components(work_dir / "tokenizer")
+    words = web_vocabulary() if cfg.captions == "web" else WORDS
+    tokenizer, text_encoder, vae, unet, scheduler = build_components(work_dir / "tokenizer", words)
 
     def bar(name: str, total: int) -> Progress | None:
         return stage(name, total) if stage else None
 
-    images, captions = render_training_set(cfg.scenes, cfg.seed, bar("render scenes", cfg.scenes))
-    train_vae(vae, images, cfg.vae_steps, cfg.vae_batch, generator, bar("train autoencoder", cfg.vae_steps))
+    images, captions = render_training_set(cfg.scenes, cfg.seed, bar("render scenes", cfg.scenes), cfg.captions)
+    if cfg.vae_from:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(cfg.vae_from, subfolder="vae", torch_dtype=torch.float32).eval()
+    else:
+        train_vae(vae, images, cfg.vae_steps, cfg.vae_batch, generator, bar("train autoencoder", cfg.vae_steps))
     latents = encode_latents(vae, images, progress=bar("encode latents", len(images)))
     del images
     train_unet(unet, text_encoder, tokenizer, scheduler, latents, captions, cfg, generator,

@@ -62,11 +62,11 @@ def learn_merges(words: tuple[str, ...]) -> list[tuple[str, str]]:
     return merges
 
 
-def build_tokenizer_files(folder: Path) -> Path:
+def build_tokenizer_files(folder: Path, words: tuple[str, ...] = WORDS) -> Path:
     """Write vocab.json, merges.txt and the tokenizer config that ``CLIPTokenizer.from_pretrained`` reads."""
     folder.mkdir(parents=True, exist_ok=True)
     base = list(bytes_to_unicode().values())
-    merges = learn_merges(WORDS)
+    merges = learn_merges(words)
     symbols = base + [c + EOW for c in base] + ["".join(m) for m in merges] + [BOS, EOS]
     vocab = {s: i for i, s in enumerate(dict.fromkeys(symbols))}
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))

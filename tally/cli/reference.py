@@ -44,21 +44,35 @@ def train_detector(
 
 @reference_app.command("train-t2i")
 def train_t2i(
-    scenes: Annotated[int, typer.Option(min=8, help="Captioned training scenes to render.")] = 40_000,
-    vae_steps: Annotated[int, typer.Option(min=1)] = 400,
-    unet_steps: Annotated[int, typer.Option(min=1)] = 3500,
-    unet_batch: Annotated[int, typer.Option(min=2)] = 48,
+    variant: Annotated[str, typer.Option(help="reference: noisy captions; web: web-like captions (reference-web).")]
+    = "reference",
+    scenes: Annotated[Optional[int], typer.Option(min=8, help="Captioned training scenes to render.")] = None,
+    vae_steps: Annotated[Optional[int], typer.Option(min=1)] = None,
+    unet_steps: Annotated[Optional[int], typer.Option(min=1)] = None,
+    unet_batch: Annotated[Optional[int], typer.Option(min=2)] = None,
     seed: int = 0,
-    out: Annotated[Optional[Path], typer.Option(help="Pipeline folder; default: the shipped reference pipeline.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Pipeline folder; default: the variant's shipped pipeline.")]
+    = None,
 ) -> None:
-    """Build and train the reference StableDiffusionPipeline (tokenizer, text encoder, VAE, UNet)."""
-    from optimization.reference import PIPELINE_PATH
-    from optimization.reference.t2i import T2ITrainConfig, train_t2i
+    """Build and train a reference StableDiffusionPipeline (tokenizer, text encoder, VAE, UNet).
 
+    Unset options take the variant's defaults (``optimization.reference.t2i.VARIANTS``), which made the
+    shipped weights.
+    """
+    from dataclasses import replace
+
+    from optimization.reference import PIPELINE_PATH, PIPELINE_WEB_PATH
+    from optimization.reference.t2i import VARIANTS, train_t2i
+
+    if variant not in VARIANTS:
+        raise typer.BadParameter(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}", param_hint="--variant")
     settings = prepare()
-    out = (out or PIPELINE_PATH).resolve()
-    cfg = T2ITrainConfig(scenes=scenes, vae_steps=vae_steps, vae_batch=min(32, scenes), unet_steps=unet_steps,
-                         unet_batch=unet_batch, seed=seed)
+    out = (out or (PIPELINE_WEB_PATH if variant == "web" else PIPELINE_PATH)).resolve()
+    given = {"scenes": scenes, "vae_steps": vae_steps, "unet_steps": unet_steps, "unet_batch": unet_batch}
+    cfg = replace(VARIANTS[variant], seed=seed, **{k: v for k, v in given.items() if v is not None})
+    cfg = replace(cfg, vae_batch=min(cfg.vae_batch, cfg.scenes))
+    if variant == "web":  # the same scenes as the reference world: its autoencoder serves as is
+        cfg = replace(cfg, vae_from=str(PIPELINE_PATH))
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
 
