@@ -58,10 +58,16 @@ class RefineConfig(OptimizeConfig):
 
 
 class LibraryConfig(OptimizeConfig):
-    """Background learning of a reusable token: fresh seeds every iteration, validated on disjoint seeds."""
+    """Background learning of a reusable token for one key: (a) stated-number calibration, then (b) the
+    gradient token on fresh seeds every iteration from the calibrated prompt; (c) whichever validates best on
+    disjoint seeds is kept."""
 
     lr: float = Field(5e-3, gt=0)
     max_iterations: int = Field(30, ge=1)
+    max_seconds: float | None = Field(600.0, gt=0, description="Budget per key, calibration included, over all slices.")
+    calibration_below: int = Field(2, ge=0, description="Stated numbers tried below the count ...")
+    calibration_above: int = Field(4, ge=0, description="... and above it (models tend to draw fewer than asked).")
+    calibration_seeds: int = Field(24, ge=1, description="Seeds per stated number (from the training range).")
     seeds_per_iteration: int = Field(16, ge=1)
     validation_seeds: int = Field(64, ge=1)
     validate_every: int = Field(5, ge=1)
@@ -78,12 +84,22 @@ class VerifyConfig(_Frozen):
     ambiguous_floor: float = Field(0.15, gt=0, lt=1,
                                    description="Detections of the class in [floor, verify) make an image doubtful.")
     nms_iou: float = Field(0.5, gt=0, lt=1)
+    doubt_classes: list[str] = Field([], description=(
+        "Detector classes that mark a shape as no clean object (a merged blob, a fragment, a smear): one "
+        "such detection from ambiguous_floor on makes an image doubtful. Never requestable objects."))
 
     @model_validator(mode="after")
     def _ordered(self) -> "VerifyConfig":
         if not self.ambiguous_floor <= self.count_confidence <= self.verify_confidence:
             raise ValueError("need ambiguous_floor <= count_confidence <= verify_confidence")
         return self
+
+
+class SemanticGuard(_Frozen):
+    """The paper's CLIP similarity penalty during token optimization (``optimization.semantic``)."""
+
+    clip: str = Field(description="transformers CLIPModel: hub id (e.g. openai/clip-vit-base-patch32) or folder.")
+    weight: float = Field(1.0, gt=0, description="Penalty weight, in object units of the counting loss.")
 
 
 class ModelSpec(_Frozen):
@@ -112,6 +128,9 @@ class ModelSpec(_Frozen):
                     "attribute_words is set: one prompt per word).")
     attribute_words: list[str] = []
     default_policy: Policy | None = Field(None, description="None: the deployment's default policy.")
+    semantic_guard: SemanticGuard | None = Field(
+        None, description="CLIP image-text penalty beside the detector guard, so the count cannot be won with "
+                          "degenerate images (real models); None: off.")
 
     def library_texts(self, objects: str, count: int) -> list[str]:
         """The library prompts of one key, every attribute word substituted."""

@@ -113,10 +113,11 @@ class Verification:
     ambiguous: int  # in [ambiguous_floor, verify_confidence)
     crosscheck: int | None  # the independent counter's count, where there is one
     detections: Detections  # of the class, at count_confidence
+    doubtful: int = 0  # detections of a doubt class (merged blob, fragment, smear) from ambiguous_floor
 
     @property
     def verified(self) -> bool:
-        return (self.confident == self.target and self.ambiguous == 0
+        return (self.confident == self.target and self.ambiguous == 0 and self.doubtful == 0
                 and (self.crosscheck is None or self.crosscheck == self.target))
 
     @property
@@ -128,17 +129,20 @@ class Verification:
             return "count_mismatch"
         if self.ambiguous:
             return "ambiguous_detections"
+        if self.doubtful:
+            return "unclear_shapes"
         return "crosscheck_disagrees"
 
     @property
     def miss(self) -> float:
         """How far from verified: count error first, then doubt (ambiguous detections, cross-check error)."""
-        doubt = self.ambiguous + (abs(self.crosscheck - self.target) if self.crosscheck is not None else 0)
+        doubt = self.ambiguous + self.doubtful + (abs(self.crosscheck - self.target) if self.crosscheck is not None else 0)
         return abs(self.detected_count - self.target) + 0.1 * doubt
 
     def to_dict(self) -> dict:
         return {**self.detections.report(), "verified": self.verified, "reason": self.reason,
-                "confident": self.confident, "ambiguous": self.ambiguous, "crosscheck_count": self.crosscheck}
+                "confident": self.confident, "ambiguous": self.ambiguous, "unclear": self.doubtful,
+                "crosscheck_count": self.crosscheck}
 
 
 def verify(det: Detections, cls: str, target: int, config: VerifyConfig, crosscheck: int | None = None) -> Verification:
@@ -146,4 +150,5 @@ def verify(det: Detections, cls: str, target: int, config: VerifyConfig, crossch
     confident = sum(c >= config.verify_confidence for c in mine.confidences)
     return Verification(target=target, detected_count=det.count(cls, config.count_confidence), confident=confident,
                         ambiguous=len(mine.confidences) - confident, crosscheck=crosscheck,
-                        detections=det.of(cls, config.count_confidence))
+                        detections=det.of(cls, config.count_confidence),
+                        doubtful=sum(det.count(d, config.ambiguous_floor) for d in config.doubt_classes))

@@ -31,7 +31,12 @@ class YoloCounter:
         self.net = yolo.model.float().eval().to(self.device)
         for p in self.net.parameters():
             p.requires_grad_(False)
-        self.classes: list[str] = [yolo.names[i] for i in sorted(yolo.names)]
+        self.names: list[str] = [yolo.names[i] for i in sorted(yolo.names)]  # every class, doubt classes too
+        # Requestable objects: the doubt classes (config.doubt_classes) come last, so indices stay aligned.
+        self.classes: list[str] = [n for n in self.names if n not in config.doubt_classes]
+        if self.names[:len(self.classes)] != self.classes:
+            raise InvalidRequest(f"doubt classes {config.doubt_classes} must come after the object classes "
+                                 f"in the detector's names {self.names}")
         self.imgsz = int(yolo.model.args.get("imgsz", 640)) if isinstance(yolo.model.args, dict) else 640
         # NMS keeps everything down to the ambiguous band, so verification sees the doubtful detections too.
         self.nms_floor = min(0.1, config.ambiguous_floor)
@@ -49,7 +54,7 @@ class YoloCounter:
     def class_scores(self, raw: torch.Tensor) -> torch.Tensor:
         # YOLO's raw class scores are already after the sigmoid. Their plain sum over-counts (several
         # predictions fire per object), hence the loss divides the potential by a scale from the NMS count.
-        return raw[:, 4:4 + len(self.classes)]
+        return raw[:, 4:4 + len(self.names)]
 
     @torch.no_grad()
     def detections_from_raw(self, raw: torch.Tensor, image_size: tuple[int, int]) -> list[Detections]:
@@ -57,7 +62,7 @@ class YoloCounter:
 
         height, width = image_size
         preds = non_max_suppression(raw.detach(), conf_thres=self.nms_floor, iou_thres=self.config.nms_iou,
-                                    nc=len(self.classes), max_det=300)
+                                    nc=len(self.names), max_det=300)
         sx, sy = width / self.imgsz, height / self.imgsz
         out = []
         for det in preds:
@@ -65,6 +70,6 @@ class YoloCounter:
             out.append(Detections(
                 boxes=[(float(b[0]) * sx, float(b[1]) * sy, float(b[2]) * sx, float(b[3]) * sy) for b in det[:, :4]],
                 confidences=[float(c) for c in det[:, 4]],
-                classes=[self.classes[int(k)] for k in det[:, 5]],
+                classes=[self.names[int(k)] for k in det[:, 5]],
             ))
         return out

@@ -101,10 +101,12 @@ class ImageOut(BaseModel):
     verified: bool
     boxes: list[list[float]]
     confidences: list[float]
-    reason: Literal["count_mismatch", "ambiguous_detections", "crosscheck_disagrees"] | None = Field(
+    reason: Literal["count_mismatch", "ambiguous_detections", "unclear_shapes", "crosscheck_disagrees"] | None = Field(
         None, description="Why the image is not verified (the first check that failed); null when verified.")
     confident: int | None = Field(None, description="Detections of the object at the verification confidence.")
     ambiguous: int | None = Field(None, description="Detections of the object in the ambiguous confidence band.")
+    unclear: int | None = Field(None, description="Shapes the detector calls no clean object (merged, fragment, "
+                                                  "smear), where the model's detector knows them.")
     crosscheck_count: int | None = None
     policy: Policy
     token: str | None = None

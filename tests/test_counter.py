@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from optimization.counter import count
+from optimization.counter import count, verify
 from optimization.prompts import resolve_class
 from optimization.reference.crosscheck import crosscheck_count
-from optimization.reference.scenes import CLASSES, render_scene
+from optimization.reference.scenes import CLASSES, NEGATIVE_KINDS, UNCLEAR, render_scene
 from optimization.seeds import TEST_FRESH as FRESH
 
 
@@ -29,7 +29,25 @@ def test_detector_boxes_are_in_image_pixels(counter):
 
 
 def test_counter_knows_the_reference_classes(counter):
-    assert counter.classes == list(CLASSES)
+    assert counter.classes == list(CLASSES)  # requestable objects: the doubt class is not one
+    assert counter.names == [*CLASSES, UNCLEAR] and counter.config.doubt_classes == [UNCLEAR]
+
+
+def test_hard_negatives_are_not_counted_and_make_an_image_doubtful(counter):
+    """Merged blobs, fragments, smears and stripes beside clean objects: the objects are counted, the negatives
+    are not, and the image is not verified (a wrong "verified" is worse than an honest "not verified")."""
+    scenes = [render_scene(FRESH + 3000 + i, count=1 + i % 8, negatives=1 + i % 2) for i in range(120)]
+    assert {n.kind for s in scenes for n in s.negatives} == set(NEGATIVE_KINDS)
+    dets = counter.detect(_tensor([s.image for s in scenes]))
+    counted = [count(counter, d, s.objects[0].cls) == s.count for s, d in zip(scenes, dets)]
+    verdicts = [verify(d, s.objects[0].cls, s.count, counter.config) for s, d in zip(scenes, dets)]
+    assert np.mean(counted) >= 0.9
+    assert np.mean([not v.verified for v in verdicts]) >= 0.9
+    assert sum(v.reason == "unclear_shapes" for v in verdicts) >= 0.8 * len(verdicts)
+    clean = [render_scene(FRESH + 3000 + i, count=1 + i % 8) for i in range(120)]  # same seeds, no negatives
+    clean_verdicts = [verify(d, s.objects[0].cls, s.count, counter.config)
+                      for s, d in zip(clean, counter.detect(_tensor([s.image for s in clean])))]
+    assert np.mean([v.verified for v in clean_verdicts]) >= 0.9
 
 
 @pytest.mark.parametrize("name, cls", [("triangles", "triangle"), ("Crosses", "cross"), ("circle", "circle")])

@@ -2,7 +2,10 @@
 
 The detector is built from ultralytics' ``yolov8n.yaml`` (no pretrained download) and trained on
 rendered scenes, a share of them degraded (blur, noise, contrast loss) the way generated images are,
-so that it counts the reference generator's images as well as clean renders.
+so that it counts the reference generator's images as well as clean renders. A share of the scenes also
+holds hard negatives (merged blobs, fragments, smears, stripes; ``scenes.NEGATIVE_KINDS``) labelled as the
+``unclear`` class, which verification treats as doubt (``VerifyConfig.doubt_classes``): the detector can
+then verify alone, as production detectors must.
 Notes from the field: a short run from scratch learns nothing with ultralytics' defaults; a small batch,
 AdamW and a short warmup are what make it learn in minutes.
 """
@@ -16,9 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from ..seeds import DETECTOR_TRAIN, DETECTOR_VAL
-from .scenes import CLASSES, IMAGE_SIZE, degrade, render_scene
+from .scenes import CLASSES, IMAGE_SIZE, MAX_COUNT, UNCLEAR, degrade, render_scene
 
 DETECTOR_IMGSZ = 128  # 64 px scenes are upsampled 2x: small objects then span several stride-8 cells
+DETECTOR_CLASSES = (*CLASSES, UNCLEAR)  # the doubt class last, so object class indices match ``CLASSES``
+NEGATIVE_SHARE = 0.35  # scenes holding 1..3 hard negatives
 
 Progress = Callable[[int, int], None]
 
@@ -37,20 +42,24 @@ def write_detector_dataset(
         for i in range(n):
             scene_seed = base + seed * 100_000 + i
             rng = np.random.default_rng(scene_seed + 7)
-            scene = render_scene(scene_seed, mixed=rng.random() < 0.25)
+            mixed = rng.random() < 0.25
+            negatives = int(rng.integers(1, 4)) if rng.random() < NEGATIVE_SHARE else 0
+            count = int(rng.integers(1, MAX_COUNT - negatives + 1))
+            scene = render_scene(scene_seed, count=count, mixed=mixed, negatives=negatives)
             image = degrade(scene.image, rng) if rng.random() < 0.5 else scene.image
             image.save(root / "images" / split / f"{i:06d}.png")
+            labelled = [(o.class_id, o.box) for o in scene.objects]
+            labelled += [(DETECTOR_CLASSES.index(UNCLEAR), n.box) for n in scene.negatives]
             lines = []
-            for obj in scene.objects:
-                x0, y0, x1, y1 = obj.box
+            for class_id, (x0, y0, x1, y1) in labelled:
                 cx, cy = (x0 + x1) / 2 / IMAGE_SIZE, (y0 + y1) / 2 / IMAGE_SIZE
                 w, h = (x1 - x0) / IMAGE_SIZE, (y1 - y0) / IMAGE_SIZE
-                lines.append(f"{obj.class_id} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
+                lines.append(f"{class_id} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
             (root / "labels" / split / f"{i:06d}.txt").write_text("\n".join(lines) + "\n")
             done += 1
             if progress:
                 progress(done, total)
-    names = "\n".join(f"  {i}: {name}" for i, name in enumerate(CLASSES))
+    names = "\n".join(f"  {i}: {name}" for i, name in enumerate(DETECTOR_CLASSES))
     data_yaml = root / "data.yaml"
     data_yaml.write_text(f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
     return data_yaml

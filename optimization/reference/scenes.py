@@ -3,6 +3,11 @@
 A scene holds 1..12 non-overlapping shapes of one class and colour (or, for detector training, a mix),
 drawn 4x supersampled and reduced so edges are anti-aliased like photographs, and each object's exact
 box in pixels. The box is rounded outward, so every anti-aliased edge pixel lies inside its box.
+
+For the detector, a scene may also hold **hard negatives** (``NEGATIVE_KINDS``): the failures small
+generators produce — two shapes merged into one blob, a fragment of a shape, a smear, a stripe. They
+are not objects; the detector learns them as the ``unclear`` class, so verification can refuse an image
+that holds one instead of counting it as a clean object or silently missing it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "blue": (40, 75, 215),
     "black": (30, 30, 30),
 }
+UNCLEAR = "unclear"  # the detector's class for hard negatives (never a requestable object)
+NEGATIVE_KINDS = ("merged", "fragment", "smear", "stripe")
 IMAGE_SIZE = 64
 MIN_COUNT, MAX_COUNT = 1, 12
 _SUPERSAMPLE = 4
@@ -38,11 +45,18 @@ class SceneObject:
         return CLASSES.index(self.cls)
 
 
+@dataclass(frozen=True)
+class Negative:
+    kind: str  # one of NEGATIVE_KINDS
+    box: tuple[int, int, int, int]
+
+
 @dataclass
 class Scene:
     seed: int
     image: Image.Image
     objects: list[SceneObject] = field(default_factory=list)
+    negatives: list[Negative] = field(default_factory=list)
 
     @property
     def count(self) -> int:
@@ -120,6 +134,53 @@ def _draw(draw: ImageDraw.ImageDraw, cls: str, box: tuple[int, int, int, int], f
         raise ValueError(f"unknown class {cls!r}; known: {', '.join(CLASSES)}")
 
 
+def _draw_negative(canvas: Image.Image, kind: str, cls: str, box: tuple[int, int, int, int],
+                   fill: tuple[int, int, int], rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """Draw one hard negative inside ``box`` (supersampled through a mask); returns its tight box in pixels."""
+    k = _SUPERSAMPLE
+    mask = Image.new("L", canvas.size, 0)
+    draw = ImageDraw.Draw(mask)
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    if kind == "merged":  # two shapes overlapping or touching: one blob, not two clean objects
+        s = max(5, int(round(min(w, h) * rng.uniform(0.55, 0.7))))
+        second = (x1 - s, y1 - s, x1, y1) if rng.random() < 0.5 else (x1 - s, y0, x1, y0 + s)
+        _draw(draw, cls, (x0, y0, x0 + s, y0 + s), 255)
+        _draw(draw, cls if rng.random() < 0.7 else CLASSES[int(rng.integers(len(CLASSES)))], second, 255)
+    elif kind == "fragment":  # a piece of a shape: small, or cut by a straight edge
+        if rng.random() < 0.5:
+            s = int(rng.integers(3, 6))
+            cx, cy = int(rng.integers(x0, max(x0 + 1, x1 - s))), int(rng.integers(y0, max(y0 + 1, y1 - s)))
+            _draw(draw, cls, (cx, cy, cx + s, cy + s), 255)
+        else:
+            _draw(draw, cls, box, 255)
+            cut = [(x0 * k, y0 * k), (x1 * k, y0 * k), (x1 * k, y1 * k)] if rng.random() < 0.5 else \
+                [(x0 * k, y0 * k), ((x0 + x1) / 2 * k, y0 * k), ((x0 + x1) / 2 * k, y1 * k), (x0 * k, y1 * k)]
+            draw.polygon(cut, fill=0)
+    elif kind == "smear":  # a shape dragged along a direction and blurred into a streak
+        s = max(4, min(w, h) // 2)
+        dx, dy = (int(v) for v in rng.integers(-1, 2, size=2))
+        for step in range(3):
+            ox, oy = x0 + (w - s) // 2 + dx * step * 2, y0 + (h - s) // 2 + dy * step * 2
+            _draw(draw, cls, (ox, oy, ox + s, oy + s), 255)
+        mask = mask.filter(ImageFilter.GaussianBlur(rng.uniform(1.0, 2.0) * k))
+        gain = rng.uniform(1.0, 1.6)
+        mask = mask.point(lambda v: min(255, int(v * gain)))
+    elif kind == "stripe":  # a thin bar across the box
+        t = max(1, int(round(rng.uniform(1.0, 2.5) * k)))
+        if rng.random() < 0.5:
+            cy = int(rng.integers(y0, y1)) * k
+            draw.rectangle((x0 * k, cy, x1 * k, cy + t), fill=255)
+        else:
+            cx = int(rng.integers(x0, x1)) * k
+            draw.rectangle((cx, y0 * k, cx + t, y1 * k), fill=255)
+    else:
+        raise ValueError(f"unknown negative {kind!r}; known: {', '.join(NEGATIVE_KINDS)}")
+    canvas.paste(Image.new("RGB", canvas.size, fill), (0, 0), mask)
+    bbox = mask.point(lambda v: 255 if v > 64 else 0).getbbox() or (x0 * k, y0 * k, x1 * k, y1 * k)
+    return bbox[0] // k, bbox[1] // k, -(-bbox[2] // k), -(-bbox[3] // k)
+
+
 def render_scene(
     seed: int,
     count: int | None = None,
@@ -127,12 +188,16 @@ def render_scene(
     colour: str | None = None,
     mixed: bool = False,
     size: int = IMAGE_SIZE,
+    negatives: int = 0,
 ) -> Scene:
-    """Render one scene. Unset fields are drawn from the seed; ``mixed`` gives each object its own class and colour."""
+    """Render one scene. Unset fields are drawn from the seed; ``mixed`` gives each object its own class and colour;
+    ``negatives`` adds that many hard negatives (``NEGATIVE_KINDS``) apart from the objects."""
     rng = np.random.default_rng(seed)
     count = int(rng.integers(MIN_COUNT, MAX_COUNT + 1)) if count is None else count
     if not MIN_COUNT <= count <= MAX_COUNT:
         raise ValueError(f"count must be in {MIN_COUNT}..{MAX_COUNT}, got {count}")
+    if count + negatives > MAX_COUNT:
+        raise ValueError(f"count + negatives must be at most {MAX_COUNT}, got {count} + {negatives}")
     cls = CLASSES[int(rng.integers(len(CLASSES)))] if cls is None else cls
     colour = list(COLOURS)[int(rng.integers(len(COLOURS)))] if colour is None else colour
     if cls not in CLASSES:
@@ -141,21 +206,30 @@ def render_scene(
         raise ValueError(f"unknown colour {colour!r}; known: {', '.join(COLOURS)}")
 
     background = _background(rng, size)
-    boxes = _place_boxes(rng, count, size)
+    boxes = _place_boxes(rng, count + negatives, size)
     k = _SUPERSAMPLE
     canvas = Image.fromarray(background.astype(np.uint8)).resize((size * k, size * k), Image.NEAREST)
     draw = ImageDraw.Draw(canvas)
-    objects = []
-    for box in boxes:
+    objects, hard = [], []
+
+    def pick_fill() -> tuple[str, str, tuple[int, int, int]]:
         c = CLASSES[int(rng.integers(len(CLASSES)))] if mixed else cls
         col = list(COLOURS)[int(rng.integers(len(COLOURS)))] if mixed else colour
         jitter = rng.integers(-12, 13, size=3)
-        fill = tuple(int(np.clip(v + j, 0, 255)) for v, j in zip(COLOURS[col], jitter))
+        return c, col, tuple(int(np.clip(v + j, 0, 255)) for v, j in zip(COLOURS[col], jitter))
+
+    for box in boxes[:count]:
+        c, col, fill = pick_fill()
         _draw(draw, c, box, fill)
         objects.append(SceneObject(c, col, box))
+    for box in boxes[count:]:
+        c, _, fill = pick_fill()
+        kind = NEGATIVE_KINDS[int(rng.integers(len(NEGATIVE_KINDS)))]
+        hard.append(Negative(kind, _draw_negative(canvas, kind, c, box, fill, rng)))
     # Supersampled objects are reduced with a box filter; the background keeps its own smooth texture.
     small = np.asarray(canvas.resize((size, size), Image.BOX), dtype=np.float32)
-    return Scene(seed=seed, image=Image.fromarray(np.clip(small, 0, 255).astype(np.uint8)), objects=objects)
+    return Scene(seed=seed, image=Image.fromarray(np.clip(small, 0, 255).astype(np.uint8)), objects=objects,
+                 negatives=hard)
 
 
 def degrade(image: Image.Image, rng: np.random.Generator) -> Image.Image:
