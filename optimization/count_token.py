@@ -11,6 +11,10 @@ Placement: the token takes the place of the word right before the count ("a phot
 -> "a photo <tally-count> 7 blue triangles") and starts as that word's embedding, so an untrained token
 renders exactly the base prompt and before/after comparisons are clean. If the count opens the prompt,
 the token is inserted before it, starting from the embedding of "a".
+
+Stated-number calibration: a token may carry ``stated`` (header ``stated_count``), the number its prompts
+write in place of the count because this model draws the count most often when told that number; the
+engine then writes it, and still verifies against the count.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from safetensors.torch import load, save
 
 from .errors import InvalidRequest
 from .pipelines import PLACEHOLDER
-from .token_file import FORMAT_VERSION, TokenKey, header_key, metadata, read_header, write_atomic
+from .token_file import FORMAT_VERSION, TokenKey, header_key, header_stated, metadata, read_header, write_atomic
 
 __all__ = ["CountToken", "TokenKey", "place_token"]
 
@@ -36,6 +40,11 @@ class CountToken:
     vectors: dict[str, torch.Tensor]  # encoder name ("clip_l", "clip_g") -> [dim]
     init_word: str = "of"
     metadata: dict = field(default_factory=dict)  # iterations, validation, config ...
+    stated: int | None = None  # the number its prompts state, when calibration chose another than the count
+
+    @property
+    def stated_count(self) -> int:
+        return self.stated or self.key.count
 
     def to_bytes(self) -> bytes:
         if set(self.vectors) == {"clip_l"}:
@@ -44,6 +53,8 @@ class CountToken:
             tensors = {k: v.reshape(1, -1).float().contiguous() for k, v in self.vectors.items()}
         header = {"tally_format": FORMAT_VERSION, "model_fingerprint": self.key.model, "object": self.key.object,
                   "count": str(self.key.count), "init_word": self.init_word, "metadata": json.dumps(self.metadata)}
+        if self.stated is not None:
+            header["stated_count"] = str(self.stated)
         return save(tensors, metadata=header)
 
     def save(self, path: Path) -> Path:
@@ -72,7 +83,7 @@ class CountToken:
             vectors = {k: tensors[k].reshape(-1) for k in ("clip_l", "clip_g")}
         else:
             raise InvalidRequest(f"{name} holds {sorted(tensors)}, expected {PLACEHOLDER!r} or clip_l + clip_g")
-        return cls(key, vectors, header.get("init_word", "of"), metadata(header))
+        return cls(key, vectors, header.get("init_word", "of"), metadata(header), header_stated(header))
 
 
 def place_token(prompt: str, count: int) -> tuple[str, str]:

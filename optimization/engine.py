@@ -29,9 +29,11 @@ from .config import Budget, LibraryConfig, ModelSpec, Policy, RefineConfig, Stag
 from .count_token import CountToken, TokenKey, place_token
 from .counter import Counter, Detections, Verification, load_counter, load_crosscheck, resolve, verify
 from .errors import InvalidRequest
-from .optimizer import Canceled, IterationReport, OptimizeResult, gain, library_seeds, optimize
+from .optimizer import (Canceled, IterationReport, OptimizeResult, calibration_seeds, evaluate_token, gain,
+                        library_seeds, optimize)
 from .pipelines import TextToImage
 from .policy import DEFAULT_POLICY
+from .semantic import ClipGuard
 from .prompts import object_in_prompt, plural, with_count
 from .visualize import to_uint8
 
@@ -134,8 +136,12 @@ class _Job:
         self.events = request.progress or (lambda event: None)
         # 2. prompts: the count by the documented rule, then the placeholder for token policies
         self.text = with_count(request.prompt, self.cls, request.count)
-        self.token_text, self.init_word = place_token(self.text, request.count)
         self.use_token = self.policy in (Policy.library, Policy.refine) and request.token is not None
+        # A calibrated library token states its own number (verification still checks the count).
+        stated = request.token.stated_count if self.use_token else request.count
+        engine.check_count(stated)
+        token_source = self.text if stated == request.count else with_count(request.prompt, self.cls, stated)
+        self.token_text, self.init_word = place_token(token_source, stated)
         self.sample_text = self.token_text if self.use_token else self.text
         self.token_id = request.token.key.id if self.use_token else None
         self.verified: list[_Candidate] = []
@@ -176,18 +182,26 @@ class CountEngine:
     """Resident pipeline + counter (+ an independent cross-check, where configured) answering count requests."""
 
     def __init__(self, t2i: TextToImage, counter: Counter, spec: ModelSpec,
-                 crosscheck: Callable[[np.ndarray], int] | None = None, refine_config: RefineConfig = RefineConfig()):
+                 crosscheck: Callable[[np.ndarray], int] | None = None, refine_config: RefineConfig = RefineConfig(),
+                 semantic: ClipGuard | None = None):
         self.t2i = t2i
         self.counter = counter
         self.spec = spec
         self.crosscheck = crosscheck
         self.refine_config = refine_config
+        self.semantic = semantic  # the CLIP guard of token optimization, where the model configures one
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, refine_config: RefineConfig = RefineConfig()) -> "CountEngine":
-        """Load the model entry's pipeline, counter and cross-check once."""
+        """Load the model entry's pipeline, counter, cross-check and semantic guard once."""
+        guard = spec.semantic_guard
+        semantic = ClipGuard(guard.clip, guard.weight, spec.device) if guard else None
         return cls(TextToImage.from_spec(spec), load_counter(spec), spec, load_crosscheck(spec.crosscheck),
-                   refine_config)
+                   refine_config, semantic)
+
+    @property
+    def _semantic_penalty(self):
+        return self.semantic.penalty if self.semantic else None
 
     @property
     def max_count(self) -> int:
@@ -365,7 +379,7 @@ class CountEngine:
         """The paper's setting: optimize the token on one seed until its image is verified."""
         return optimize(self.t2i, self.counter, token_prompt, cls, count, start, lambda _it: [seed], config,
                         verifier=lambda ims, dets: self.verify_images(ims, dets, cls, count),
-                        progress=progress, should_stop=should_stop)
+                        progress=progress, should_stop=should_stop, semantic=self._semantic_penalty)
 
     def word_vectors(self, word: str) -> dict[str, torch.Tensor]:
         try:
@@ -379,36 +393,85 @@ class CountEngine:
                 "images_verified": verified, "loss": report.loss, "detected_counts": report.detected_counts}
 
     # ------------------------------------------------------------------------------------------- library
-    def library_prompts(self, cls: str, count: int) -> list[str]:
-        """The prompts a library token for (cls, count) learns on, from the model's configuration."""
-        return self.spec.library_texts(plural(cls) if count > 1 else cls, count)
+    def library_prompts(self, cls: str, count: int, stated: int | None = None) -> list[str]:
+        """The prompts a library token for (cls, count) learns on, from the model's configuration, stating
+        ``stated`` (default: the count) as the number."""
+        return self.spec.library_texts(plural(cls) if count > 1 else cls, stated or count)
 
     def learn_library_token(self, cls: str, count: int, config: LibraryConfig = LibraryConfig(),
                             progress: Callable[[IterationReport], None] | None = None,
                             should_stop: Callable[[], bool] | None = None) -> CountToken:
-        """Learn the reusable token for (model, cls, count) on fresh seeds; keep the best on held-out seeds."""
-        return self.library_slice(cls, count, config, progress=progress, should_stop=should_stop).token
+        """Learn the reusable token for (model, cls, count): calibration, then the gradient token; the best
+        validated of the two."""
+        state = None
+        while True:
+            part = self.library_slice(cls, count, config, resume=state, progress=progress, should_stop=should_stop)
+            if part.done:
+                return part.token
+            state = part.state
+
+    def calibrate(self, cls: str, count: int, config: LibraryConfig = LibraryConfig()) -> dict:
+        """Stated-number calibration: which number written in the library prompts makes this model draw
+        ``count`` objects most often, on calibration seeds, no gradients. Ties keep the plain count."""
+        seeds, tried = calibration_seeds(config), {}
+        for stated in range(max(1, count - config.calibration_below),
+                            min(self.max_count, count + config.calibration_above) + 1):
+            prompts, init_word = self._token_prompts(cls, count, stated)
+            # the untrained token is the word it replaces: each prompt exactly as written
+            tried[stated] = evaluate_token(self.t2i, self.counter, prompts, cls, count, self.word_vectors(init_word),
+                                           seeds)
+        best = max(tried, key=lambda n: (tried[n]["exact"], -tried[n]["mae"], n == count))
+        return {"stated": best, "tried": {str(n): r for n, r in tried.items()}, "seeds": len(seeds)}
 
     def library_slice(self, cls: str, count: int, config: LibraryConfig = LibraryConfig(), resume: dict | None = None,
                       slice_seconds: float | None = None, progress: Callable[[IterationReport], None] | None = None,
                       should_stop: Callable[[], bool] | None = None) -> LibrarySlice:
-        """Library learning in bounded slices: run about ``slice_seconds`` (all of it when None), starting from
-        ``resume`` (a previous slice's ``state``); the token is the best validated one so far."""
+        """Library learning in bounded slices, starting from ``resume`` (a previous slice's ``state``):
+        (a) the first slice calibrates the stated number; (b) later ones learn the gradient token from the
+        calibrated prompt, about ``slice_seconds`` each (all of it when None); (c) the token is the best
+        validated so far, the untrained token (the calibrated prompt as written) included."""
         cls = resolve(self.counter, cls)
         self.check_count(count)
-        prompts, init_word = [], "of"
-        for p in self.library_prompts(cls, count):
-            token_prompt, init_word = place_token(p, count)
-            prompts.append(token_prompt)
+        key = self.token_key(cls, count)
+        if resume is None:  # (a)
+            started = time.perf_counter()
+            calibration = self.calibrate(cls, count, config)
+            seconds = time.perf_counter() - started
+            stated = calibration["stated"]
+            init_word = self._token_prompts(cls, count, stated)[1]
+            metadata = {"mode": "library", "iterations": 0, "seconds": round(seconds, 1), "validation": None,
+                        "gain": 0.0, "calibration": calibration}
+            return LibrarySlice(CountToken(key, self.word_vectors(init_word), init_word, metadata,
+                                           stated if stated != count else None),
+                                done=False, state={"calibration": calibration, "seconds": seconds, "optimizer": None})
+        calibration, optimizer_state = resume["calibration"], resume["optimizer"]
+        stated = calibration["stated"]
+        prompts, init_word = self._token_prompts(cls, count, stated)
         seeds_for, validation = library_seeds(config)
         result = optimize(self.t2i, self.counter, prompts, cls, count, self.word_vectors(init_word), seeds_for, config,
-                          validation_seeds=validation, progress=progress, should_stop=should_stop, resume=resume,
-                          slice_seconds=slice_seconds)
+                          validation_seeds=validation, progress=progress, should_stop=should_stop,
+                          resume=optimizer_state, slice_seconds=slice_seconds, prior_seconds=resume["seconds"],
+                          semantic=self._semantic_penalty)
+        if optimizer_state is None and result.validation is not None:
+            # (c) optimize validated the untrained token, i.e. the calibrated prompt; judge both against the plain one
+            plain = self._token_prompts(cls, count, count)[0]
+            base = (result.validation["base"] if stated == count else
+                    evaluate_token(self.t2i, self.counter, plain, cls, count, self.word_vectors(init_word), validation))
+            result.validation = {**result.validation, "calibration": result.validation["base"], "base": base}
+            result.state["validation"] = result.validation
+        kept = "token" if result.validation and result.validation["best_iteration"] else "calibration"
         metadata = {"mode": "library", "iterations": result.iterations, "seconds": round(result.seconds, 1),
-                    "validation": result.validation, "gain": gain(result.validation), "config": config.model_dump(),
-                    "prompts": prompts}
-        return LibrarySlice(CountToken(self.token_key(cls, count), result.vectors, init_word, metadata), result.done,
-                            result.state)
+                    "validation": result.validation, "gain": gain(result.validation), "kept": kept,
+                    "calibration": calibration, "config": config.model_dump(), "prompts": prompts}
+        token = CountToken(key, result.vectors, init_word, metadata, stated if stated != count else None)
+        return LibrarySlice(token, result.done, {"calibration": calibration, "seconds": result.seconds,
+                                                 "optimizer": result.state})
+
+    def _token_prompts(self, cls: str, count: int, stated: int) -> tuple[list[str], str]:
+        """The library prompts stating ``stated``, with the placeholder, and the word the token starts from
+        (the templates put the same word before the number)."""
+        placed = [place_token(p, stated) for p in self.library_prompts(cls, count, stated)]
+        return [p for p, _ in placed], placed[-1][1]
 
 
 @dataclass

@@ -71,6 +71,7 @@ class OptimizeResult:
 
 Verifier = Callable[[torch.Tensor, list[Detections]], list[Verification]]
 Guard = Callable[[torch.Tensor, torch.Tensor, int, torch.Tensor], torch.Tensor]
+Semantic = Callable[[torch.Tensor, str], torch.Tensor]  # (images, prompt) -> penalty per image, e.g. ClipGuard
 
 
 def count_loss(potential: torch.Tensor, detected: list[int], target: int, fallback_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,6 +107,8 @@ def optimize(
     should_stop: Callable[[], bool] | None = None,
     resume: dict | None = None,
     slice_seconds: float | None = None,
+    prior_seconds: float = 0.0,
+    semantic: Semantic | None = None,
 ) -> OptimizeResult:
     """Optimize a count token towards ``target`` objects of ``cls``.
 
@@ -119,6 +122,8 @@ def optimize(
     by the last iteration, validation included; a slice runs one iteration at least) and returns
     ``result.state``; passing that state back as ``resume`` continues exactly where it stopped
     (token, AdamW moments, best validated token), so background learning never holds a worker for long.
+    ``prior_seconds``: time already spent on the run before it (e.g. calibration), counted in ``max_seconds``.
+    ``semantic``: a penalty per image against the iteration's prompt (``ClipGuard.penalty``), added to the loss.
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     library = isinstance(config, LibraryConfig)
@@ -136,6 +141,7 @@ def optimize(
         fallback_scale, first = resume["fallback_scale"], resume["iteration"]
         result.vectors, result.validation = resume["best_vectors"], resume["validation"]
         best_validation = resume["validation"]["token"] if resume["validation"] else None
+    prior_s = resume["seconds"] if resume else prior_seconds  # a budget in seconds covers every slice of a run
     step_s = validation_s = 0.0  # the last iteration's cost, and the last validation's, to plan slices
     if resume is None and library and validation_seeds:
         best_validation = evaluate_token(t2i, counter, prompts, cls, target, params, validation_seeds)
@@ -149,13 +155,14 @@ def optimize(
             raise Canceled()
         elapsed = time.perf_counter() - started
         validates = library and validation_seeds and (iteration + 1) % config.validate_every == 0
-        if (config.max_seconds is not None and elapsed >= config.max_seconds) or (
+        if (config.max_seconds is not None and prior_s + elapsed >= config.max_seconds) or (
                 slice_seconds is not None and iteration > first
                 and elapsed + step_s + (validation_s if validates else 0.0) > slice_seconds):
             break
         iteration_started = time.perf_counter()
         seeds = seeds_for(iteration)
-        images = t2i.generate_differentiable(prompts[iteration % len(prompts)], seeds, params)
+        prompt_now = prompts[iteration % len(prompts)]
+        images = t2i.generate_differentiable(prompt_now, seeds, params)
         raw = counter.raw(images)
         detections = counter.detections_from_raw(raw, tuple(images.shape[-2:]))
         detected = [count(counter, d, cls) for d in detections]
@@ -174,6 +181,8 @@ def optimize(
         potential = scores[:, cls_index].sum(-1)
         loss_count, scale = count_loss(potential, detected, target, fallback_scale)
         loss = loss_count + config.guard_weight * guard(images, scores, cls_index, scale)
+        if semantic is not None:
+            loss = loss + semantic(images, prompt_now)
         loss = loss.mean()
         if config.l2_weight:
             loss = loss + config.l2_weight * sum(((params[k] - anchor[k]) ** 2).sum() for k in params)
@@ -193,6 +202,9 @@ def optimize(
         if validates:
             score = evaluate_token(t2i, counter, prompts, cls, target, params, validation_seeds)
             validation_s = time.perf_counter() - iteration_started - step_s
+            gradient = result.validation.get("gradient")  # the best trained token, kept or not
+            if gradient is None or (score["exact"], -score["mae"]) > (gradient["exact"], -gradient["mae"]):
+                result.validation["gradient"] = score
             if (score["exact"], -score["mae"]) > (best_validation["exact"], -best_validation["mae"]):
                 best_validation = score
                 result.vectors = _detached(params)
@@ -200,9 +212,9 @@ def optimize(
 
     if not library and result.hit is None:
         result.vectors = _detached(params)
-    result.seconds = time.perf_counter() - started + (resume["seconds"] if resume else 0.0)
+    result.seconds = time.perf_counter() - started + prior_s
     result.done = result.hit is not None or result.iterations >= config.max_iterations or (
-        config.max_seconds is not None and time.perf_counter() - started >= config.max_seconds)
+        config.max_seconds is not None and result.seconds >= config.max_seconds)
     result.state = {"vectors": _detached(params), "adam": opt.state_dict(), "fallback_scale": fallback_scale,
                     "iteration": result.iterations, "best_vectors": result.vectors, "validation": result.validation,
                     "seconds": result.seconds}
@@ -247,3 +259,8 @@ def library_seeds(config: LibraryConfig) -> tuple[Callable[[int], list[int]], li
 
     validation = [LIBRARY_VALIDATION + config.seed * 10_000 + j for j in range(config.validation_seeds)]
     return seeds_for, validation
+
+
+def calibration_seeds(config: LibraryConfig) -> list[int]:
+    """Seeds of stated-number calibration: in the training range, past every iteration's seeds."""
+    return [LIBRARY_TRAIN + config.seed * 100_000 + 90_000 + j for j in range(config.calibration_seeds)]

@@ -110,6 +110,16 @@ def header_key(meta: dict, name: str = "token file") -> TokenKey:
     return TokenKey(str(meta["model_fingerprint"]), str(meta["object"]), int(count))
 
 
+def header_stated(meta: dict, max_count: int = 10**_MAX_COUNT_DIGITS - 1) -> int | None:
+    """The number the token's prompts state in place of its count (stated-number calibration), if any."""
+    raw = meta.get("stated_count")
+    if raw is None:
+        return None
+    if not re.fullmatch(r"[0-9]{1,3}", str(raw)) or not 1 <= int(raw) <= max_count:
+        raise InvalidRequest(f"stated_count must be an integer in 1..{max_count}, got {str(raw)[:20]!r}")
+    return int(raw)
+
+
 def metadata(meta: dict) -> dict:
     try:
         value = json.loads(meta.get("metadata") or "{}")
@@ -125,7 +135,7 @@ def token_info(data: bytes) -> dict:
     key = header_key(meta)
     tensors = {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
     return {"key": key.id, "model": key.model, "object": key.object, "count": key.count,
-            "init_word": meta.get("init_word"), "tensors": tensors, "metadata": metadata(meta), "size": len(data)}
+            "init_word": meta.get("init_word"), "stated_count": header_stated(meta), "tensors": tensors, "metadata": metadata(meta), "size": len(data)}
 
 
 def validate_token(data: bytes, classes: Iterable[str] | None, max_count: int,
@@ -150,6 +160,7 @@ def validate_token(data: bytes, classes: Iterable[str] | None, max_count: int,
                              f"{', '.join(classes)}")
     if not 1 <= key.count <= max_count:
         raise InvalidRequest(f"count must be between 1 and {max_count} for this model, got {key.count}")
+    header_stated(meta, max_count)
     specs = {k: v for k, v in header.items() if k != "__metadata__"}
     names = set(specs)
     if names == {PLACEHOLDER}:

@@ -1,0 +1,70 @@
+"""Library learning tries the cheap thing first: stated-number calibration, then the gradient token."""
+
+import pytest
+import torch
+
+from optimization.config import Budget, LibraryConfig
+from optimization.count_token import CountToken
+from optimization.engine import CountEngine
+
+SHIFT = 2  # the shifted model draws the count of the number two below the one written
+
+
+@pytest.fixture(scope="module")
+def undercounting_engine(reference_spec, counter):
+    """The reference model made to draw fewer objects than asked, the way real models do at large counts: each
+    digit d >= 3 embeds as d - 2, so "5" draws about 3 objects and only "7" draws about 5."""
+    from optimization.pipelines import TextToImage
+
+    t2i = TextToImage.from_spec(reference_spec)
+    tokenizer, embeddings = t2i.pipe.tokenizer, t2i.pipe.text_encoder.get_input_embeddings().weight
+    original = embeddings.detach().clone()
+    with torch.no_grad():
+        for d in range(1 + SHIFT, 10):
+            embeddings[tokenizer.convert_tokens_to_ids(f"{d}</w>")] = original[tokenizer.convert_tokens_to_ids(f"{d - SHIFT}</w>")]
+    return CountEngine(t2i, counter, reference_spec)
+
+
+CALIBRATION = LibraryConfig(calibration_seeds=16, calibration_below=1, calibration_above=3, max_iterations=2,
+                            seeds_per_iteration=2, validation_seeds=8, validate_every=1)
+
+
+@pytest.fixture(scope="module")
+def learned(undercounting_engine) -> CountToken:
+    return undercounting_engine.learn_library_token("circle", 5, CALIBRATION)
+
+
+def test_calibration_picks_a_stated_number_that_beats_the_plain_one(learned):
+    result = learned.metadata["calibration"]
+    tried = result["tried"]
+    assert set(tried) == {"4", "5", "6", "7", "8"} and result["seeds"] == 16
+    assert result["stated"] in (6, 7, 8)
+    assert tried[str(result["stated"])]["exact"] > tried["5"]["exact"]
+    assert tried[str(result["stated"])]["mae"] < tried["5"]["mae"]
+
+
+def test_the_library_token_states_the_calibrated_number_and_records_both_validations(undercounting_engine, learned):
+    engine, token = undercounting_engine, learned
+    stated = token.metadata["calibration"]["stated"]
+    assert token.stated == stated != 5
+    validation = token.metadata["validation"]
+    assert {"base", "calibration", "gradient", "token"} <= set(validation)
+    assert token.metadata["kept"] in ("calibration", "token")
+    best = max((validation["calibration"], validation["gradient"]), key=lambda v: (v["exact"], -v["mae"]))
+    assert validation["token"] == best  # whichever validates best is kept
+    assert token.metadata["gain"] == round(validation["token"]["exact"] - validation["base"]["exact"], 4)
+    assert all(f" {stated} red " in p or f" {stated} green " in p or f" {stated} blue " in p or f" {stated} black " in p
+               for p in token.metadata["prompts"])
+    # the number travels in the file's header, and jobs write it while verifying the count asked
+    loaded = CountToken.from_bytes(token.to_bytes(), expected_model=engine.t2i.fingerprint)
+    assert loaded.stated == stated
+    result = engine.generate("a photo of red circles", 5, seed=3, budget=Budget(max_candidates=8), policy="library",
+                             token=loaded)
+    assert result.prompt == "a photo of 5 red circles" and result.library_hit
+    assert all(r.verification.target == 5 for r in result.images) and result.cost["iterations"] == 0
+
+
+def test_a_budget_in_seconds_covers_calibration_and_every_slice(undercounting_engine):
+    token = undercounting_engine.learn_library_token(
+        "circle", 5, CALIBRATION.model_copy(update={"max_iterations": 50, "max_seconds": 0.5}))
+    assert token.metadata["iterations"] <= 1  # calibration alone spent the budget: one iteration at most follows
