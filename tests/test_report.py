@@ -158,7 +158,7 @@ def test_the_report_draws_every_benchmark_with_figures_and_tables(tally_cli, ben
     results = {name: json.loads((bench_folder / f"{name}.json").read_text()) for name in BENCHMARKS}
     cells = _cells(html)
     expected = [results["detector"]["overall"]["exact"], results["base"]["overall"]["exact"],
-                results["base"]["per_count"]["2"]["mean_count"], results["iteration"]["iteration_s"],
+                results["base"]["per_count"]["2"]["mean_detected"], results["iteration"]["iteration_s"],
                 results["iteration"]["floor_s"], results["optimize"]["library"]["base_exact"],
                 results["service"]["status_p99_ms"], results["service"]["learning_wait"]["p50_s"],
                 results["service"]["submit_rps"], results["faults"]["fuzz"]["cases"]]

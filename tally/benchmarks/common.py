@@ -13,11 +13,11 @@ Progress = Callable[[int, int], None]
 def summarize(pairs: list[tuple[int, int]]) -> dict:
     """Exact-count rate, mean absolute error and mean detected count of (target, detected) pairs."""
     if not pairs:
-        return {"exact": 0.0, "mae": 0.0, "mean_count": 0.0, "n": 0}
+        return {"exact": 0.0, "mae": 0.0, "mean_detected": 0.0, "n": 0}
     t = np.array([p[0] for p in pairs])
     d = np.array([p[1] for p in pairs])
     return {"exact": round(float((t == d).mean()), 4), "mae": round(float(np.abs(t - d).mean()), 4),
-            "mean_count": round(float(d.mean()), 3), "n": len(pairs)}
+            "mean_detected": round(float(d.mean()), 3), "n": len(pairs)}
 
 
 def per_count(pairs: list[tuple[int, int]]) -> dict[str, dict]:
@@ -30,7 +30,7 @@ def per_count(pairs: list[tuple[int, int]]) -> dict[str, dict]:
 def markdown_table(per_count_stats: dict[str, dict], overall: dict) -> str:
     lines = ["| count | exact | MAE | mean detected | n |", "|---:|---:|---:|---:|---:|"]
     for c, s in list(per_count_stats.items()) + [("all", overall)]:
-        lines.append(f"| {c} | {s['exact']:.3f} | {s['mae']:.3f} | {s['mean_count']:.2f} | {s['n']} |")
+        lines.append(f"| {c} | {s['exact']:.3f} | {s['mae']:.3f} | {s["mean_detected"]:.2f} | {s['n']} |")
     return "\n".join(lines)
 
 

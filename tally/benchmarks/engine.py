@@ -18,9 +18,10 @@ from .common import Progress
 QUICK_LIBRARY = LibraryConfig(max_iterations=8, seeds_per_iteration=8, validation_seeds=16, validate_every=4)
 
 
-def bench_keys(engine: CountEngine, quick: bool) -> tuple[list[str], list[int], int]:
-    """(classes, counts, jobs per key) of a run."""
-    return (list(engine.counter.classes), [3, 5, 7, 9], 1) if quick else (list(engine.counter.classes), list(range(1, 11)), 3)
+def bench_keys(engine: CountEngine, quick: bool, counts: list[int] | None = None) -> tuple[list[str], list[int], int]:
+    """(classes, counts, jobs per key) of a run; ``counts`` overrides the run's counts."""
+    default = [3, 5, 7, 9] if quick else list(range(1, 11))
+    return list(engine.counter.classes), counts or default, 1 if quick else 3
 
 
 def bench_jobs(engine: CountEngine, counts: list[int], jobs_per_key: int) -> list[tuple[str, str, int, int]]:
@@ -84,8 +85,12 @@ def bench_engine(engine: CountEngine, tokens: dict, jobs: list, budget: Budget, 
               "tokens": sorted(f"{c}-{n}" for (c, n), t in tokens.items() if t is not None),
               "policies": {p.value: _stats([r for r in rows if r["policy"] == p]) for p in policies}}
     result["default_policy"] = choose_default({p: s["clean_per_s"] for p, s in result["policies"].items()}).value
-    result["per_count"] = {str(n): {p.value: _stats([r for r in rows if r["policy"] == p and r["count"] == n])["clean_rate"]
-                                    for p in policies} for n in sorted({r["count"] for r in rows})}
+    by_count = {str(n): {p.value: _stats([r for r in rows if r["policy"] == p and r["count"] == n]) for p in policies}
+                for n in sorted({r["count"] for r in rows})}
+    result["per_count"] = {n: {p: s["clean_rate"] for p, s in stats.items()} for n, stats in by_count.items()}
+    result["per_count_stats"] = {n: {p: {k: s[k] for k in ("verified_rate", "false_verified_rate", "clean_rate",
+                                                           "seconds_per_verified")} for p, s in stats.items()}
+                                 for n, stats in by_count.items()}
     if strip:
         out_dir.mkdir(parents=True, exist_ok=True)
         pictures = [im for before, after, _ in strip for im in (before, after)]
@@ -96,23 +101,29 @@ def bench_engine(engine: CountEngine, tokens: dict, jobs: list, budget: Budget, 
 
 
 def run(engine: CountEngine, store: TokenStore, quick: bool, budget: Budget, policies: tuple[Policy, ...],
-        jobs_per_key: int | None, out_dir: Path, bar) -> dict:
-    """The whole benchmark: library tokens (learned if missing), then the jobs verified as configured and
-    again by the detector alone (as on real models: how often is that wrong?). ``bar(name, total)`` is a
-    context manager yielding a progress callback."""
-    classes, counts, per_key = bench_keys(engine, quick)
+        jobs_per_key: int | None, out_dir: Path, bar, counts: list[int] | None = None,
+        configured: bool = True) -> dict:
+    """The whole benchmark: library tokens (learned if missing), then the jobs verified by the detector alone
+    (as on real models: how often is that wrong? the headline) and, with ``configured``, again as the model
+    is configured (with its cross-check). ``bar(name, total)`` is a context manager yielding a progress
+    callback."""
+    classes, counts, per_key = bench_keys(engine, quick, counts)
     tokens = {}
     if {Policy.library, Policy.refine} & set(policies):
         keys = [(c, n) for c in classes for n in counts]
         with bar("library tokens", len(keys)) as update:
             tokens = library_tokens(engine, store, keys, QUICK_LIBRARY if quick else LibraryConfig(), update)
     jobs = bench_jobs(engine, counts, jobs_per_key or per_key)
-    with bar("jobs x policies, configured verifier", len(jobs)) as update:
-        result = bench_engine(engine, tokens, jobs, budget, out_dir, policies, update)
     with bar("jobs x policies, detector-only verifier", len(jobs)) as update:
         detector_only = bench_engine(engine.detector_only(), tokens, jobs, budget, out_dir / "detector-only",
                                      policies, update, judge=engine.crosscheck)
-    result["detector_only"] = {k: detector_only[k] for k in ("policies", "per_count")}
+    result = {k: detector_only[k] for k in ("budget", "jobs", "tokens", "pictures") if k in detector_only}
+    if configured:
+        with bar("jobs x policies, configured verifier", len(jobs)) as update:
+            result.update(bench_engine(engine, tokens, jobs, budget, out_dir, policies, update))
+    result["default_policy"] = detector_only["default_policy"]  # decided as production verifies: detector alone
+    result["detector_only"] = {k: detector_only[k] for k in ("policies", "per_count", "per_count_stats")}
+    result["verifier"] = "configured" if configured else "detector-only"
     result["model"] = engine.spec.id
     return result
 
@@ -120,7 +131,7 @@ def run(engine: CountEngine, store: TokenStore, quick: bool, budget: Budget, pol
 def policies_table(result: dict) -> str:
     lines = ["| policy | verified | false verified | clean | clean / s | s / verified | candidates | iterations |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    rows = [(name, s) for name, s in result["policies"].items()]
+    rows = [(name, s) for name, s in result.get("policies", {}).items()]
     rows += [(f"{name} (detector only)", s) for name, s in result.get("detector_only", {}).get("policies", {}).items()]
     for name, s in rows:
         lines.append(f"| {name} | {s['verified_rate']:.3f} | {s['false_verified_rate']:.3f} | {s['clean_rate']:.3f} | "

@@ -18,8 +18,8 @@ def plot_per_count(per_count: dict[str, dict], path: Path, title: str) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.bar(xs, [per_count[c]["exact"] for c in counts], color="#3b7dd8")
     ax1.set(xlabel="requested count", ylabel="exact-count accuracy", ylim=(0, 1), title="exact accuracy")
-    if "mean_count" in per_count[counts[0]]:
-        ax2.plot(xs, [per_count[c]["mean_count"] for c in counts], "o-", label="mean detected")
+    if "mean_detected" in per_count[counts[0]]:
+        ax2.plot(xs, [per_count[c]["mean_detected"] for c in counts], "o-", label="mean detected")
         ax2.plot(xs, xs, "--", color="grey", label="requested")
         ax2.set(xlabel="requested count", ylabel="detected count", title="mean detected count")
         ax2.legend()

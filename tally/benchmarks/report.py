@@ -216,10 +216,10 @@ def _series_name(*parts: str) -> str:
 def _per_count_rows(label: str, data: dict, extra: tuple[str, ...] = ("overall",)) -> list[list]:
     """model | count | exact | MAE | mean detected | n, each count and then the summary rows."""
     per_count = _dict(data.get("per_count"))
-    rows = [[label, int(c), *(_get(per_count, c, k) for k in ("exact", "mae", "mean_count", "n"))]
+    rows = [[label, int(c), *(_get(per_count, c, k) for k in ("exact", "mae", "mean_detected", "n"))]
             for c in _counts(per_count)]
     names = {"overall": "all", "degraded": "all, degraded"}
-    rows += [[label, names.get(key, key), *(_get(data, key, k) for k in ("exact", "mae", "mean_count", "n"))]
+    rows += [[label, names.get(key, key), *(_get(data, key, k) for k in ("exact", "mae", "mean_detected", "n"))]
              for key in extra if isinstance(data.get(key), dict)]
     return rows
 
@@ -240,7 +240,7 @@ def _base(section: Section, results: list[Result], out: Path) -> None:
     for r in results:
         per_count = _dict(r.data.get("per_count"))
         exact[_series_name(r.label)] = {c: _get(per_count, c, "exact") for c in _counts(per_count)}
-        detected[_series_name(r.label)] = {c: _get(per_count, c, "mean_count") for c in _counts(per_count)}
+        detected[_series_name(r.label)] = {c: _get(per_count, c, "mean_detected") for c in _counts(per_count)}
         requested.update({c: float(c) for c in _counts(per_count)})
     table = Table(["model", "count", "exact", "MAE", "mean detected", "n"],
                   [row for r in results for row in _per_count_rows(r.label, r.data)])
@@ -328,7 +328,7 @@ def _library_by_count(data: dict) -> dict[str, dict]:
             continue
         row = pooled.setdefault(count, {"keys": 0})
         row["keys"] += 1
-        for which in ("base", "token"):
+        for which in ("base", "calibration", "token"):
             stats = _dict(_dict(figures).get(which))
             n = stats.get("n") or 0
             row[f"{which}_n"] = row.get(f"{which}_n", 0) + n
@@ -338,7 +338,7 @@ def _library_by_count(data: dict) -> dict[str, dict]:
     out = {}
     for count, row in pooled.items():
         out[count] = {"keys": row["keys"], "seeds": row.get("base_n")}
-        for which in ("base", "token"):
+        for which in ("base", "calibration", "token"):
             for stat in ("exact", "mae"):
                 total, n = row.get(f"{which}_{stat}_sum"), row.get(f"{which}_n")
                 out[count][f"{which}_{stat}"] = round(total / n, 4) if total is not None and n else None
@@ -355,14 +355,15 @@ def _optimize(section: Section, results: list[Result], out: Path) -> None:
     for r in results:
         per_count = _library_by_count(r.data)
         counts = _counts(per_count)
-        for which in ("base", "token"):
+        for which in ("base", "calibration", "token"):
             exact[_series_name(r.label, which)] = {c: per_count[c].get(f"{which}_exact") for c in counts}
             mae[_series_name(r.label, which)] = {c: per_count[c].get(f"{which}_mae") for c in counts}
-        rows += [[r.label, int(c), *(per_count[c].get(k) for k in ("keys", "seeds", "base_exact", "token_exact",
-                                                                    "base_mae", "token_mae", "refine_success"))]
+        rows += [[r.label, int(c), *(per_count[c].get(k) for k in ("keys", "seeds", "base_exact", "calibration_exact",
+                                                                    "token_exact", "base_mae", "token_mae",
+                                                                    "refine_success"))]
                  for c in counts]
-    table = Table(["model", "count", "keys", "seeds", "base exact", "token exact", "base MAE", "token MAE",
-                   "refine success"], rows, "Held-out seeds; a key whose token the library refused counts as the "
+    table = Table(["model", "count", "keys", "seeds", "base exact", "calibration exact", "token exact", "base MAE",
+                   "token MAE", "refine success"], rows, "Held-out seeds; a key whose token the library refused counts as the "
                   "base prompt, as its jobs run")
     section.figure(out, "optimize-library-by-count.png", "Library tokens against the base prompt on the same held-out "
                    "seeds, by count: exact-count rate and mean absolute error.",

@@ -35,22 +35,35 @@ def save(result: dict, name: str, out: Path, json_path: Optional[Path]) -> None:
 @bench_app.command("detector")
 def detector(
     scenes: Annotated[int, typer.Option(min=1, help="Fresh rendered scenes (seeds disjoint from training).")] = 1000,
-    model: ModelOption = None,
+    generated: Annotated[int, typer.Option(min=0, help="Generated images per model verified by the detector "
+                                                       "alone, judged by the cross-check (0: none).")] = 400,
+    model: Annotated[Optional[list[str]], typer.Option(help="Model(s) whose generations to verify; default: "
+                                                            "every configured model.")] = None,
     detector: DetectorOption = None,
     out: OutOption = DEFAULT_FOLDER,
     json_path: JsonOption = None,
 ) -> None:
-    """Exact-count accuracy and MAE of the detector on fresh rendered scenes of the reference world."""
+    """The detector on fresh rendered scenes (clean, degraded, with hard negatives), and false-verified rates
+    on each model's generated images when it verifies alone."""
     from optimization.counter import load_counter
+    from tally.benchmarks.base import base_prompts
     from tally.benchmarks.common import markdown_table
-    from tally.benchmarks.detector import bench_detector
+    from tally.benchmarks.detector import bench_detector, bench_generated
 
-    spec = model_spec(model, detector)
+    ids = model or [m.id for m in prepare().models]
+    spec = model_spec(ids[0], detector)
     counter = load_counter(spec)
     with progress_bar("count rendered scenes", scenes) as update:
         result = {"model": spec.id, **bench_detector(counter, scenes, progress=update)}
     console.print(markdown_table(result["per_count"], result["overall"]), highlight=False)
     console.print(f"degraded copies (blur/noise): {result['degraded']}")
+    console.print(f"with hard negatives: {result['hard_negatives']}")
+    result["generated"] = {}
+    for model_id in ids if generated else []:
+        engine = load_engine(model_spec(model_id, detector))
+        with progress_bar(f"verify {model_id} generations", len(base_prompts(engine))) as update:
+            result["generated"][model_id] = bench_generated(engine, generated, progress=update)
+        console.print(result["generated"][model_id])
     save(result, "detector", out, json_path)
 
 
@@ -70,9 +83,25 @@ def base(
     with progress_bar("generate and count", len(base_prompts(engine))) as update:
         result = bench_base(engine, seeds, out, progress=update)
     console.print(markdown_table(result["per_count"], result["overall"]), highlight=False)
-    console.print({k: result[k] for k in ("class_presence", "detector_vs_crosscheck_agreement", "speed")})
+    console.print({k: result[k] for k in ("class_presence", "large_counts", "detector_vs_crosscheck_agreement", "speed")})
     console.print(f"pictures: {', '.join(result['pictures'])}")
     save(result, "base", out, json_path)
+
+
+CountsOption = Annotated[Optional[str], typer.Option(
+    help="Comma-separated counts to run, e.g. 6,7,8,9,10 [default: 3,5,7,9 quick, else 1..10].")]
+
+
+def _counts(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        counts = sorted({int(c) for c in text.split(",") if c.strip()})
+    except ValueError:
+        counts = []
+    if not counts or counts[0] < 1:
+        raise InvalidRequest(f"--counts takes comma-separated counts from 1 on, e.g. 6,7,8; got {text!r}")
+    return counts
 
 
 def _policies(text: str) -> tuple[Policy, ...]:
@@ -89,6 +118,10 @@ def engine(
     budget_candidates: Annotated[Optional[int], typer.Option(min=1, help="Candidate budget per job and policy [default: 16 quick, else 32].")] = None,
     policies: Annotated[str, typer.Option(help="Comma-separated policies to compare.")] = ",".join(Policy),
     jobs_per_key: Annotated[Optional[int], typer.Option(min=1, help="Jobs (seeds) per class and count.")] = None,
+    counts: CountsOption = None,
+    configured: Annotated[bool, typer.Option(
+        help="Also verify as the model is configured (with its cross-check); the detector-only pass, as in "
+             "production, always runs and decides the default policy.")] = True,
     model: ModelOption = None,
     out: OutOption = DEFAULT_FOLDER,
     json_path: JsonOption = None,
@@ -100,7 +133,7 @@ def engine(
     budget = Budget(max_seconds=budget_seconds or (4.0 if quick else 8.0),
                     max_candidates=budget_candidates or (16 if quick else 32), max_iterations=100_000)
     result = bench.run(load_engine(model_spec(model)), token_store(), quick, budget, chosen, jobs_per_key, out,
-                       progress_bar)
+                       progress_bar, counts=_counts(counts), configured=configured)
     console.print(bench.policies_table(result), highlight=False)
     console.print(f"default policy by this run: {result['default_policy']}")
     save(result, "engine", out, json_path)
@@ -109,16 +142,20 @@ def engine(
 @bench_app.command("optimize")
 def optimize(
     quick: Annotated[bool, typer.Option(help="Fewer keys and seeds (< 10 min).")] = False,
+    counts: CountsOption = None,
     model: ModelOption = None,
     out: OutOption = DEFAULT_FOLDER,
     json_path: JsonOption = None,
 ) -> None:
-    """Refinement success on near-miss seeds; library tokens vs the base prompt on held-out seeds."""
+    """Refinement on near-miss seeds; per count, the base prompt, stated-number calibration and the library
+    token (the better of calibration and gradient token) on the same held-out seeds."""
     from tally.benchmarks import optimize as bench
 
-    result = bench.run(load_engine(model_spec(model)), token_store(), quick, progress_bar)
+    result = bench.run(load_engine(model_spec(model)), token_store(), quick, progress_bar, counts=_counts(counts),
+                       out_dir=out)
     console.print(result["refine"])
     console.print(result["library"])
+    console.print(bench.per_count_table(result), highlight=False)
     save(result, "optimize", out, json_path)
 
 
