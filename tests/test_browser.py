@@ -35,7 +35,7 @@ NO_CHROMIUM = (f"no Chromium at {CHROMIUM}: the browser tests drive Debian's Chr
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     # Tiny library learning (refine and library jobs start it), in short slices: a job waits for one at most.
-    env = {"TALLY_LIBRARY__MAX_ITERATIONS": "2", "TALLY_LIBRARY__SEEDS_PER_ITERATION": "2",
+    env = {"TALLY_LIBRARY__MAX_ITERATIONS": "2", "TALLY_LIBRARY__SEEDS_PER_ITERATION": "2", "TALLY_LIBRARY__CALIBRATION_SEEDS": "4",
            "TALLY_LIBRARY__VALIDATION_SEEDS": "4", "TALLY_LIBRARY__VALIDATE_EVERY": "1",
            "TALLY_LIBRARY_SLICE_SECONDS": "1"}
     with launch_service(tmp_path_factory.mktemp("browser"), env) as service:

@@ -138,11 +138,12 @@ def test_token_for_another_model_or_key_is_refused(engine):
 
 
 def test_library_learning_validates_on_disjoint_seeds_and_keeps_the_best(engine):
-    config = LibraryConfig(max_iterations=2, seeds_per_iteration=2, validation_seeds=4, validate_every=1)
+    config = LibraryConfig(max_iterations=2, seeds_per_iteration=2, validation_seeds=4, validate_every=1, calibration_seeds=4)
     token = engine.learn_library_token("triangle", 4, config)
     validation = token.metadata["validation"]
     assert validation["base"]["n"] == 4 and validation["best_iteration"] in (0, 1, 2)
-    assert (validation["token"]["exact"], -validation["token"]["mae"]) >= (validation["base"]["exact"], -validation["base"]["mae"])
+    candidates = (validation["calibration"], validation["gradient"])  # the untrained token, the trained ones
+    assert validation["token"] == max(candidates, key=lambda v: (v["exact"], -v["mae"]))
     assert token.key == engine.token_key("triangle", 4)
 
 
@@ -166,8 +167,10 @@ def test_unverified_images_say_why(engine, counter):
     assert verdict([0.9]).reason == "count_mismatch"
     assert verdict([0.9, 0.9, 0.3]).reason == "ambiguous_detections"
     assert verdict([0.9, 0.9], crosscheck=3).reason == "crosscheck_disagrees"
+    merged = Detections([(0, 0, 1, 1)] * 3, [0.9, 0.9, 0.2], ["circle", "circle", "unclear"])
+    assert verify(merged, "circle", 2, counter.config).reason == "unclear_shapes"
     result = engine.generate("a photo of blue crosses", 12, budget=Budget(max_candidates=1), seed=3)
     report = result.to_dict()
     assert report["budget_exhausted"] is True and report["images"][0]["reason"] in (
-        "count_mismatch", "ambiguous_detections", "crosscheck_disagrees")
-    assert {"confident", "ambiguous"} <= set(report["images"][0])
+        "count_mismatch", "ambiguous_detections", "unclear_shapes", "crosscheck_disagrees")
+    assert {"confident", "ambiguous", "unclear"} <= set(report["images"][0])

@@ -26,7 +26,7 @@ LONG_REFINE = {"prompt": "a photo of black crosses", "count": 12, "num_images": 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    env = {"TALLY_LIBRARY__MAX_ITERATIONS": "400", "TALLY_LIBRARY__SEEDS_PER_ITERATION": "2",
+    env = {"TALLY_LIBRARY__MAX_ITERATIONS": "400", "TALLY_LIBRARY__SEEDS_PER_ITERATION": "2", "TALLY_LIBRARY__CALIBRATION_SEEDS": "4",
            "TALLY_LIBRARY__VALIDATION_SEEDS": "4", "TALLY_LIBRARY__VALIDATE_EVERY": "5",
            "TALLY_LIBRARY_SLICE_SECONDS": "1", "TALLY_SSE_HEARTBEAT_S": "1"}
     with launch_service(tmp_path_factory.mktemp("lifecycle"), env) as service:
