@@ -156,8 +156,10 @@ class Service:
 
 
 @contextmanager
-def launch_service(root: Path, env: dict | None = None, models: list | None = None):
-    """Redis, the API and one worker ``w1`` for the reference model, stopped on exit."""
+def launch_service(root: Path, env: dict | None = None, models: list | None = None,
+                   workers: dict[str, str] | None = None):
+    """Redis, the API and the ``workers`` (name -> model id; default: ``w1`` for the reference model), stopped
+    on exit."""
     import httpx
     import redis
 
@@ -175,8 +177,10 @@ def launch_service(root: Path, env: dict | None = None, models: list | None = No
     with Launcher(settings, env=env, log_dir=root / "logs") as launcher:
         launcher.ensure_redis()
         launcher.start_api("127.0.0.1", port)
-        launcher.start_worker("reference", "w1")
-        launcher.wait_ready(url, timeout=180, models=["reference"])
+        workers = workers or {"w1": "reference"}
+        for name, model in workers.items():
+            launcher.start_worker(model, name)
+        launcher.wait_ready(url, timeout=180, models=sorted(set(workers.values())))
         with httpx.Client(base_url=url, timeout=30) as http:
             yield Service(url, settings, launcher, redis.Redis.from_url(redis_url), http)
 

@@ -20,10 +20,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    env = {"TALLY_LIBRARY__MAX_ITERATIONS": "2", "TALLY_LIBRARY__SEEDS_PER_ITERATION": "2",
+    env = {"TALLY_LIBRARY__MAX_ITERATIONS": "2", "TALLY_LIBRARY__SEEDS_PER_ITERATION": "2", "TALLY_LIBRARY__CALIBRATION_SEEDS": "4",
            "TALLY_LIBRARY__VALIDATION_SEEDS": "4", "TALLY_LIBRARY__VALIDATE_EVERY": "1",
            "TALLY_LIBRARY__MIN_GAIN": "-1"}  # tiny learning runs: admit whatever they learn
-    with launch_service(tmp_path_factory.mktemp("service"), env) as service:
+    with launch_service(tmp_path_factory.mktemp("service"), env, workers={"w1": "reference", "web1": "reference-web"}) \
+            as service:
         yield service
 
 
@@ -53,16 +54,22 @@ def test_submitted_job_succeeds_with_counted_images(service):
         assert len(service.http.get(result["url"], params={"boxes": "true"}).content) > len(png.content)
 
 
-def test_library_miss_schedules_learning_and_the_next_job_uses_the_token(service):
-    first = service.wait(service.submit(prompt="a photo of green triangles", count=5, seed=2, policy="library"))
+@pytest.mark.parametrize("model", ["reference", "reference-web"])
+def test_library_miss_schedules_learning_and_the_next_job_uses_the_token(service, model):
+    first = service.wait(service.submit(prompt="a photo of green triangles", count=5, seed=2, policy="library",
+                                        model=model))
     assert first["token"]["library_hit"] is False and first["token"]["learning_scheduled"] is True
     key = first["token"]["key"]
     deadline = time.monotonic() + 180
     while service.http.get(f"/v1/tokens/{key}").status_code != 200:
         assert time.monotonic() < deadline, "the library task did not store its token"
         time.sleep(0.5)
-    second = service.wait(service.submit(prompt="a photo of blue triangles", count=5, seed=3, policy="library"))
+    learned = service.http.get(f"/v1/tokens/{key}").json()["metadata"]
+    assert learned["calibration"]["stated"] >= 1 and learned["kept"] in ("calibration", "token")
+    second = service.wait(service.submit(prompt="a photo of blue triangles", count=5, seed=3, policy="library",
+                                         model=model))
     assert second["token"] == {"key": key, "library_hit": True, "learning_scheduled": False}
+    assert second["cost"]["iterations"] == 0  # a library hit costs no gradient step
     assert all(r["token"] in (key, f"refined:{key}") for r in second["results"])
 
 

@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from optimization.config import Budget, LibraryConfig, ModelSpec, Policy, RefineConfig
 from optimization.errors import InvalidRequest
 from optimization.policy import DEFAULT_POLICY
-from optimization.reference.models import reference_model
+from optimization.reference.models import reference_models
 
 
 class Settings(BaseSettings):
@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     store_create_bucket: bool = Field(False, description="Create the bucket if it is missing (tests, a fresh MinIO).")
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "tally"
-    models: list[ModelSpec] = Field(default_factory=lambda: [reference_model()])
+    models: list[ModelSpec] = Field(default_factory=reference_models)
     default_model: str = "reference"
 
     default_policy: Policy = Field(DEFAULT_POLICY, description="For models whose entry names none.")

@@ -8,18 +8,38 @@ backgrounds), and one library prompt per colour so a token learns the count rath
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from ..config import ModelSpec
-from . import COLOURS, MAX_COUNT, PIPELINE_PATH, DETECTOR_PATH, CLASSES
+from ..config import ModelSpec, Policy, VerifyConfig
+from . import COLOURS, MAX_COUNT, PIPELINE_PATH, PIPELINE_WEB_PATH, DETECTOR_PATH, CLASSES
+from .scenes import UNCLEAR
 
 REFERENCE_CONFIG = "tally_reference.json"  # sampler defaults and classes, beside model_index.json
 
 
-def reference_model() -> ModelSpec:
-    """The shipped reference pipeline and detector, verified by detector and cross-check."""
-    shipped = json.loads((PIPELINE_PATH / REFERENCE_CONFIG).read_text())
+def _spec(id_: str, pipeline: Path, default_policy: Policy | None, library_prompts: list[str]) -> ModelSpec:
+    shipped = json.loads((pipeline / REFERENCE_CONFIG).read_text())
     return ModelSpec(
-        id="reference", pipeline=str(PIPELINE_PATH), detector=str(DETECTOR_PATH), classes=list(CLASSES),
+        id=id_, pipeline=str(pipeline), detector=str(DETECTOR_PATH), classes=list(CLASSES),
         num_inference_steps=shipped["sampler"]["num_inference_steps"],
         guidance_scale=shipped["sampler"]["guidance_scale"], max_count=MAX_COUNT, crosscheck="components",
-        library_prompts=["a photo of {count} {attribute} {objects}"], attribute_words=list(COLOURS))
+        verify=VerifyConfig(doubt_classes=[UNCLEAR]),
+        library_prompts=library_prompts, attribute_words=list(COLOURS),
+        default_policy=default_policy)
+
+
+def reference_model() -> ModelSpec:
+    """The shipped reference pipeline and detector, verified by detector and cross-check."""
+    return _spec("reference", PIPELINE_PATH, None, ["a photo of {count} {attribute} {objects}"])
+
+
+def reference_web_model() -> ModelSpec:
+    """``reference-web``: trained on web-like captions (``captions``), so it miscounts large numbers the way
+    real models do; same detector, classes and cross-check as ``reference``."""
+    # Two of its caption shapes, each with "of" before the number: the token starts as that word everywhere.
+    return _spec("reference-web", PIPELINE_WEB_PATH, None, ["a photo of {count} {attribute} {objects}",
+                                                            "a picture of {count} {attribute} {objects} on the table"])
+
+
+def reference_models() -> list[ModelSpec]:
+    return [reference_model(), reference_web_model()]

@@ -230,7 +230,8 @@ def train_t2i(out: Path, work_dir: Path, cfg: T2ITrainConfig,
     unet.half()
     vae.half()
     pipe.save_pretrained(str(out))
-    summary = {"seconds": round(time.perf_counter() - started, 1), "config": asdict(cfg)}
+    config = {**asdict(cfg), "vae_from": Path(cfg.vae_from).name if cfg.vae_from else None}  # no machine paths
+    summary = {"seconds": round(time.perf_counter() - started, 1), "config": config}
     reference = {"image_size": IMAGE_SIZE, "classes": list(CLASSES), "sampler": SAMPLER, "training": summary}
     (Path(out) / REFERENCE_CONFIG).write_text(json.dumps(reference, indent=2) + "\n")
     return summary

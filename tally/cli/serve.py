@@ -89,7 +89,8 @@ def up(
         for m in settings.models:
             for i in range(workers_per_model):
                 launcher.start_worker(m.id, f"{m.id}-{i}")
-        launcher.wait_ready(f"http://{host}:{port}", timeout=300)
+        launcher.wait_ready(f"http://{host}:{port}", timeout=300,
+                            models=[m.id for m in settings.models] if workers_per_model else None)
         console.print(f"Tally is up: http://{host}:{port}/docs  (Ctrl-C stops it)")
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         launcher.supervise()
