@@ -33,8 +33,8 @@ from .optimizer import (Canceled, IterationReport, OptimizeResult, calibration_s
                         library_seeds, optimize)
 from .pipelines import TextToImage
 from .policy import DEFAULT_POLICY
-from .semantic import ClipGuard
 from .prompts import object_in_prompt, plural, with_count
+from .semantic import ClipGuard
 from .visualize import to_uint8
 
 CANDIDATE_BATCH = 8

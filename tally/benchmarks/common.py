@@ -30,7 +30,7 @@ def per_count(pairs: list[tuple[int, int]]) -> dict[str, dict]:
 def markdown_table(per_count_stats: dict[str, dict], overall: dict) -> str:
     lines = ["| count | exact | MAE | mean detected | n |", "|---:|---:|---:|---:|---:|"]
     for c, s in list(per_count_stats.items()) + [("all", overall)]:
-        lines.append(f"| {c} | {s['exact']:.3f} | {s['mae']:.3f} | {s["mean_detected"]:.2f} | {s['n']} |")
+        lines.append(f"| {c} | {s['exact']:.3f} | {s['mae']:.3f} | {s['mean_detected']:.2f} | {s['n']} |")
     return "\n".join(lines)
 
 

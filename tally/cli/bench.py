@@ -116,6 +116,8 @@ def engine(
     quick: Annotated[bool, typer.Option(help="4 counts x 4 classes x 1 job, short budget (< 10 min).")] = False,
     budget_seconds: Annotated[Optional[float], typer.Option(min=0.001, help="Wall-clock budget per job and policy [default: 4 quick, else 8].")] = None,
     budget_candidates: Annotated[Optional[int], typer.Option(min=1, help="Candidate budget per job and policy [default: 16 quick, else 32].")] = None,
+    budget_iterations: Annotated[Optional[int], typer.Option(min=1, help="Refinement iterations per job [default: "
+                                                                   "unbounded: the seconds decide].")] = None,
     policies: Annotated[str, typer.Option(help="Comma-separated policies to compare.")] = ",".join(Policy),
     jobs_per_key: Annotated[Optional[int], typer.Option(min=1, help="Jobs (seeds) per class and count.")] = None,
     counts: CountsOption = None,
@@ -131,7 +133,7 @@ def engine(
 
     chosen = _policies(policies)
     budget = Budget(max_seconds=budget_seconds or (4.0 if quick else 8.0),
-                    max_candidates=budget_candidates or (16 if quick else 32), max_iterations=100_000)
+                    max_candidates=budget_candidates or (16 if quick else 32), max_iterations=budget_iterations or 100_000)
     result = bench.run(load_engine(model_spec(model)), token_store(), quick, budget, chosen, jobs_per_key, out,
                        progress_bar, counts=_counts(counts), configured=configured)
     console.print(bench.policies_table(result), highlight=False)
