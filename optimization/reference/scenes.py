@@ -5,7 +5,7 @@ drawn 4x supersampled and reduced so edges are anti-aliased like photographs, an
 box in pixels. The box is rounded outward, so every anti-aliased edge pixel lies inside its box.
 
 For the detector, a scene may also hold **hard negatives** (``NEGATIVE_KINDS``): the failures small
-generators produce — two shapes merged into one blob, a fragment of a shape, a smear, a stripe. They
+generators produce — two shapes merged into one blob or touching, a fragment of a shape, a smear, a stripe. They
 are not objects; the detector learns them as the ``unclear`` class, so verification can refuse an image
 that holds one instead of counting it as a clean object or silently missing it.
 """
@@ -27,7 +27,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "black": (30, 30, 30),
 }
 UNCLEAR = "unclear"  # the detector's class for hard negatives (never a requestable object)
-NEGATIVE_KINDS = ("merged", "fragment", "smear", "stripe")
+NEGATIVE_KINDS = ("merged", "touching", "fragment", "smear", "stripe")
 IMAGE_SIZE = 64
 MIN_COUNT, MAX_COUNT = 1, 12
 _SUPERSAMPLE = 4
@@ -72,16 +72,24 @@ def _size_range(count: int) -> tuple[int, int]:
     return 7, 11
 
 
-def _place_boxes(rng: np.random.Generator, count: int, size: int) -> list[tuple[int, int, int, int]]:
+def _place_boxes(rng: np.random.Generator, count: int, size: int,
+                 pairs: tuple[bool, ...] = ()) -> list[tuple[int, int, int, int]]:
+    """``count`` boxes kept apart; a box whose entry in ``pairs`` is true holds two shapes side by side that
+    touch or overlap by a pixel or two (twice as wide or tall)."""
     lo, hi = _size_range(count)
     for _ in range(200):
         boxes: list[tuple[int, int, int, int]] = []
-        for _ in range(count):
+        for i in range(count):
             for _ in range(100):
                 s = int(rng.integers(lo, hi + 1))
-                x0 = int(rng.integers(1, size - s - 1))
-                y0 = int(rng.integers(1, size - s - 1))
-                box = (x0, y0, x0 + s, y0 + s)
+                w = h = s
+                if i < len(pairs) and pairs[i]:
+                    s = int(rng.integers(lo, min(hi, (size - 4) // 2) + 1))
+                    w, h = (2 * s - int(rng.integers(1, 4)), s)
+                    w, h = (w, h) if rng.random() < 0.5 else (h, w)
+                x0 = int(rng.integers(1, size - w - 1))
+                y0 = int(rng.integers(1, size - h - 1))
+                box = (x0, y0, x0 + w, y0 + h)
                 if all(_apart(box, other) for other in boxes):
                     boxes.append(box)
                     break
@@ -142,7 +150,12 @@ def _draw_negative(canvas: Image.Image, kind: str, cls: str, box: tuple[int, int
     draw = ImageDraw.Draw(mask)
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
-    if kind == "merged":  # two shapes overlapping or touching: one blob, not two clean objects
+    if kind == "touching":  # two whole shapes that touch: one blob to the eye of a counter, not two clean objects
+        s = min(w, h)
+        second = (x1 - s, y0, x1, y1) if w > h else (x0, y1 - s, x1, y1)
+        _draw(draw, cls, (x0, y0, x0 + s, y0 + s), 255)
+        _draw(draw, cls, second, 255)
+    elif kind == "merged":  # two shapes overlapping heavily: one blob, not two clean objects
         s = max(5, int(round(min(w, h) * rng.uniform(0.55, 0.7))))
         second = (x1 - s, y1 - s, x1, y1) if rng.random() < 0.5 else (x1 - s, y0, x1, y0 + s)
         _draw(draw, cls, (x0, y0, x0 + s, y0 + s), 255)
@@ -206,7 +219,8 @@ def render_scene(
         raise ValueError(f"unknown colour {colour!r}; known: {', '.join(COLOURS)}")
 
     background = _background(rng, size)
-    boxes = _place_boxes(rng, count + negatives, size)
+    kinds = [NEGATIVE_KINDS[int(rng.integers(len(NEGATIVE_KINDS)))] for _ in range(negatives)]
+    boxes = _place_boxes(rng, count + negatives, size, pairs=(False,) * count + tuple(k == "touching" for k in kinds))
     k = _SUPERSAMPLE
     canvas = Image.fromarray(background.astype(np.uint8)).resize((size * k, size * k), Image.NEAREST)
     draw = ImageDraw.Draw(canvas)
@@ -222,9 +236,8 @@ def render_scene(
         c, col, fill = pick_fill()
         _draw(draw, c, box, fill)
         objects.append(SceneObject(c, col, box))
-    for box in boxes[count:]:
+    for box, kind in zip(boxes[count:], kinds):
         c, _, fill = pick_fill()
-        kind = NEGATIVE_KINDS[int(rng.integers(len(NEGATIVE_KINDS)))]
         hard.append(Negative(kind, _draw_negative(canvas, kind, c, box, fill, rng)))
     # Supersampled objects are reduced with a box filter; the background keeps its own smooth texture.
     small = np.asarray(canvas.resize((size, size), Image.BOX), dtype=np.float32)

@@ -36,7 +36,7 @@ def save(result: dict, name: str, out: Path, json_path: Optional[Path]) -> None:
 def detector(
     scenes: Annotated[int, typer.Option(min=1, help="Fresh rendered scenes (seeds disjoint from training).")] = 1000,
     generated: Annotated[int, typer.Option(min=0, help="Generated images per model verified by the detector "
-                                                       "alone, judged by the cross-check (0: none).")] = 400,
+                                                       "alone, judged by the cross-check (0: none).")] = 2000,
     model: Annotated[Optional[list[str]], typer.Option(help="Model(s) whose generations to verify; default: "
                                                             "every configured model.")] = None,
     detector: DetectorOption = None,
