@@ -109,9 +109,12 @@ def test_readiness_needs_a_live_worker(api):
 
 
 def test_models_describe_their_configuration(api):
-    [model] = api.get("/v1/models").json()
-    assert model["id"] == "reference" and model["classes"] == ["circle", "square", "triangle", "cross"]
-    assert model["max_count"] == 12 and model["default_policy"] == "resample" and model["live_workers"] == []
+    models = api.get("/v1/models").json()
+    assert [m["id"] for m in models] == ["reference", "reference-web"]  # both reference models by default
+    for model in models:
+        assert model["classes"] == ["circle", "square", "triangle", "cross"]  # the doubt class is no object
+        assert model["max_count"] == 12 and model["live_workers"] == []
+        assert model["default_policy"] in ("resample", "library", "refine")
 
 
 def test_a_token_learned_by_the_cli_is_listed_by_the_api_at_once(api, settings, tally_cli, monkeypatch):

@@ -59,7 +59,7 @@ def test_async_client_does_the_same_and_reads_models_and_tokens(service):
             return models, job, images, seen, await tally.tokens(model="reference"), await tally.learning()
 
     models, job, images, seen, tokens, learning = asyncio.run(scenario())
-    assert [m.id for m in models] == ["reference"] and "circle" in models[0].classes
+    assert [m.id for m in models] == ["reference", "reference-web"] and "circle" in models[0].classes
     assert job.status == "succeeded" and len(images) == 1 and seen[-1] == "succeeded"
     assert isinstance(tokens, list) and isinstance(learning, list)
 

@@ -85,7 +85,7 @@ def test_library_learning_runs_in_slices_that_let_user_jobs_through(runtime, mon
     monkeypatch.setattr(library, "run_slice", slice_then_a_user_arrives)
     _work(runtime)
     [task] = library.tasks(runtime.connection, settings)
-    assert task["status"] == "stored" and task["slices"] == 3 and task["iterations"] == 3
+    assert task["status"] == "stored" and task["slices"] == 1 + 3 and task["iterations"] == 3  # calibration + 3
     user = records.job_record(runtime.connection, settings, user_jobs[0], "tester")
     assert user["status"] == "succeeded" and user["timings"]["started"] < task["updated"]  # between slices
     assert runtime.store.info(key)["metadata"]["iterations"] == 3
@@ -96,7 +96,8 @@ def test_a_token_without_gain_stays_out_of_the_library_and_its_key_is_not_relear
 
     runtime.settings = runtime.settings.model_copy(update={
         "library": runtime.settings.library.model_copy(update={
-            "max_iterations": 1, "seeds_per_iteration": 1, "validation_seeds": 2, "validate_every": 5}),
+            "max_iterations": 1, "seeds_per_iteration": 1, "validation_seeds": 2, "validate_every": 5,
+            "calibration_below": 0, "calibration_above": 0}),  # calibration may only state the count itself
         "library_slice_seconds": 60.0})
     key = runtime.engine.token_key("square", 5).id
     assert library.schedule(runtime.connection, runtime.settings, "reference", "square", 5, key)
