@@ -15,6 +15,9 @@ from . import COLOURS, MAX_COUNT, PIPELINE_PATH, PIPELINE_WEB_PATH, DETECTOR_PAT
 from .scenes import UNCLEAR
 
 REFERENCE_CONFIG = "tally_reference.json"  # sampler defaults and classes, beside model_index.json
+# Each model's default policy: the winner of `tally bench engine --model M` by the rule in
+# ``optimization.policy.choose_default`` (detector-only verification; README "Measured", 2026-11-29).
+MEASURED_DEFAULT: dict[str, Policy] = {"reference": Policy.resample, "reference-web": Policy.resample}
 
 
 def _spec(id_: str, pipeline: Path, default_policy: Policy | None, library_prompts: list[str]) -> ModelSpec:
@@ -30,14 +33,14 @@ def _spec(id_: str, pipeline: Path, default_policy: Policy | None, library_promp
 
 def reference_model() -> ModelSpec:
     """The shipped reference pipeline and detector, verified by detector and cross-check."""
-    return _spec("reference", PIPELINE_PATH, None, ["a photo of {count} {attribute} {objects}"])
+    return _spec("reference", PIPELINE_PATH, MEASURED_DEFAULT["reference"], ["a photo of {count} {attribute} {objects}"])
 
 
 def reference_web_model() -> ModelSpec:
     """``reference-web``: trained on web-like captions (``captions``), so it miscounts large numbers the way
     real models do; same detector, classes and cross-check as ``reference``."""
     # Two of its caption shapes, each with "of" before the number: the token starts as that word everywhere.
-    return _spec("reference-web", PIPELINE_WEB_PATH, None, ["a photo of {count} {attribute} {objects}",
+    return _spec("reference-web", PIPELINE_WEB_PATH, MEASURED_DEFAULT["reference-web"], ["a photo of {count} {attribute} {objects}",
                                                             "a picture of {count} {attribute} {objects} on the table"])
 
 
