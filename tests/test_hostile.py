@@ -430,11 +430,12 @@ def test_the_openapi_document_holds_under_property_based_testing(settings, publi
     pytest 9 (``request.node._nodeid``)."""
     from tally.benchmarks.fuzz import fuzz_openapi
 
-    # A live worker as its heartbeat says (without one, 503 no_worker is the documented answer), and the
+    # A live worker per model as its heartbeat says (without one, 503 no_worker is the documented answer), and the
     # model's info published, so token uploads reach the full check. Jobs stay queued; an event stream
     # (never of a real job: generated ids are random) would end on its first heartbeat.
-    redis.Redis.from_url(settings.redis_url).set(Keys(settings.redis_prefix).worker("reference", "fuzz"),
-                                                 json.dumps({"name": "fuzz", "host": "test", "pid": 0}), ex=600)
+    for model in settings.models:
+        redis.Redis.from_url(settings.redis_url).set(Keys(settings.redis_prefix).worker(model.id, "fuzz"),
+                                                     json.dumps({"name": "fuzz", "host": "test", "pid": 0}), ex=600)
     app = create_app(settings.model_copy(update={"sse_heartbeat_s": 0.05}))
     result = fuzz_openapi(app, max_examples=20)
     assert not result["problems"], f"{len(result['problems'])} distinct problems:\n" + "\n".join(
