@@ -64,3 +64,21 @@ def test_token_of_another_model_or_corrupt_file_is_refused(t2i, tmp_path):
         CountToken.load(tmp_path / "corrupt.safetensors")
     with pytest.raises(ValueError, match="size"):
         t2i.set_token({"clip_l": torch.zeros(7)})
+
+
+@pytest.mark.parametrize("stated", ["0", "13", "abc", "7; rm", "²"])
+def test_a_stated_number_outside_the_models_counts_is_refused(stated):
+    from safetensors.torch import save
+
+    from optimization.errors import InvalidRequest
+    from optimization.token_file import validate_token
+
+    token = CountToken(TokenKey("f" * 16, "circle", 7), {"clip_l": torch.zeros(8)}, stated=9)
+    assert CountToken.from_bytes(token.to_bytes()).stated == 9 and validate_token(token.to_bytes(), None, 12)["stated_count"] == 9
+    header = {"tally_format": "1", "model_fingerprint": "f" * 16, "object": "circle", "count": "7", "stated_count": stated}
+    data = save({PLACEHOLDER: torch.zeros(1, 8)}, metadata=header)
+    with pytest.raises(InvalidRequest, match="stated_count must be an integer in 1..12"):
+        validate_token(data, None, 12)
+    if stated in ("0", "abc", "7; rm", "²"):  # not a number at all, or zero: refused whatever the model
+        with pytest.raises(InvalidRequest, match="stated_count must be an integer"):
+            CountToken.from_bytes(data)
