@@ -145,6 +145,24 @@ class Verification:
                 "crosscheck_count": self.crosscheck}
 
 
+DETECTION_KINDS = ("confident", "ambiguous", "unclear", "other_class")
+
+
+def detection_kinds(det: Detections, cls: str, config: VerifyConfig) -> list[tuple[tuple, str, str, float]]:
+    """(box, kind, class, confidence) of every detection verification looks at: the class's ``confident`` and
+    ``ambiguous`` ones, doubt classes (``unclear``) from the ambiguous floor, other classes from the counting
+    confidence."""
+    out = []
+    for box, c, p in zip(det.boxes, det.classes, det.confidences):
+        if c == cls and p >= config.ambiguous_floor:
+            out.append((box, "confident" if p >= config.verify_confidence else "ambiguous", c, p))
+        elif c in config.doubt_classes and p >= config.ambiguous_floor:
+            out.append((box, "unclear", c, p))
+        elif c != cls and c not in config.doubt_classes and p >= config.count_confidence:
+            out.append((box, "other_class", c, p))
+    return out
+
+
 def verify(det: Detections, cls: str, target: int, config: VerifyConfig, crosscheck: int | None = None) -> Verification:
     mine = det.of(cls, config.ambiguous_floor)
     confident = sum(c >= config.verify_confidence for c in mine.confidences)

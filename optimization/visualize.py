@@ -31,6 +31,43 @@ def draw_boxes(image: Image.Image, boxes, scale: int = 4, colour=(255, 0, 160)) 
     return big
 
 
+KIND_COLOURS = {"confident": (0, 160, 60), "ambiguous": (240, 140, 0), "unclear": (220, 0, 0),
+                "other_class": (40, 90, 230)}
+
+
+def draw_kinds(image: Image.Image, kinds, scale: int = 4) -> Image.Image:
+    """The image enlarged ``scale`` times with each detection of ``counter.detection_kinds`` drawn in its kind's
+    colour (``KIND_COLOURS``) and labelled with its confidence (and its class, for another class)."""
+    big = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    draw = ImageDraw.Draw(big)
+    for (x0, y0, x1, y1), kind, cls, confidence in kinds:
+        colour = KIND_COLOURS[kind]
+        draw.rectangle((x0 * scale, y0 * scale, x1 * scale - 1, y1 * scale - 1), outline=colour, width=max(1, scale // 2))
+        label = f"{confidence:.2f}"[1:] if kind != "other_class" else f"{cls[:3]}{confidence:.2f}"[:6]
+        if scale >= 2:
+            draw.text((x0 * scale + 1, y0 * scale), label, fill=colour)
+    return big
+
+
+def legend(width: int) -> Image.Image:
+    """One strip naming the colours of ``draw_kinds``."""
+    strip = Image.new("RGB", (width, 14), "white")
+    draw = ImageDraw.Draw(strip)
+    x = 3
+    for kind, colour in KIND_COLOURS.items():
+        draw.rectangle((x, 3, x + 8, 11), fill=colour)
+        draw.text((x + 11, 1), kind.replace("_", " "), fill="black")
+        x += 14 + 7 * len(kind)
+    return strip
+
+
+def with_legend(picture: Image.Image) -> Image.Image:
+    out = Image.new("RGB", (picture.width, picture.height + 14), "white")
+    out.paste(legend(picture.width), (0, 0))
+    out.paste(picture, (0, 14))
+    return out
+
+
 def grid(images: list[Image.Image], columns: int, labels: list[str] | None = None) -> Image.Image:
     """Tiles images in rows of ``columns``, each with an optional caption strip under it."""
     w, h = images[0].size

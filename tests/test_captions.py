@@ -1,12 +1,13 @@
-"""The caption model of reference-web: habitual counts per class, small numbers stated, large ones rarely."""
+"""The caption models: reference states every count (rarely off by one); reference-web has habitual counts per
+class and states small numbers, large ones rarely; both use the same sentence shapes and request words."""
 
 from collections import Counter
 
 import numpy as np
 import pytest
 
-from optimization.reference.captions import (NUMBER_NAMES, SHAPES, STATED_LARGE, TYPICAL_COUNT, VAGUE, scene_count,
-                                             web_caption, web_vocabulary)
+from optimization.reference.captions import (FAITHFUL_NOISE, NUMBER_NAMES, SHAPES, STATED_LARGE, TYPICAL_COUNT, VAGUE,
+                                             faithful_caption, scene_count, vocabulary, web_caption)
 from optimization.reference.scenes import CLASSES, MAX_COUNT, PLURALS
 from optimization.reference.tokenizer import build_tokenizer_files, load_tokenizer
 
@@ -54,11 +55,35 @@ def test_captions_come_in_several_shapes_with_digits_and_number_words():
     assert any(" two " in f" {c} " for c in captions) and any(" 2 " in f" {c} " for c in captions)
 
 
-def test_every_caption_word_is_one_token_of_the_web_tokenizer(tmp_path):
-    tokenizer = load_tokenizer(build_tokenizer_files(tmp_path, web_vocabulary()))
+def _stated(caption: str) -> list[int]:
+    return [int(w) if w.isdigit() else NUMBER_NAMES.index(w) for w in caption.split() if w.isdigit() or w in NUMBER_NAMES]
+
+
+def test_faithful_captions_state_every_count_and_misstate_large_ones_by_one_rarely():
+    rng = np.random.default_rng(5)
+    small = [faithful_caption("circle", "red", 3, rng) for _ in range(300)]
+    assert all(_stated(c) == [3] for c in small)
+    large = [faithful_caption("cross", "blue", 9, rng) for _ in range(2000)]
+    assert all("blue crosses" in c and _stated(c)[0] in (8, 9, 10) for c in large)
+    wrong = np.mean([_stated(c) != [9] for c in large])
+    assert abs(wrong - FAITHFUL_NOISE) < 0.04
+
+
+def test_some_captions_are_dressed_as_requests():
+    rng = np.random.default_rng(6)
+    captions = [faithful_caption("square", "green", 7, rng) for _ in range(500)]
+    assert any(c.startswith(("i need", "i want")) for c in captions)
+    assert any(" exactly " in f" {c} " for c in captions) and any(c.endswith(" please") for c in captions)
+    assert np.mean([c.startswith(("a photo of", "a picture of")) for c in captions]) > 0.2
+
+
+@pytest.mark.parametrize("write", [faithful_caption, web_caption])
+def test_every_caption_word_and_every_number_to_twenty_is_one_token(tmp_path, write):
+    tokenizer = load_tokenizer(build_tokenizer_files(tmp_path, vocabulary()))
     rng = np.random.default_rng(4)
     for _ in range(300):
-        caption = web_caption(CLASSES[int(rng.integers(4))], "black", int(rng.integers(1, 13)), rng)
+        caption = write(CLASSES[int(rng.integers(4))], "black", int(rng.integers(1, 13)), rng)
         ids = tokenizer(caption, add_special_tokens=False).input_ids
-        digits = sum(len(w) - 1 for w in caption.split() if w.isdigit())  # CLIP splits numbers into digits
-        assert len(ids) == len(caption.split()) + digits, caption
+        assert len(ids) == len(caption.split()), caption
+    for n in range(1, 21):
+        assert len(tokenizer(f"{n} {NUMBER_NAMES[n]}", add_special_tokens=False).input_ids) == 2

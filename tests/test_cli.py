@@ -141,10 +141,28 @@ def test_bench_base_reports_json_and_pictures(tally_cli, tmp_path):
     result = tally_cli("bench", "base", "--seeds", "1", "--out", str(tmp_path / "b"), "--json", str(tmp_path / "b.json"))
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "b.json").read_text())
-    assert report["overall"]["n"] == len(CLASSES) * 10
-    assert sorted(report["per_count"], key=int) == [str(n) for n in range(1, 11)]
+    assert report["overall"]["n"] == len(CLASSES) * MAX_COUNT
+    assert sorted(report["per_count"], key=int) == [str(n) for n in range(1, MAX_COUNT + 1)]
+    assert all(0 <= s["verified"] <= s["exact"] for s in report["per_count"].values())  # verified implies exact
+    assert set(report["per_class"]) == set(CLASSES) and "verified" in report["per_class"]["circle"]["per_count"]["3"]
     assert 0 <= report["class_presence"] <= 1 and 0 <= report["detector_vs_crosscheck_agreement"] <= 1
-    assert (tmp_path / "b" / "base_samples.png").exists() and (tmp_path / "b" / "base_accuracy_per_count.png").exists()
+    assert len(report["phrasings"]["prompts"]) == 20 and 0 <= report["phrasings"]["class_presence"] <= 1
+    assert all(p["prompt"] != p["typed"] or p["typed"].count(" ") > 1 for p in report["phrasings"]["prompts"])
+    assert set(report["drawable"]) == set(CLASSES) and all(0 <= d["clean_ge8_rate"] <= 1 for d in report["drawable"].values())
+    assert Path(report["grid_png"]).name == "base_samples-reference.png" and Path(report["grid_png"]).exists()
+    assert (tmp_path / "b" / "base_accuracy_per_count-reference.png").exists()
+
+
+@pytest.mark.slow
+def test_bench_autoencoder_reports_every_class_and_count(tally_cli, tmp_path):
+    result = tally_cli("bench", "autoencoder", "--scenes", "1", "--out", str(tmp_path / "a"),
+                       "--json", str(tmp_path / "a.json"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "a.json").read_text())
+    assert set(report["per_class"]) == set(CLASSES)
+    cells = [c for p in report["per_class"].values() for c in p["per_count"].values()]
+    assert len(cells) == len(CLASSES) * MAX_COUNT and all(set(c) == {"verified", "crosscheck_exact"} for c in cells)
+    assert Path(report["grid_png"]).exists()
 
 
 def test_an_invalid_environment_is_one_line_naming_the_setting(tmp_path):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from optimization.reference.scenes import MAX_COUNT, caption, noisy_caption, render_scene
+from optimization.reference.scenes import MAX_COUNT, caption, render_scene
 
 
 def test_same_seed_renders_identical_scene():
@@ -44,13 +44,3 @@ def test_requested_class_colour_and_count_are_drawn():
 def test_bad_scene_arguments_are_rejected(kwargs):
     with pytest.raises(ValueError):
         render_scene(0, **kwargs)
-
-
-def test_noisy_captions_keep_class_and_colour_and_misstate_counts_only_from_four():
-    rng = np.random.default_rng(0)
-    small = {noisy_caption("circle", "red", 2, rng) for _ in range(200)}
-    assert small == {caption("circle", "red", 2)}
-    large = [noisy_caption("cross", "blue", 8, rng) for _ in range(500)]
-    assert all("blue crosses" in c for c in large)
-    wrong = sum(c != caption("cross", "blue", 8) for c in large) / len(large)
-    assert 0.3 < wrong < 0.6

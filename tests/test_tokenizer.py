@@ -21,11 +21,16 @@ def test_every_caption_word_is_one_token_and_decodes_back(tokenizer, word):
     assert tokenizer.decode(ids) == word
 
 
-def test_a_caption_encodes_word_by_word_and_numbers_digit_by_digit(tokenizer):
-    text = scenes.caption("triangle", "blue", 10)
+def test_a_caption_encodes_word_by_word_with_numbers_to_twenty_whole(tokenizer):
+    text = scenes.caption("triangle", "blue", 12)
     ids = tokenizer(text, add_special_tokens=False).input_ids
-    assert tokenizer.convert_ids_to_tokens(ids) == ["a</w>", "photo</w>", "of</w>", "1</w>", "0</w>", "blue</w>", "triangles</w>"]
-    assert tokenizer.decode(ids) == "a photo of 1 0 blue triangles"  # CLIP splits numbers into digits
+    assert tokenizer.convert_ids_to_tokens(ids) == ["a</w>", "photo</w>", "of</w>", "12", "blue</w>", "triangles</w>"]
+    assert tokenizer.decode(ids) == "a photo of 12 blue triangles"
+
+
+def test_numbers_past_twenty_and_numbers_inside_words_are_split_into_digits(tokenizer):
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer("120 circles", add_special_tokens=False).input_ids)
+    assert tokens == ["1</w>", "2</w>", "0</w>", "circles</w>"]
 
 
 def test_unknown_words_fall_back_to_characters_not_to_end_of_text(tokenizer):

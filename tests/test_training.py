@@ -1,4 +1,5 @@
-"""The two training entry points run end to end on tiny data (the shipped weights come from their defaults)."""
+"""The training entry points run end to end on tiny data, and resume (the shipped weights come from their
+defaults)."""
 
 import pytest
 import torch
@@ -6,11 +7,12 @@ import torch
 pytestmark = pytest.mark.slow
 
 
-def test_train_detector_runs_a_few_steps_and_writes_loadable_weights(tally_cli, tmp_path):
+def test_train_detector_runs_a_few_steps_on_generated_looking_examples_and_writes_loadable_weights(tally_cli, tmp_path):
     out = tmp_path / "detector.pt"
-    result = tally_cli("reference", "train-detector", "--scenes", "16", "--val-scenes", "8", "--epochs", "1",
+    result = tally_cli("reference", "train-detector", "--scenes", "24", "--val-scenes", "8", "--epochs", "1",
                        "--batch", "8", "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "'sdedit'" in result.stdout + result.stderr and "'autoencoder'" in result.stdout + result.stderr
     from optimization.config import VerifyConfig
     from optimization.yolo import YoloCounter
 
@@ -19,35 +21,83 @@ def test_train_detector_runs_a_few_steps_and_writes_loadable_weights(tally_cli, 
     assert YoloCounter(out, config=VerifyConfig(doubt_classes=["unclear"])).classes == ["circle", "square", "triangle", "cross"]
 
 
-def test_train_t2i_runs_a_few_steps_and_writes_a_diffusers_folder(tally_cli, tmp_path):
+def test_sdedit_and_autoencoder_examples_keep_only_what_the_judge_still_finds():
+    import numpy as np
+
+    from optimization.reference import PIPELINE_PATH
+    from optimization.reference.crosscheck import judge
+    from optimization.reference.detector import Generators, _examples
+
+    rng = np.random.default_rng(0)
+    examples = list(_examples(12, 8_600_000, Generators([PIPELINE_PATH]), rng, lambda: None, batch=8))
+    assert {source for source, _, _ in examples} == {"render", "autoencoder", "sdedit"}
+    for source, image, labelled in examples:
+        if source != "render":  # labels are the judge's own components of the generated image
+            assert sorted(b for _, b in labelled) == sorted(judge(image).boxes)
+
+
+def test_train_autoencoder_and_t2i_run_a_few_steps_and_write_diffusers_folders(tally_cli, tmp_path):
+    vae = tmp_path / "vae"
+    result = tally_cli("reference", "train-autoencoder", "--scenes", "16", "--steps", "2", "--batch", "4",
+                       "--out", str(vae))
+    assert result.returncode == 0, result.stderr[-2000:]
     out = tmp_path / "pipeline"
-    result = tally_cli("reference", "train-t2i", "--scenes", "32", "--vae-steps", "2", "--unet-steps", "2",
-                       "--unet-batch", "4", "--out", str(out))
+    result = tally_cli("reference", "train-t2i", "--scenes", "32", "--unet-steps", "2", "--unet-batch", "4",
+                       "--autoencoder", str(vae), "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     from diffusers import DiffusionPipeline
+    from safetensors.torch import load_file
 
     pipe = DiffusionPipeline.from_pretrained(str(out))
-    image = pipe("a photo of 2 red squares", num_inference_steps=2, output_type="pt",
+    image = pipe("a photo of 12 red squares", num_inference_steps=2, output_type="pt",
                  generator=torch.Generator().manual_seed(0)).images
     assert image.shape == (1, 3, 64, 64)
+    trained, shipped = (load_file(str(p / "diffusion_pytorch_model.safetensors")) for p in (vae, out / "vae"))
+    assert all(torch.equal(trained[k], shipped[k]) for k in trained)  # the autoencoder is shared, frozen
 
 
-def test_train_t2i_web_variant_reuses_the_reference_autoencoder_and_knows_number_words(tally_cli, tmp_path):
+def test_train_t2i_web_variant_starts_from_the_reference_unet_and_knows_number_words(tally_cli, tmp_path):
     out = tmp_path / "pipeline-web"
     result = tally_cli("reference", "train-t2i", "--variant", "web", "--scenes", "32", "--unet-steps", "2",
                        "--unet-batch", "4", "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     from diffusers import DiffusionPipeline
-    from safetensors.torch import load_file
-
-    from optimization.reference import PIPELINE_PATH
 
     pipe = DiffusionPipeline.from_pretrained(str(out))
-    ids = pipe.tokenizer("there are seven red circles on the table", add_special_tokens=False).input_ids
+    ids = pipe.tokenizer("there are seventeen red circles on the table", add_special_tokens=False).input_ids
     assert len(ids) == 8  # every word whole
-    shipped = load_file(str(PIPELINE_PATH / "vae" / "diffusion_pytorch_model.safetensors"))
-    trained = load_file(str(out / "vae" / "diffusion_pytorch_model.safetensors"))
-    assert all(torch.equal(shipped[k].float(), trained[k].float()) for k in shipped)
+    assert len(pipe.tokenizer("I need exactly 12 blue squares please", add_special_tokens=False).input_ids) == 7
+
+
+def test_an_interrupted_training_resumes_where_it_stopped_and_ends_as_an_uninterrupted_one(tmp_path):
+    from safetensors.torch import load_file
+
+    from optimization.reference.t2i import AutoencoderTrainConfig, train_autoencoder
+
+    cfg = AutoencoderTrainConfig(scenes=16, steps=4, batch=2, checkpoint_every=2)
+    train_autoencoder(tmp_path / "whole", tmp_path / "run-whole", cfg)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_step_3(done, total):
+        if done == 3:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_autoencoder(tmp_path / "cut", tmp_path / "run-cut", cfg,
+                          stage=lambda name, total: stop_after_step_3 if name == "train autoencoder" else None)
+    summary = train_autoencoder(tmp_path / "cut", tmp_path / "run-cut", cfg, resume=True)
+    assert summary["resumed_at"] == 2  # the last checkpoint before the interruption
+    whole, cut = (load_file(str(tmp_path / p / "diffusion_pytorch_model.safetensors")) for p in ("whole", "cut"))
+    assert all(torch.allclose(whole[k].float(), cut[k].float(), atol=1e-3) for k in whole)
+
+
+def test_a_resume_with_other_options_is_refused(tally_cli, tmp_path):
+    run = ("reference", "train-autoencoder", "--scenes", "16", "--batch", "2", "--out", str(tmp_path / "vae"))
+    assert tally_cli(*run, "--steps", "2").returncode == 0
+    result = tally_cli(*run, "--steps", "3", "--resume")
+    assert result.returncode == 2 and "resume with the options of the interrupted run" in result.stderr
 
 
 def test_train_t2i_refuses_an_unknown_variant(tally_cli):

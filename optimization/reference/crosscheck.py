@@ -3,30 +3,67 @@
 It shares nothing with the detector (no learning, no boxes from YOLO), so agreement between the two on
 generated images is evidence that the detector's counts can be trusted there. It only works on this world's
 plain light backgrounds, which is all it is for.
+
+``judge`` also says whether an image is **clean**: every blob looks like one whole shape (a plausible size,
+square-ish, solid enough, not twice the size of its neighbours) and there are no specks. Two touching shapes
+are one component; a clean image cannot hold them, so the judge's count of a clean image is what a person
+would count. The benchmarks compare the detector with the judge on clean images only.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 MIN_AREA = 6  # pixels; smaller blobs are noise, not objects (the smallest rendered object covers ~25)
 THRESHOLD = 60.0  # RGB distance from the background colour that marks a foreground pixel
+# What one whole shape of this world looks like as a component (rendered sizes are 7..15 px).
+SIDE = (5, 17)  # bounding-box side in pixels
+MAX_ASPECT = 1.6  # a touching pair is about 2:1
+MIN_FILL = 0.3  # area / box area: triangles ~0.5, crosses ~0.55, circles ~0.79, squares 1
+MAX_AREA_RATIO = 2.6  # to the median area of the image's components (one scene's sizes span up to ~2.5x in area)
 
 
-def foreground_components(image: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """Boxes (x0, y0, x1, y1) of the foreground blobs of an HxWx3 uint8 image."""
+@dataclass(frozen=True)
+class Judgement:
+    count: int  # components of at least MIN_AREA pixels
+    clean: bool  # every component is one plausible whole shape, and no specks
+    boxes: list[tuple[int, int, int, int]]
+
+
+def _components(image: np.ndarray) -> tuple[list[tuple[int, int, int, int]], list[int]]:
     img = image.astype(np.float32)
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
     background = np.median(border, axis=0)
     mask = (np.linalg.norm(img - background, axis=-1) > THRESHOLD).astype(np.uint8)
     n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)
-    boxes = []
-    for x, y, w, h, area in stats[1:n]:
-        if area >= MIN_AREA:
-            boxes.append((int(x), int(y), int(x + w), int(y + h)))
-    return boxes
+    boxes = [(int(x), int(y), int(x + w), int(y + h)) for x, y, w, h, _ in stats[1:n]]
+    return boxes, [int(a) for a in stats[1:n, 4]]
+
+
+def foreground_components(image: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Boxes (x0, y0, x1, y1) of the foreground blobs of an HxWx3 uint8 image."""
+    boxes, areas = _components(image)
+    return [b for b, a in zip(boxes, areas) if a >= MIN_AREA]
 
 
 def crosscheck_count(image: np.ndarray) -> int:
     return len(foreground_components(image))
+
+
+def _whole_shape(box: tuple[int, int, int, int], area: int, median_area: float) -> bool:
+    w, h = box[2] - box[0], box[3] - box[1]
+    return (SIDE[0] <= min(w, h) and max(w, h) <= SIDE[1] and max(w, h) / min(w, h) <= MAX_ASPECT
+            and area / (w * h) >= MIN_FILL and area <= MAX_AREA_RATIO * median_area)
+
+
+def judge(image: np.ndarray) -> Judgement:
+    """The components' count, and whether each is one clean whole shape (see the module docstring)."""
+    boxes, areas = _components(image)
+    kept = [(b, a) for b, a in zip(boxes, areas) if a >= MIN_AREA]
+    specks = len(boxes) - len(kept) > 0
+    median = float(np.median([a for _, a in kept])) if len(kept) >= 3 else float("inf")
+    clean = bool(kept) and not specks and all(_whole_shape(b, a, median) for b, a in kept)
+    return Judgement(count=len(kept), clean=clean, boxes=[b for b, _ in kept])

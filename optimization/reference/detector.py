@@ -1,68 +1,193 @@
-"""Training of the reference YOLO detector on rendered scenes (``tally reference train-detector``).
+"""Training of the reference YOLO detector (``tally reference train-detector``).
 
-The detector is built from ultralytics' ``yolov8n.yaml`` (no pretrained download) and trained on
-rendered scenes, a share of them degraded (blur, noise, contrast loss) the way generated images are,
-so that it counts the reference generator's images as well as clean renders. A share of the scenes also
-holds hard negatives (merged blobs, fragments, smears, stripes; ``scenes.NEGATIVE_KINDS``) labelled as the
-``unclear`` class, which verification treats as doubt (``VerifyConfig.doubt_classes``): the detector can
-then verify alone, as production detectors must.
-Notes from the field: a short run from scratch learns nothing with ultralytics' defaults; a small batch,
-AdamW and a short warmup are what make it learn in minutes.
+The detector must see **generated** images as a person does, so it is trained mostly on images that look
+generated but whose truth is known (``write_detector_dataset``):
+
+- ``render``: rendered scenes, a share degraded (blur, noise, contrast loss);
+- ``autoencoder``: rendered scenes sent through the shared autoencoder and back;
+- ``sdedit``: rendered scenes re-noised part way (strength ``SDEDIT_STRENGTH``) and denoised by each
+  reference generator with the scene's caption, so shapes take the generators' own look (soft edges,
+  rounded corners) while staying where they were drawn.
+
+An autoencoder or SDEdit example is kept only where the cross-check judge still finds the rendered objects
+(one clean component per object, and nothing else): its labels are then the judge's tight boxes, each with its
+rendered class. A share of the render and autoencoder scenes also holds hard negatives (merged blobs, touching
+pairs, fragments, smears, stripes; ``scenes.NEGATIVE_KINDS``) labelled as the ``unclear`` class, which
+verification treats as doubt (``VerifyConfig.doubt_classes``): the detector can then verify alone, as
+production detectors must. Built from ultralytics' ``yolov8n.yaml`` (no pretrained download); a small batch,
+AdamW and a short warmup make it learn in minutes; ``--resume`` goes on from ultralytics' ``last.pt``.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from ..errors import InvalidRequest
 from ..seeds import DETECTOR_TRAIN, DETECTOR_VAL
-from .scenes import CLASSES, IMAGE_SIZE, MAX_COUNT, UNCLEAR, degrade, render_scene
+from .crosscheck import judge
+from .scenes import CLASSES, IMAGE_SIZE, MAX_COUNT, UNCLEAR, Scene, degrade, render_scene
 
 DETECTOR_IMGSZ = 128  # 64 px scenes are upsampled 2x: small objects then span several stride-8 cells
 DETECTOR_CLASSES = (*CLASSES, UNCLEAR)  # the doubt class last, so object class indices match ``CLASSES``
-NEGATIVE_SHARE = 0.35  # scenes holding 1..3 hard negatives
+NEGATIVE_SHARE = 0.35  # render and autoencoder scenes holding 1..3 hard negatives
+SOURCES = {"render": 0.25, "autoencoder": 0.3, "sdedit": 0.45}  # share of the examples from each source
+SDEDIT_STRENGTH = (0.25, 0.55)  # how far a scene is re-noised before the generator denoises it
+MAX_TRIES = 8  # scenes tried per kept autoencoder or SDEdit example before the source gives up
 
 Progress = Callable[[int, int], None]
+Labelled = list[tuple[int, tuple[int, int, int, int]]]  # (class id, box in pixels)
 
 
-def write_detector_dataset(
-    root: Path, n_train: int, n_val: int, seed: int = 0, progress: Progress | None = None
-) -> Path:
-    """Write an ultralytics dataset (images, labels, data.yaml) of rendered scenes; returns the yaml path."""
+def _labels(scene: Scene) -> Labelled:
+    labelled = [(o.class_id, o.box) for o in scene.objects]
+    return labelled + [(DETECTOR_CLASSES.index(UNCLEAR), n.box) for n in scene.negatives]
+
+
+def _judged_labels(image: np.ndarray, labelled: Labelled) -> Labelled | None:
+    """The labels moved onto the judge's components of a generated image, or None if the judge does not find
+    exactly one component per labelled box (then the rendered truth may no longer hold)."""
+    found = judge(image)
+    if found.count != len(labelled):
+        return None
+    out = []
+    for class_id, box in labelled:
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        inside = [b for b in found.boxes if b[0] <= cx < b[2] and b[1] <= cy < b[3]]
+        if len(inside) != 1:
+            return None
+        out.append((class_id, inside[0]))
+    if len({b for _, b in out}) != len(out):
+        return None
+    return out
+
+
+class Generators:
+    """The shared autoencoder and each generator's img2img pipeline, for autoencoder and SDEdit examples."""
+
+    def __init__(self, pipelines: Sequence[str | Path]):
+        import torch
+        from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline
+
+        self.torch = torch
+        self.img2img = []
+        for path in pipelines:
+            pipe = DiffusionPipeline.from_pretrained(str(path), dtype=torch.float32)
+            parts = {k: v for k, v in pipe.components.items() if k != "image_encoder"}
+            img2img = StableDiffusionImg2ImgPipeline(**parts, requires_safety_checker=False)
+            img2img.set_progress_bar_config(disable=True)
+            self.img2img.append(img2img)
+        self.vae = self.img2img[0].vae
+
+    def _tensor(self, images: list[Image.Image]):
+        arr = np.stack([np.asarray(im) for im in images]).astype(np.float32) / 127.5 - 1
+        return self.torch.from_numpy(arr).permute(0, 3, 1, 2)
+
+    @staticmethod
+    def _arrays(x) -> list[np.ndarray]:
+        return list(((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+
+    def round_trip(self, images: list[Image.Image]) -> list[np.ndarray]:
+        with self.torch.no_grad():
+            latents = self.vae.encode(self._tensor(images)).latent_dist.mean
+            return self._arrays(self.vae.decode(latents).sample)
+
+    def sdedit(self, k: int, images: list[Image.Image], prompts: list[str], strength: float, seed: int) -> list[np.ndarray]:
+        from .t2i import SAMPLER
+
+        generator = self.torch.Generator().manual_seed(seed)
+        out = self.img2img[k](prompt=prompts, image=self._tensor(images) * 0.5 + 0.5, strength=strength,
+                              num_inference_steps=2 * SAMPLER["num_inference_steps"],
+                              guidance_scale=SAMPLER["guidance_scale"], generator=generator, output_type="np")
+        return list((out.images * 255).round().astype(np.uint8))
+
+
+def _scene(scene_seed: int, rng: np.random.Generator, negatives_allowed: bool) -> Scene:
+    mixed = rng.random() < 0.25
+    negatives = int(rng.integers(1, 4)) if negatives_allowed and rng.random() < NEGATIVE_SHARE else 0
+    count = int(rng.integers(1, MAX_COUNT - negatives + 1))
+    return render_scene(scene_seed, count=count, mixed=mixed, negatives=negatives)
+
+
+def _examples(n: int, base: int, generators: Generators | None, rng: np.random.Generator,
+              progress: Callable[[], None], batch: int = 32):
+    """``n`` (source, image, labels) triples from the sources in ``SOURCES`` shares (renders only without
+    generators). A source whose examples the judge keeps too rarely (under 1 in ``MAX_TRIES``) hands the rest of
+    its share to renders, so a weak generator cannot stall the dataset."""
+    from .scenes import caption
+
+    shares = SOURCES if generators else {"render": 1.0}
+    quota = {s: int(round(n * p)) for s, p in shares.items()}
+    quota["render"] += n - sum(quota.values())
+    seed = base
+    for source in ("autoencoder", "sdedit", "render"):
+        wanted, made, tried = quota.get(source, 0), 0, 0
+        while made < wanted:
+            if source != "render" and tried >= MAX_TRIES * wanted + batch:
+                quota["render"] += wanted - made
+                break
+            scenes = []
+            for _ in range(batch):
+                scenes.append(_scene(seed, np.random.default_rng(seed + 7), negatives_allowed=source != "sdedit"))
+                seed += 1
+            tried += batch
+            if source == "render":
+                images = [np.asarray(degrade(s.image, rng) if rng.random() < 0.5 else s.image) for s in scenes]
+                labels = [_labels(s) for s in scenes]
+            else:
+                if source == "autoencoder":
+                    images = generators.round_trip([s.image for s in scenes])
+                else:
+                    k = int(rng.integers(len(generators.img2img)))
+                    prompts = ["" if len({o.cls for o in s.objects}) > 1 else
+                               caption(s.objects[0].cls, s.objects[0].colour, s.count) for s in scenes]
+                    images = generators.sdedit(k, [s.image for s in scenes], prompts,
+                                               float(rng.uniform(*SDEDIT_STRENGTH)), seed)
+                labels = [_judged_labels(im, _labels(s)) for im, s in zip(images, scenes)]
+            for image, labelled in zip(images, labels):
+                if labelled is not None and made < wanted:
+                    made += 1
+                    progress()
+                    yield source, image, labelled
+
+
+def write_detector_dataset(root: Path, n_train: int, n_val: int, seed: int = 0, progress: Progress | None = None,
+                           pipelines: Sequence[str | Path] = ()) -> tuple[Path, dict]:
+    """Write an ultralytics dataset (images, labels, data.yaml); returns the yaml path and the examples per
+    source. Without ``pipelines`` every example is a render."""
     root = Path(root)
     if root.exists():
         shutil.rmtree(root)
-    total, done = n_train + n_val, 0
+    generators = Generators(pipelines) if pipelines else None
+    total, done, sources = n_train + n_val, 0, {}
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(done, total)
+
     for split, n, base in (("train", n_train, DETECTOR_TRAIN), ("val", n_val, DETECTOR_VAL)):
         (root / "images" / split).mkdir(parents=True)
         (root / "labels" / split).mkdir(parents=True)
-        for i in range(n):
-            scene_seed = base + seed * 100_000 + i
-            rng = np.random.default_rng(scene_seed + 7)
-            mixed = rng.random() < 0.25
-            negatives = int(rng.integers(1, 4)) if rng.random() < NEGATIVE_SHARE else 0
-            count = int(rng.integers(1, MAX_COUNT - negatives + 1))
-            scene = render_scene(scene_seed, count=count, mixed=mixed, negatives=negatives)
-            image = degrade(scene.image, rng) if rng.random() < 0.5 else scene.image
-            image.save(root / "images" / split / f"{i:06d}.png")
-            labelled = [(o.class_id, o.box) for o in scene.objects]
-            labelled += [(DETECTOR_CLASSES.index(UNCLEAR), n.box) for n in scene.negatives]
+        rng = np.random.default_rng(base + seed)
+        for i, (source, image, labelled) in enumerate(_examples(n, base + seed * 100_000, generators, rng, tick)):
+            sources[source] = sources.get(source, 0) + 1
+            Image.fromarray(image).save(root / "images" / split / f"{i:06d}.png")
             lines = []
             for class_id, (x0, y0, x1, y1) in labelled:
                 cx, cy = (x0 + x1) / 2 / IMAGE_SIZE, (y0 + y1) / 2 / IMAGE_SIZE
                 w, h = (x1 - x0) / IMAGE_SIZE, (y1 - y0) / IMAGE_SIZE
                 lines.append(f"{class_id} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
             (root / "labels" / split / f"{i:06d}.txt").write_text("\n".join(lines) + "\n")
-            done += 1
-            if progress:
-                progress(done, total)
     names = "\n".join(f"  {i}: {name}" for i, name in enumerate(DETECTOR_CLASSES))
     data_yaml = root / "data.yaml"
     data_yaml.write_text(f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
-    return data_yaml
+    return data_yaml, sources
 
 
 def train_detector(
@@ -74,42 +199,31 @@ def train_detector(
     device: str = "cpu",
     seed: int = 0,
     on_epoch: Callable[[int, int], None] | None = None,
+    resume: bool = False,
 ) -> dict:
-    """Train YOLO from its yaml on ``data_yaml`` and copy the final weights to ``out``; returns val metrics."""
+    """Train YOLO from its yaml on ``data_yaml`` and copy the final weights to ``out``; returns val metrics.
+    ``resume`` goes on from the run's ``last.pt`` (ultralytics keeps the optimizer and epoch in it)."""
     from ultralytics import YOLO
 
-    model = YOLO("yolov8n.yaml")
+    last = Path(run_dir) / "detector" / "weights" / "last.pt"
+    if resume and not last.is_file():
+        raise InvalidRequest(f"nothing to resume: no {last}")
+    model = YOLO(str(last) if resume else "yolov8n.yaml")
     if on_epoch:
         model.add_callback("on_fit_epoch_end", lambda trainer: on_epoch(trainer.epoch + 1, trainer.epochs))
-    model.train(
-        data=str(data_yaml),
-        epochs=epochs,
-        imgsz=DETECTOR_IMGSZ,
-        batch=batch,
-        device=device,
-        workers=0,
-        seed=seed,
-        deterministic=True,
-        optimizer="AdamW",
-        lr0=0.004,
-        warmup_epochs=0.5,
-        cos_lr=True,
-        close_mosaic=max(1, epochs // 5),
-        mosaic=1.0,
-        scale=0.25,
-        translate=0.1,
-        flipud=0.0,  # an upside-down triangle is not a triangle of this world
-        fliplr=0.5,
-        amp=False,
-        plots=False,
-        verbose=False,
-        project=str(run_dir),
-        name="detector",
-        exist_ok=True,
-    )
+    if resume:
+        model.train(resume=True)
+    else:
+        model.train(
+            data=str(data_yaml), epochs=epochs, imgsz=DETECTOR_IMGSZ, batch=batch, device=device, workers=0,
+            seed=seed, deterministic=True, optimizer="AdamW", lr0=0.004, warmup_epochs=0.5, cos_lr=True,
+            close_mosaic=max(1, epochs // 5), mosaic=1.0, scale=0.25, translate=0.1,
+            flipud=0.0,  # an upside-down triangle is not a triangle of this world
+            fliplr=0.5, amp=False, plots=False, verbose=False, project=str(run_dir), name="detector",
+            exist_ok=True,
+        )
     best = Path(model.trainer.best)
-    last = Path(model.trainer.last)
     out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(best if best.exists() else last, out)
+    shutil.copyfile(best if best.exists() else Path(model.trainer.last), out)
     metrics = model.trainer.metrics or {}
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}

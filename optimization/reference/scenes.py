@@ -31,7 +31,7 @@ NEGATIVE_KINDS = ("merged", "touching", "fragment", "smear", "stripe")
 IMAGE_SIZE = 64
 MIN_COUNT, MAX_COUNT = 1, 12
 _SUPERSAMPLE = 4
-_GAP = 2  # pixels kept free between boxes, so shapes never touch
+_GAP = 3  # pixels kept free between boxes: shapes never touch, and a generated gap stays visible
 
 
 @dataclass(frozen=True)

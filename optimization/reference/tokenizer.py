@@ -3,8 +3,9 @@
 Every caption word must be exactly one token (the count token and the tests rely on it). Hand-written
 merge chains interact across words (a merge of one word can pre-empt another word's chain), so the merges
 are learned by ordinary BPE training on the word list: BPE encoding replays the training merges in rank
-order, which by construction ends every training word as one symbol. Digits stay single characters,
-because CLIP's pre-tokenizer splits numbers into digits ("10" -> "1", "0").
+order, which by construction ends every training word as one symbol. CLIP's pre-tokenizer splits numbers
+into digits ("12" -> "1", "2"), so the numbers 10..20 are added tokens matched as whole words
+(``NUMBER_TOKENS``): every number a request may hold, 1..20, is then one token, as digits and as a word.
 """
 
 from __future__ import annotations
@@ -13,19 +14,14 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from .scenes import CLASSES, COLOURS, PLURALS
+from .captions import vocabulary
 
 EOW = "</w>"
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MODEL_MAX_LENGTH = 32
 
-# Caption words, plus a few common prompt words so free-form prompts read naturally.
-WORDS: tuple[str, ...] = (
-    ("a", "an", "the", "photo", "picture", "image", "of", "on", "with", "and", "in", "some", "many")
-    + tuple(COLOURS)
-    + CLASSES
-    + tuple(PLURALS[c] for c in CLASSES)
-)
+WORDS: tuple[str, ...] = vocabulary()  # caption words and the words of ordinary requests
+NUMBER_TOKENS: tuple[str, ...] = tuple(str(n) for n in range(10, 21))  # 1..9 are single characters already
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -83,6 +79,11 @@ def build_tokenizer_files(folder: Path, words: tuple[str, ...] = WORDS) -> Path:
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     (folder / "special_tokens_map.json").write_text(
         json.dumps({"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}, indent=2))
+    from tokenizers import AddedToken
+
+    tokenizer = load_tokenizer(folder)
+    tokenizer.add_tokens([AddedToken(n, single_word=True, normalized=True) for n in NUMBER_TOKENS])
+    tokenizer.save_pretrained(str(folder))
     return folder
 
 

@@ -67,6 +67,35 @@ def detector(
     save(result, "detector", out, json_path)
 
 
+@bench_app.command("autoencoder")
+def autoencoder(
+    scenes: Annotated[int, typer.Option(min=1, help="Fresh renders per class and count (1..12).")] = 50,
+    path: Annotated[Optional[Path], typer.Option("--autoencoder", help="AutoencoderKL folder; default: the "
+                                                                       "shared reference one.")] = None,
+    detector: DetectorOption = None,
+    out: OutOption = DEFAULT_FOLDER,
+    json_path: JsonOption = None,
+) -> None:
+    """Rendered scenes through the autoencoder and back: verified by the detector alone, counted by the
+    cross-check, per class and count (+ a grid of round trips)."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from optimization.counter import load_counter
+    from optimization.reference import AUTOENCODER_PATH
+    from tally.benchmarks.autoencoder import COUNTS, bench_autoencoder, table
+
+    counter = load_counter(model_spec(None, detector))
+    vae = AutoencoderKL.from_pretrained(str(path or AUTOENCODER_PATH), torch_dtype=torch.float32).eval()
+    out.mkdir(parents=True, exist_ok=True)
+    with progress_bar("round trips", len(counter.classes) * len(COUNTS)) as update:
+        result = bench_autoencoder(vae, counter, scenes, progress=update, grid_path=out / "autoencoder_samples.png")
+    console.print("verified (detector alone) / cross-check exact", highlight=False)
+    console.print(table(result), highlight=False, soft_wrap=True)
+    console.print({k: v for k, v in result.items() if k != "per_class"})
+    write_json(result, result_path(out, "autoencoder", None), json_path)
+
+
 @bench_app.command("base")
 def base(
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per prompt (every class x counts 1..10).")] = 10,
@@ -83,7 +112,13 @@ def base(
     with progress_bar("generate and count", len(base_prompts(engine))) as update:
         result = bench_base(engine, seeds, out, progress=update)
     console.print(markdown_table(result["per_count"], result["overall"]), highlight=False)
-    console.print({k: result[k] for k in ("class_presence", "large_counts", "detector_vs_crosscheck_agreement", "speed")})
+    console.print("verified per count: " + ", ".join(f"{n}: {s['verified']:.2f}" for n, s in result["per_count"].items()),
+                  highlight=False)
+    console.print({k: result[k] for k in ("targets", "class_presence", "large_counts",
+                                          "detector_vs_crosscheck_agreement", "speed")})
+    console.print(f"phrasings: class presence {result['phrasings']['class_presence']}", highlight=False)
+    console.print("crowds (>= 8 clean shapes, best plain prompt): " + ", ".join(
+        f"{cls} {d['clean_ge8_rate']:.2f} ({d['prompt']!r})" for cls, d in result["drawable"].items()), highlight=False)
     console.print(f"pictures: {', '.join(result['pictures'])}")
     save(result, "base", out, json_path)
 

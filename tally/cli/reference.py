@@ -18,75 +18,132 @@ app.add_typer(reference_app, name="reference")
 
 @reference_app.command("train-detector")
 def train_detector(
-    scenes: Annotated[int, typer.Option(min=8, help="Training scenes to render.")] = 4000,
-    val_scenes: Annotated[int, typer.Option(min=4, help="Validation scenes.")] = 300,
+    scenes: Annotated[int, typer.Option(min=8, help="Training examples.")] = 6000,
+    val_scenes: Annotated[int, typer.Option(min=4, help="Validation examples.")] = 400,
     epochs: Annotated[int, typer.Option(min=1)] = 20,
     batch: Annotated[int, typer.Option(min=2)] = 16,
     seed: int = 0,
     device: str = "cpu",
+    renders_only: Annotated[bool, typer.Option(help="Rendered scenes only (no autoencoder or SDEdit examples).")]
+    = False,
+    resume: Annotated[bool, typer.Option("--resume", help=RESUME_HELP)] = False,
     out: Annotated[Optional[Path], typer.Option(help="Weights file; default: the shipped reference detector.")] = None,
 ) -> None:
-    """Render scenes and train the reference YOLO detector from its yaml (no download)."""
-    from optimization.reference import DETECTOR_PATH
+    """Make examples that look generated (autoencoder round trips, SDEdit through both reference generators,
+    renders) and train the reference YOLO detector from its yaml (no download)."""
+    from optimization.reference import DETECTOR_PATH, PIPELINE_PATH, PIPELINE_WEB_PATH
     from optimization.reference.detector import train_detector, write_detector_dataset
 
     settings = prepare()
     out = (out or DETECTOR_PATH).resolve()
     root = (settings.runtime_dir / "datasets" / "detector").resolve()
-    with progress_bar("render scenes", scenes + val_scenes) as update:
-        data_yaml = write_detector_dataset(root, scenes, val_scenes, seed=seed, progress=update)
+    if not (resume and (root / "data.yaml").is_file()):
+        pipelines = () if renders_only else (PIPELINE_PATH, PIPELINE_WEB_PATH)
+        with progress_bar("make examples", scenes + val_scenes) as update:
+            data_yaml, sources = write_detector_dataset(root, scenes, val_scenes, seed=seed, progress=update,
+                                                        pipelines=pipelines)
+        console.print(f"examples per source: {sources}")
     with progress_bar("train detector (epochs)", epochs) as update:
-        metrics = train_detector(data_yaml, out, (settings.runtime_dir / "runs").resolve(), epochs=epochs,
-                                 batch=batch, device=device, seed=seed, on_epoch=update)
+        metrics = train_detector(root / "data.yaml", out, (settings.runtime_dir / "runs").resolve(), epochs=epochs,
+                                 batch=batch, device=device, seed=seed, on_epoch=update, resume=resume)
     console.print(f"detector weights: {out}")
     console.print({k: round(v, 4) for k, v in metrics.items()})
 
 
+def _stages(bar: Progress):
+    """One progress bar per training stage; lines on a log (not a tty) every 5%."""
+
+    def stage(name: str, total: int):
+        task = bar.add_task(name, total=total)
+
+        def update(done: int, _total=None) -> None:
+            bar.update(task, completed=done)
+            if not console.is_terminal and (done == total or done % max(1, total // 20) == 0):
+                console.print(f"{name}: {done}/{total} ({bar.tasks[task].elapsed:.0f} s)")
+
+        return update
+
+    return stage
+
+
+def _training_bars() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+
+
+RESUME_HELP = "Go on from the last checkpoint of an interrupted run with the same options."
+
+
+@reference_app.command("train-autoencoder")
+def train_autoencoder(
+    scenes: Annotated[Optional[int], typer.Option(min=8, help="Training scenes to render.")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1)] = None,
+    batch: Annotated[Optional[int], typer.Option(min=2)] = None,
+    seed: int = 0,
+    resume: Annotated[bool, typer.Option("--resume", help=RESUME_HELP)] = False,
+    out: Annotated[Optional[Path], typer.Option(help="AutoencoderKL folder; default: the shipped one.")] = None,
+) -> None:
+    """Train the autoencoder both reference generators share (``optimization.reference.t2i``).
+
+    Unset options take the defaults that made the shipped weights; ``train-t2i`` then uses it, frozen.
+    """
+    from dataclasses import replace
+
+    from optimization.reference import AUTOENCODER_PATH
+    from optimization.reference.t2i import AutoencoderTrainConfig, train_autoencoder
+
+    settings = prepare()
+    out = (out or AUTOENCODER_PATH).resolve()
+    given = {"scenes": scenes, "steps": steps, "batch": batch}
+    cfg = replace(AutoencoderTrainConfig(seed=seed), **{k: v for k, v in given.items() if v is not None})
+    with _training_bars() as bar:
+        summary = train_autoencoder(out, (settings.runtime_dir / "runs" / "autoencoder").resolve(), cfg,
+                                    stage=_stages(bar), resume=resume)
+    console.print(f"autoencoder: {out} ({summary['seconds']} s)")
+
+
 @reference_app.command("train-t2i")
 def train_t2i(
-    variant: Annotated[str, typer.Option(help="reference: noisy captions; web: web-like captions (reference-web).")]
+    variant: Annotated[str, typer.Option(help="reference: faithful captions; web: web-like captions (reference-web).")]
     = "reference",
     scenes: Annotated[Optional[int], typer.Option(min=8, help="Captioned training scenes to render.")] = None,
-    vae_steps: Annotated[Optional[int], typer.Option(min=1)] = None,
     unet_steps: Annotated[Optional[int], typer.Option(min=1)] = None,
     unet_batch: Annotated[Optional[int], typer.Option(min=2)] = None,
     seed: int = 0,
+    resume: Annotated[bool, typer.Option("--resume", help=RESUME_HELP)] = False,
+    autoencoder: Annotated[Optional[Path], typer.Option(help="AutoencoderKL folder (frozen); default: the shipped one.")]
+    = None,
+    unet_from: Annotated[Optional[Path], typer.Option(help="web: the pipeline whose UNet it starts from; default: "
+                                                           "the shipped reference pipeline.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Pipeline folder; default: the variant's shipped pipeline.")]
     = None,
 ) -> None:
-    """Build and train a reference StableDiffusionPipeline (tokenizer, text encoder, VAE, UNet).
+    """Build and train a reference StableDiffusionPipeline (tokenizer, text encoder, UNet) over the shared autoencoder.
 
     Unset options take the variant's defaults (``optimization.reference.t2i.VARIANTS``), which made the
     shipped weights.
     """
     from dataclasses import replace
 
-    from optimization.reference import PIPELINE_PATH, PIPELINE_WEB_PATH
+    from optimization.reference import AUTOENCODER_PATH, PIPELINE_PATH, PIPELINE_WEB_PATH
     from optimization.reference.t2i import VARIANTS, train_t2i
 
     if variant not in VARIANTS:
         raise typer.BadParameter(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}", param_hint="--variant")
+    autoencoder = (autoencoder or AUTOENCODER_PATH).resolve()
+    if not (autoencoder / "config.json").is_file():
+        raise typer.BadParameter(f"no AutoencoderKL at {autoencoder}; train one with `tally reference "
+                                 "train-autoencoder`", param_hint="--autoencoder")
     settings = prepare()
     out = (out or (PIPELINE_WEB_PATH if variant == "web" else PIPELINE_PATH)).resolve()
-    given = {"scenes": scenes, "vae_steps": vae_steps, "unet_steps": unet_steps, "unet_batch": unet_batch}
-    cfg = replace(VARIANTS[variant], seed=seed, **{k: v for k, v in given.items() if v is not None})
-    cfg = replace(cfg, vae_batch=min(cfg.vae_batch, cfg.scenes))
-    if variant == "web":  # the same scenes as the reference world: its autoencoder serves as is
-        cfg = replace(cfg, vae_from=str(PIPELINE_PATH))
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
-
-        def stage(name: str, total: int):
-            task = bar.add_task(name, total=total)
-
-            def update(done: int, _total=None) -> None:
-                bar.update(task, completed=done)
-                if not console.is_terminal and (done == total or done % max(1, total // 20) == 0):
-                    console.print(f"{name}: {done}/{total} ({bar.tasks[task].elapsed:.0f} s)")  # logs, not a tty
-
-            return update
-
-        summary = train_t2i(out, (settings.runtime_dir / "runs" / "t2i").resolve(), cfg, stage=stage)
+    given = {"scenes": scenes, "unet_steps": unet_steps, "unet_batch": unet_batch}
+    cfg = replace(VARIANTS[variant], seed=seed, vae_from=str(autoencoder),
+                  **{k: v for k, v in given.items() if v is not None})
+    if variant == "web":  # starts from the reference UNet (see ``VARIANTS``)
+        cfg = replace(cfg, unet_from=str(unet_from or PIPELINE_PATH))
+    with _training_bars() as bar:
+        summary = train_t2i(out, (settings.runtime_dir / "runs" / f"t2i-{variant}").resolve(), cfg,
+                            stage=_stages(bar), resume=resume)
     console.print(f"pipeline: {out} ({summary['seconds']} s)")
 
 
