@@ -103,48 +103,6 @@ def potential(counter: Counter, images: torch.Tensor, cls: str) -> torch.Tensor:
     return counter.class_scores(counter.raw(images))[:, counter.classes.index(resolve(counter, cls))].sum(-1)
 
 
-@dataclass
-class Verification:
-    """The verdict on one image: ``verified`` only if every check agrees on exactly ``target`` objects."""
-
-    target: int
-    detected_count: int  # detections of the class at count_confidence
-    confident: int  # at verify_confidence
-    ambiguous: int  # in [ambiguous_floor, verify_confidence)
-    crosscheck: int | None  # the independent counter's count, where there is one
-    detections: Detections  # of the class, at count_confidence
-    doubtful: int = 0  # detections of a doubt class (merged blob, fragment, smear) from ambiguous_floor
-
-    @property
-    def verified(self) -> bool:
-        return (self.confident == self.target and self.ambiguous == 0 and self.doubtful == 0
-                and (self.crosscheck is None or self.crosscheck == self.target))
-
-    @property
-    def reason(self) -> str | None:
-        """Why the image is not verified (the first check that failed), None if it is."""
-        if self.verified:
-            return None
-        if self.confident != self.target or self.detected_count != self.target:
-            return "count_mismatch"
-        if self.ambiguous:
-            return "ambiguous_detections"
-        if self.doubtful:
-            return "unclear_shapes"
-        return "crosscheck_disagrees"
-
-    @property
-    def miss(self) -> float:
-        """How far from verified: count error first, then doubt (ambiguous detections, cross-check error)."""
-        doubt = self.ambiguous + self.doubtful + (abs(self.crosscheck - self.target) if self.crosscheck is not None else 0)
-        return abs(self.detected_count - self.target) + 0.1 * doubt
-
-    def to_dict(self) -> dict:
-        return {**self.detections.report(), "verified": self.verified, "reason": self.reason,
-                "confident": self.confident, "ambiguous": self.ambiguous, "unclear": self.doubtful,
-                "crosscheck_count": self.crosscheck}
-
-
 DETECTION_KINDS = ("confident", "ambiguous", "unclear", "other_class")
 
 
@@ -163,10 +121,76 @@ def detection_kinds(det: Detections, cls: str, config: VerifyConfig) -> list[tup
     return out
 
 
+@dataclass
+class Verification:
+    """The verdict on one image: ``verified`` only if every check agrees on exactly ``target`` objects.
+
+    Its counts are honest: ``detected_count`` is the confident count, and the doubt beside it (ambiguous
+    detections of the class, unclear shapes, other classes, the cross-check's count) is reported, not folded
+    into it."""
+
+    target: int
+    kinds: list[tuple[tuple, str, str, float]]  # ``detection_kinds`` of the image
+    crosscheck: int | None = None  # the independent counter's count, where there is one
+
+    def _count(self, kind: str) -> int:
+        return sum(k == kind for _, k, _, _ in self.kinds)
+
+    @property
+    def confident(self) -> int:
+        """Detections of the class at verify_confidence: what results call ``detected_count``."""
+        return self._count("confident")
+
+    @property
+    def detected_count(self) -> int:
+        return self.confident
+
+    @property
+    def ambiguous(self) -> int:  # of the class, in [ambiguous_floor, verify_confidence)
+        return self._count("ambiguous")
+
+    @property
+    def doubtful(self) -> int:  # of a doubt class (merged blob, fragment, smear) from ambiguous_floor
+        return self._count("unclear")
+
+    @property
+    def other_class(self) -> int:  # of another object class, at count_confidence
+        return self._count("other_class")
+
+    @property
+    def verified(self) -> bool:
+        return (self.confident == self.target and self.ambiguous == 0 and self.doubtful == 0
+                and (self.crosscheck is None or self.crosscheck == self.target))
+
+    @property
+    def reason(self) -> str | None:
+        """Why the image is not verified (the first check that failed), None if it is."""
+        if self.verified:
+            return None
+        if self.confident != self.target:
+            return "count_mismatch"
+        if self.ambiguous:
+            return "ambiguous_detections"
+        if self.doubtful:
+            return "unclear_shapes"
+        return "crosscheck_disagrees"
+
+    @property
+    def miss(self) -> float:
+        """How far from verified, doubt counted against the image, so the closest miss is one a person would also
+        call close (an ambiguous or unclear shape may be one object more or less)."""
+        crosscheck = abs(self.crosscheck - self.target) if self.crosscheck is not None else 0
+        return abs(self.confident - self.target) + self.ambiguous + self.doubtful + crosscheck
+
+    def to_dict(self) -> dict:
+        confident = [(box, p) for box, k, _, p in self.kinds if k == "confident"]
+        return {"detected_count": self.confident, "boxes": [[round(v, 1) for v in b] for b, _ in confident],
+                "confidences": [round(p, 3) for _, p in confident], "verified": self.verified, "reason": self.reason,
+                "confident": self.confident, "ambiguous": self.ambiguous, "unclear": self.doubtful,
+                "other_class": self.other_class, "crosscheck_count": self.crosscheck,
+                "detections": [{"box": [round(v, 1) for v in box], "kind": kind, "object": c, "confidence": round(p, 3)}
+                               for box, kind, c, p in self.kinds]}
+
+
 def verify(det: Detections, cls: str, target: int, config: VerifyConfig, crosscheck: int | None = None) -> Verification:
-    mine = det.of(cls, config.ambiguous_floor)
-    confident = sum(c >= config.verify_confidence for c in mine.confidences)
-    return Verification(target=target, detected_count=det.count(cls, config.count_confidence), confident=confident,
-                        ambiguous=len(mine.confidences) - confident, crosscheck=crosscheck,
-                        detections=det.of(cls, config.count_confidence),
-                        doubtful=sum(det.count(d, config.ambiguous_floor) for d in config.doubt_classes))
+    return Verification(target=target, kinds=detection_kinds(det, cls, config), crosscheck=crosscheck)

@@ -93,13 +93,23 @@ class TokenUse(BaseModel):
     learning_scheduled: bool
 
 
+class DetectionOut(BaseModel):
+    box: list[float] = Field(description="x0, y0, x1, y1 in image pixels.")
+    kind: Literal["confident", "ambiguous", "unclear", "other_class"] = Field(
+        description="confident: the object at the verification confidence; ambiguous: the object in the doubtful "
+                    "confidence band; unclear: a shape the detector calls no clean object; other_class: another "
+                    "object.")
+    object: str
+    confidence: float
+
+
 class ImageOut(BaseModel):
     url: str
     index: int
     seed: int
-    detected_count: int
+    detected_count: int = Field(description="Confident detections of the object (the count verification checks).")
     verified: bool
-    boxes: list[list[float]]
+    boxes: list[list[float]] = Field(description="The confident detections' boxes.")
     confidences: list[float]
     reason: Literal["count_mismatch", "ambiguous_detections", "unclear_shapes", "crosscheck_disagrees"] | None = Field(
         None, description="Why the image is not verified (the first check that failed); null when verified.")
@@ -107,7 +117,10 @@ class ImageOut(BaseModel):
     ambiguous: int | None = Field(None, description="Detections of the object in the ambiguous confidence band.")
     unclear: int | None = Field(None, description="Shapes the detector calls no clean object (merged, fragment, "
                                                   "smear), where the model's detector knows them.")
-    crosscheck_count: int | None = None
+    other_class: int | None = Field(None, description="Confident detections of other objects.")
+    crosscheck_count: int | None = Field(None, description="The model's independent counter, where it has one.")
+    detections: list[DetectionOut] = Field([], description="Every detection verification looked at, by kind "
+                                                             "(drawn in the kind's colour by ?boxes=true).")
     policy: Policy
     token: str | None = None
     refine_iteration: int | None = Field(None, description="Set when token refinement produced the image: its "

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from optimization.counter import count, verify
+from optimization.config import VerifyConfig
+from optimization.counter import Detections, count, verify
 from optimization.prompts import resolve_class
 from optimization.reference.crosscheck import crosscheck_count
 from optimization.reference.scenes import CLASSES, NEGATIVE_KINDS, UNCLEAR, render_scene
@@ -64,3 +65,31 @@ def test_crosscheck_counts_rendered_scenes_exactly():
     for seed in range(FRESH, FRESH + 200):
         scene = render_scene(seed)
         assert crosscheck_count(np.asarray(scene.image)) == scene.count
+
+
+# ------------------------------------------------------------------------------------------- honest counts
+_CONFIG = VerifyConfig(doubt_classes=["unclear"])
+
+
+def _det(*rows):
+    """Detections from (class, confidence) rows, one box each."""
+    return Detections([(i, i, i + 1, i + 1) for i in range(len(rows))], [p for _, p in rows], [c for c, _ in rows])
+
+
+def test_the_detected_count_is_the_confident_count_and_the_doubt_is_reported_beside_it():
+    verdict = verify(_det(("circle", 0.9), ("circle", 0.8), ("circle", 0.6), ("unclear", 0.3), ("square", 0.7),
+                          ("square", 0.3)), "circle", 2, _CONFIG, crosscheck=4)
+    report = verdict.to_dict()
+    assert (report["detected_count"], report["confident"], report["ambiguous"], report["unclear"],
+            report["other_class"], report["crosscheck_count"]) == (2, 2, 1, 1, 1, 4)
+    assert len(report["boxes"]) == len(report["confidences"]) == 2  # the confident ones
+    assert [d["kind"] for d in report["detections"]] == ["confident", "confident", "ambiguous", "unclear", "other_class"]
+    assert report["verified"] is False and report["reason"] == "ambiguous_detections"
+
+
+def test_misses_rank_doubt_against_the_image():
+    exact_but_doubtful = verify(_det(("circle", 0.9), ("circle", 0.9), ("circle", 0.4), ("unclear", 0.5)), "circle", 2,
+                                _CONFIG)
+    one_short_and_clean = verify(_det(("circle", 0.9)), "circle", 2, _CONFIG)
+    assert one_short_and_clean.miss < exact_but_doubtful.miss
+    assert one_short_and_clean.miss == 1 and exact_but_doubtful.miss == 2

@@ -173,4 +173,4 @@ def test_unverified_images_say_why(engine, counter):
     report = result.to_dict()
     assert report["budget_exhausted"] is True and report["images"][0]["reason"] in (
         "count_mismatch", "ambiguous_detections", "unclear_shapes", "crosscheck_disagrees")
-    assert {"confident", "ambiguous", "unclear"} <= set(report["images"][0])
+    assert {"confident", "ambiguous", "unclear", "other_class", "detections"} <= set(report["images"][0])

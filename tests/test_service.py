@@ -49,6 +49,10 @@ def test_submitted_job_succeeds_with_counted_images(service):
     for result in record["results"]:
         assert result["detected_count"] == len(result["boxes"]) and isinstance(result["verified"], bool)
         assert not result["verified"] or result["detected_count"] == 3
+        kinds = [d["kind"] for d in result["detections"]]  # every detection verification looked at, by kind
+        assert kinds.count("confident") == result["confident"] == result["detected_count"]
+        assert (kinds.count("ambiguous"), kinds.count("unclear"), kinds.count("other_class")) == (
+            result["ambiguous"], result["unclear"], result["other_class"])
         png = service.http.get(result["url"])  # a path (no public_url): resolved against the service's URL
         assert png.status_code == 200 and png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
         assert len(service.http.get(result["url"], params={"boxes": "true"}).content) > len(png.content)

@@ -347,16 +347,19 @@ def image_location(connection: redis.Redis, settings: Settings, job_id: str, n: 
     return objects.image_url(connection, settings, job_id, n)
 
 
-def draw_detections(png: bytes, boxes: list) -> bytes:
-    """The PNG enlarged with its detections drawn (``?boxes=true``)."""
+def draw_detections(png: bytes, result: dict) -> bytes:
+    """The PNG enlarged with its detections drawn (``?boxes=true``), each in its kind's colour; a record written
+    before detections had kinds draws its boxes as confident."""
     import io
 
     from PIL import Image
 
-    from optimization.visualize import draw_boxes
+    from optimization.visualize import draw_kinds
 
+    kinds = [(d["box"], d["kind"], d["object"], d["confidence"]) for d in result.get("detections") or []] or \
+        [(box, "confident", "", p) for box, p in zip(result["boxes"], result["confidences"])]
     buffer = io.BytesIO()
-    draw_boxes(Image.open(io.BytesIO(png)).convert("RGB"), boxes).save(buffer, format="PNG")
+    draw_kinds(Image.open(io.BytesIO(png)).convert("RGB"), kinds).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -197,5 +197,5 @@ def job_image(job_id: str, n: int, settings: SettingsDep, connection: RedisDep, 
         results = _record(connection, settings, job_id, owner)["results"]  # result n is image n
         if n >= len(results):
             raise ApiError(404, "not_found", f"job {job_id!r} has no detections for image {n}")
-        png = records.draw_detections(png, results[n]["boxes"])
+        png = records.draw_detections(png, results[n])
     return Response(images.convert(png, image_format), media_type=images.MEDIA_TYPES[image_format])

@@ -373,8 +373,19 @@ function resultCard(job, result) {
     el("figcaption", {},
       badge,
       el("span", { class: "detected", "data-testid": "detected", text: `${result.detected_count} detected` }),
+      doubtNote(result),
       el("span", { class: "seed", text: `seed ${result.seed}` }),
       link));
+}
+
+/** The doubt beside the confident count (ambiguous, unclear, other objects, the cross-check's count), if any. */
+function doubtNote(result) {
+  const parts = [["ambiguous", result.ambiguous], ["unclear", result.unclear], ["other", result.other_class]]
+    .filter(([, n]) => n).map(([name, n]) => `${n} ${name}`);
+  if (result.crosscheck_count != null && result.crosscheck_count !== result.detected_count) {
+    parts.push(`cross-check ${result.crosscheck_count}`);
+  }
+  return el("span", { class: "doubt", "data-testid": "doubt", text: parts.length ? `(${parts.join(", ")})` : "" });
 }
 
 async function showImages(job) {

@@ -17,18 +17,23 @@ _budget, _library = DEFAULTS.default_budget, DEFAULTS.library
 
 
 def _save_images(out: Path, reports: list[dict], images, cls: str, count: int | None) -> None:
-    from optimization.visualize import draw_boxes, to_pil
+    from optimization.prompts import plural
+    from optimization.visualize import draw_boxes, draw_kinds, to_pil
 
     out.mkdir(parents=True, exist_ok=True)
     for report, image in zip(reports, images):
         path = out / f"seed{report['seed']}.png"
         pil = to_pil(image)
         pil.save(path)
-        draw_boxes(pil, report["boxes"]).save(out / f"seed{report['seed']}_boxes.png")
+        kinds = [(d["box"], d["kind"], d["object"], d["confidence"]) for d in report.get("detections", [])]
+        (draw_kinds(pil, kinds) if "detections" in report else draw_boxes(pil, report["boxes"])).save(
+            out / f"seed{report['seed']}_boxes.png")
         report["path"] = str(path)
-        verdict = "" if count is None else (" verified" if report["verified"] else " NOT verified")
+        verdict = "" if count is None else (
+            ", verified" if report["verified"] else f", not verified: {report['reason'].replace('_', ' ')}")
         asked = f" (asked {count})" if count else ""
-        console.print(f"{path}: {report['detected_count']} {cls}(s) detected{asked}{verdict}")
+        noun = cls if report["detected_count"] == 1 else plural(cls)
+        console.print(f"{path}: {report['detected_count']} {noun} detected{asked}{verdict}", highlight=False)
 
 
 @app.command()

@@ -148,9 +148,9 @@ def submit(
             raise InvalidRequest(f"{final.error.code}: {final.error.message}" if final.error
                                  else f"job {job_id} ended {final.status}")
         for r in final.results:
-            console.print(f"image {r.index}: seed {r.seed}, detected {r.detected_count} {final.object}(s), "
-                          f"{'verified' if r.verified else 'NOT verified'}  {client.absolute(r.url)}",
-                          highlight=False, soft_wrap=True)
+            console.print(f"image {r.index}: seed {r.seed}, {describe_counts(r, final.object)}, "
+                          f"{'verified' if r.verified else 'not verified: ' + (r.reason or '').replace('_', ' ')}  "
+                          f"{client.absolute(r.url)}", highlight=False, soft_wrap=True)
             if out is not None:
                 out.mkdir(parents=True, exist_ok=True)
                 (out / f"{job_id}-{r.index}.png").write_bytes(client.image(job_id, r.index))
@@ -159,6 +159,18 @@ def submit(
             console.print(f"images saved in {out}")
         console.print(f"status: {final.status}; cost: {final.cost.model_dump() if final.cost else None}",
                       highlight=False)
+
+
+def describe_counts(result, object_: str) -> str:
+    """"7 circles detected (1 ambiguous, 1 unclear, cross-check 8)": the confident count and the doubt beside it."""
+    from optimization.prompts import plural
+
+    noun = object_ if result.detected_count == 1 else plural(object_)
+    doubt = [f"{n} {name}" for name, n in (("ambiguous", result.ambiguous), ("unclear", result.unclear),
+                                           ("other", result.other_class)) if n]
+    if result.crosscheck_count is not None and result.crosscheck_count != result.detected_count:
+        doubt.append(f"cross-check {result.crosscheck_count}")
+    return f"{result.detected_count} {noun} detected" + (f" ({', '.join(doubt)})" if doubt else "")
 
 
 def _follow(client, job_id: str, num_images: int):
