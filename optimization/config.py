@@ -20,6 +20,17 @@ class Policy(StrEnum):
     resample = "resample"  # candidates from the base prompt
     library = "library"  # candidates conditioned on the cached library token, when there is one
     refine = "refine"  # library, then token refinement on the nearest misses
+    noise = "noise"  # library, then optimization of the nearest misses' initial noise
+
+    @property
+    def uses_token(self) -> bool:
+        """Whether the policy conditions on the library token (and a library miss schedules learning)."""
+        return self is not Policy.resample
+
+    @property
+    def optimizes(self) -> bool:
+        """Whether the policy optimizes after sampling (and so reserves part of a job's seconds for it)."""
+        return self in (Policy.refine, Policy.noise)
 
 
 class Stage(StrEnum):
@@ -55,6 +66,18 @@ class OptimizeConfig(_Frozen):
 
 class RefineConfig(OptimizeConfig):
     """Per-job refinement (the paper's setting): the seeds of one job, until one image is verified."""
+
+    reserve: float = Field(0.5, ge=0, lt=1, description=(
+        "Share of a job's max_seconds that sampling leaves to optimization (refine and noise policies), so "
+        "sampling cannot starve it."))
+
+
+class NoiseConfig(RefineConfig):
+    """Per-job noise optimization (ReNO-style): the initial latent of a near miss, until its image is verified."""
+
+    lr: float = Field(5e-2, gt=0)
+    norm_weight: float = Field(1.0, ge=0, description="Weight of the term keeping the latent's norm where a "
+                                                     "Gaussian's is.")
 
 
 class LibraryConfig(OptimizeConfig):

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import Budget, LibraryConfig, ModelSpec, Policy, RefineConfig, Stage
+from .config import Budget, LibraryConfig, ModelSpec, NoiseConfig, Policy, RefineConfig, Stage
 from .count_token import CountToken, TokenKey, place_token
 from .counter import Counter, Detections, Verification, load_counter, load_crosscheck, resolve, verify
 from .errors import InvalidRequest
 from .optimizer import (Canceled, IterationReport, OptimizeResult, calibration_seeds, evaluate_token, gain,
-                        library_seeds, optimize)
+                        library_seeds, optimize, optimize_noise)
 from .pipelines import TextToImage
 from .policy import DEFAULT_POLICY
 from .prompts import object_in_prompt, plural, with_count
@@ -132,11 +132,12 @@ class _Job:
         self.policy = Policy(policy)
         self.count = request.count
         self.spent = 0.0  # seconds of engine time charged to this job: its share of each batch it was in
-        self.cost = {"candidates": 0, "iterations": 0, "seconds": 0.0}
+        self.cost = {"candidates": 0, "iterations": 0, "seconds": 0.0, "sampling_seconds": 0.0,
+                     "optimizing_seconds": 0.0}
         self.events = request.progress or (lambda event: None)
         # 2. prompts: the count by the documented rule, then the placeholder for token policies
         self.text = with_count(request.prompt, self.cls, request.count)
-        self.use_token = self.policy in (Policy.library, Policy.refine) and request.token is not None
+        self.use_token = self.policy.uses_token and request.token is not None
         # A calibrated library token states its own number (verification still checks the count).
         stated = request.token.stated_count if self.use_token else request.count
         engine.check_count(stated)
@@ -147,6 +148,8 @@ class _Job:
         self.verified: list[_Candidate] = []
         self.misses: list[_Candidate] = []
         self.index = 0
+        reserve = engine.refine_config.reserve if self.policy.optimizes else 0.0
+        self.sampling_seconds = request.budget.max_seconds * (1 - reserve)
 
     @classmethod
     def failed(cls, error: Exception) -> _Job:
@@ -158,10 +161,11 @@ class _Job:
         return bool(self.request.should_stop and self.request.should_stop())
 
     def wants(self) -> int:
-        """Candidates it would take now: a batch at first, then until verified, out of candidates or time."""
+        """Candidates it would take now: a batch at first, then until verified, out of candidates or out of its
+        sampling time (a policy that optimizes leaves ``reserve`` of its seconds to optimization)."""
         budget, done = self.request.budget, self.cost["candidates"]
         if self.index and (len(self.verified) >= self.request.num_images or done >= budget.max_candidates
-                           or self.spent >= budget.max_seconds):
+                           or self.spent >= self.sampling_seconds):
             return 0
         return max(0, min(CANDIDATE_BATCH, budget.max_candidates - done))
 
@@ -183,21 +187,23 @@ class CountEngine:
 
     def __init__(self, t2i: TextToImage, counter: Counter, spec: ModelSpec,
                  crosscheck: Callable[[np.ndarray], int] | None = None, refine_config: RefineConfig = RefineConfig(),
-                 semantic: ClipGuard | None = None):
+                 semantic: ClipGuard | None = None, noise_config: NoiseConfig = NoiseConfig()):
         self.t2i = t2i
         self.counter = counter
         self.spec = spec
         self.crosscheck = crosscheck
         self.refine_config = refine_config
+        self.noise_config = noise_config.model_copy(update={"reserve": refine_config.reserve})  # one reserve
         self.semantic = semantic  # the CLIP guard of token optimization, where the model configures one
 
     @classmethod
-    def from_spec(cls, spec: ModelSpec, refine_config: RefineConfig = RefineConfig()) -> "CountEngine":
+    def from_spec(cls, spec: ModelSpec, refine_config: RefineConfig = RefineConfig(),
+                  noise_config: NoiseConfig = NoiseConfig()) -> "CountEngine":
         """Load the model entry's pipeline, counter, cross-check and semantic guard once."""
         guard = spec.semantic_guard
         semantic = ClipGuard(guard.clip, guard.weight, spec.device) if guard else None
         return cls(TextToImage.from_spec(spec), load_counter(spec), spec, load_crosscheck(spec.crosscheck),
-                   refine_config, semantic)
+                   refine_config, semantic, noise_config)
 
     @property
     def _semantic_penalty(self):
@@ -286,8 +292,8 @@ class CountEngine:
         for job in jobs:
             if job.error is None:
                 try:
-                    if job.policy == Policy.refine:  # 4.
-                        self._refine_misses(job)
+                    if job.policy.optimizes:  # 4.
+                        self._optimize_misses(job)
                     outcomes.append(self._result(job))  # 5.
                     continue
                 except Exception as exc:  # noqa: BLE001
@@ -337,9 +343,11 @@ class CountEngine:
             took = time.perf_counter() - began
             for job, job_seeds in batch:  # each job pays its share of the batch, so batching costs it no budget
                 job.spent += took * len(job_seeds) / len(seeds)
+                job.cost["sampling_seconds"] += took * len(job_seeds) / len(seeds)
 
-    def _refine_misses(self, job: _Job) -> None:
-        """Stage 4: optimize the token on the nearest misses until enough are verified or the budget ends."""
+    def _optimize_misses(self, job: _Job) -> None:
+        """Stage 4: optimize the nearest misses — the count token (``refine``) or the initial noise (``noise``) —
+        until enough are verified or the budget ends."""
         request, budget, cost = job.request, job.request.budget, job.cost
         start_vectors = request.token.vectors if job.use_token else self.word_vectors(job.init_word)
         for miss in sorted(job.misses, key=lambda c: c.verification.miss):
@@ -347,20 +355,30 @@ class CountEngine:
             left_it = budget.max_iterations - cost["iterations"]
             if len(job.verified) >= request.num_images or left_s <= 0 or left_it <= 0:
                 break
-            config = self.refine_config.model_copy(update={"max_iterations": left_it, "max_seconds": left_s})
-            result = self.refine(job.token_text, job.cls, job.count, miss.seed, start_vectors, config,
-                                 progress=lambda r: job.events(self._refine_event(r, cost, len(job.verified))),
-                                 should_stop=request.should_stop)
+            progress = lambda r: job.events(self._refine_event(r, cost, len(job.verified)))  # noqa: E731
+            if job.policy == Policy.noise:
+                config = self.noise_config.model_copy(update={"max_iterations": left_it, "max_seconds": left_s})
+                if job.use_token:
+                    self.t2i.set_token(request.token.vectors)
+                result = self.refine_noise(job.sample_text, job.cls, job.count, miss.seed, config, progress,
+                                           request.should_stop)
+            else:
+                config = self.refine_config.model_copy(update={"max_iterations": left_it, "max_seconds": left_s})
+                result = self.refine(job.token_text, job.cls, job.count, miss.seed, start_vectors, config,
+                                     progress=progress, should_stop=request.should_stop)
             cost["iterations"] += result.iterations + (1 if result.hit else 0)
+            cost["optimizing_seconds"] += result.seconds
             job.spent += result.seconds
             if result.hit:
-                job.misses.remove(miss)  # its refined image replaces it
+                job.misses.remove(miss)  # its optimized image replaces it
                 job.verified.append(_Candidate(result.hit.seed, result.hit.image, result.hit.verification,
                                                result.hit.iteration))
 
     def _result(self, job: _Job) -> EngineResult:
         """Stage 5: verified images first, then the closest misses."""
         job.cost["seconds"] = round(job.spent, 3)
+        for stage in ("sampling_seconds", "optimizing_seconds"):
+            job.cost[stage] = round(job.cost[stage], 3)
         wanted = job.request.num_images
         closest = sorted(job.misses, key=lambda c: c.verification.miss)
         chosen = job.verified[:wanted] + closest[:max(0, wanted - len(job.verified))]
@@ -380,6 +398,14 @@ class CountEngine:
         return optimize(self.t2i, self.counter, token_prompt, cls, count, start, lambda _it: [seed], config,
                         verifier=lambda ims, dets: self.verify_images(ims, dets, cls, count),
                         progress=progress, should_stop=should_stop, semantic=self._semantic_penalty)
+
+    def refine_noise(self, prompt: str, cls: str, count: int, seed: int, config: NoiseConfig,
+                     progress: Callable[[IterationReport], None] | None = None,
+                     should_stop: Callable[[], bool] | None = None) -> OptimizeResult:
+        """ReNO's setting: optimize one seed's initial noise until its image is verified."""
+        return optimize_noise(self.t2i, self.counter, prompt, cls, count, seed, config,
+                              verifier=lambda ims, dets: self.verify_images(ims, dets, cls, count),
+                              progress=progress, should_stop=should_stop)
 
     def word_vectors(self, word: str) -> dict[str, torch.Tensor]:
         try:

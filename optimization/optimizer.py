@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .config import LibraryConfig, OptimizeConfig
+from .config import LibraryConfig, NoiseConfig, OptimizeConfig
 from .counter import Counter, Detections, Verification, count
 from .pipelines import TextToImage
 from .seeds import LIBRARY_TRAIN, LIBRARY_VALIDATION
@@ -218,6 +218,68 @@ def optimize(
     result.state = {"vectors": _detached(params), "adam": opt.state_dict(), "fallback_scale": fallback_scale,
                     "iteration": result.iterations, "best_vectors": result.vectors, "validation": result.validation,
                     "seconds": result.seconds}
+    return result
+
+
+def gaussian_shell(latents: torch.Tensor) -> torch.Tensor:
+    """Per image, (|z|^2 / d - 1)^2: zero where a standard Gaussian's norm lies, so optimized noise stays noise the
+    denoiser knows (ReNO keeps the norm the same way) instead of drifting to what only fools the counter."""
+    d = latents[0].numel()
+    return (latents.pow(2).flatten(1).sum(1) / d - 1).pow(2)
+
+
+def optimize_noise(
+    t2i: TextToImage,
+    counter: Counter,
+    prompt: str,
+    cls: str,
+    target: int,
+    seed: int,
+    config: NoiseConfig,
+    verifier: Verifier,
+    guard: Guard = detector_guard,
+    progress: Callable[[IterationReport], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> OptimizeResult:
+    """Optimize the initial noise of one seed towards ``target`` objects of ``cls`` (ReNO-style), stopping at the
+    first verified image. The prompt is generated as the pipeline holds it (a library token stays in its slot);
+    the loss is the count loss of ``optimize`` plus its guard plus ``norm_weight`` x ``gaussian_shell``."""
+    torch.manual_seed(config.seed)
+    latents = t2i.initial_latents([seed]).to(t2i.device).requires_grad_(True)
+    opt = torch.optim.AdamW([latents], lr=config.lr, weight_decay=0.0)
+    cls_index = counter.classes.index(cls)
+    started = time.perf_counter()
+    result = OptimizeResult(vectors={}, iterations=0, seconds=0.0)
+    fallback_scale = 1.0
+    for iteration in range(config.max_iterations):
+        if should_stop and should_stop():
+            raise Canceled()
+        if config.max_seconds is not None and time.perf_counter() - started >= config.max_seconds:
+            break
+        images = t2i.generate_differentiable(prompt, [seed], latents=latents)
+        raw = counter.raw(images)
+        detections = counter.detections_from_raw(raw, tuple(images.shape[-2:]))
+        detected = [count(counter, d, cls) for d in detections]
+        verdict = verifier(images.detach().cpu(), detections)[0]
+        if verdict.verified:
+            result.hit = Hit(seed, images[0].detach().cpu(), verdict, iteration)
+            break
+        scores = counter.class_scores(raw)
+        loss_count, scale = count_loss(scores[:, cls_index].sum(-1), detected, target, fallback_scale)
+        loss = (loss_count + config.guard_weight * guard(images, scores, cls_index, scale)
+                + config.norm_weight * gaussian_shell(latents)).mean()
+        if any(detected):
+            fallback_scale = float(scale[torch.tensor(detected) > 0].mean())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        result.iterations = iteration + 1
+        report = IterationReport(iteration + 1, round(loss_count.detach().mean().item(), 4), detected,
+                                 round(float(scale.mean()), 3), round(time.perf_counter() - started, 3))
+        result.history.append(report)
+        if progress:
+            progress(report)
+    result.seconds = time.perf_counter() - started
     return result
 
 

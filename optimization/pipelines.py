@@ -152,11 +152,20 @@ class TextToImage:
             self._negative = {f"negative_{k}": v for k, v in cond.items()}
         return self._negative
 
-    def _call(self, cond: dict[str, torch.Tensor], seeds: list[int]) -> torch.Tensor:
+    def initial_latents(self, seeds: list[int]) -> torch.Tensor:
+        """The initial noise the pipeline draws for ``seeds`` (one CPU generator per seed, as diffusers draws
+        them), ``[B, C, h, w]``: passing it back as ``latents`` gives the same images as the seeds do."""
+        unet = self.pipe.unet
+        shape = (1, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+        return torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds])
+
+    def _call(self, cond: dict[str, torch.Tensor], seeds: list[int], latents: torch.Tensor | None = None) -> torch.Tensor:
         batch = {k: v.expand(len(seeds), *v.shape[1:]) for k, v in cond.items()}
         if self.guidance_scale > 1.0:
             batch.update({k: v.expand(len(seeds), *v.shape[1:]) for k, v in self._negative_conditioning().items()})
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        if latents is not None:  # the pipeline scales them by the scheduler's init_noise_sigma, as drawn noise
+            batch["latents"] = latents.to(self.device, self.pipe.unet.dtype)
         # The undecorated __call__: diffusers wraps it in no_grad, which would cut the gradient.
         call = type(self.pipe).__call__.__wrapped__
         out = call(self.pipe, **batch, generator=generators, output_type="pt",
@@ -177,10 +186,16 @@ class TextToImage:
         cond = {k: torch.cat([encoded[p][k] for p in prompts]) for k in encoded[prompts[0]]}
         return self._call(cond, seeds).cpu()
 
-    def generate_differentiable(self, prompt: str, seeds: list[int], vectors: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Images on the model's device whose gradient reaches ``vectors`` (the placeholder's embedding) only."""
-        with torch.enable_grad(), self.live_token(vectors):
-            return self._call(self.encode(prompt), seeds)
+    def generate_differentiable(self, prompt: str, seeds: list[int], vectors: dict[str, torch.Tensor] | None = None,
+                                latents: torch.Tensor | None = None) -> torch.Tensor:
+        """Images on the model's device whose gradient reaches ``vectors`` (the placeholder's embedding) and/or
+        ``latents`` (the initial noise, ``initial_latents`` of the seeds when not given); model weights stay
+        frozen. Without ``vectors`` the placeholder holds whatever ``set_token`` wrote."""
+        with torch.enable_grad():
+            if vectors is None:
+                return self._call(self.encode(prompt), seeds, latents)
+            with self.live_token(vectors):
+                return self._call(self.encode(prompt), seeds, latents)
 
 
 def model_fingerprint(encoders) -> str:

@@ -129,8 +129,10 @@ class ImageOut(BaseModel):
 
 class Cost(BaseModel):
     candidates: int
-    iterations: int
+    iterations: int = Field(description="Optimization iterations (token refinement or noise optimization).")
     seconds: float
+    sampling_seconds: float | None = Field(None, description="Of ``seconds``: sampling and verifying candidates.")
+    optimizing_seconds: float | None = Field(None, description="Of ``seconds``: optimizing near misses.")
 
 
 class JobOut(BaseModel):

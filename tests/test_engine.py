@@ -107,11 +107,47 @@ def test_refine_policy_refines_the_nearest_miss(engine):
     assert sampled_hit or 1 <= result.cost["iterations"] <= 3
 
 
+def test_noise_policy_optimizes_the_nearest_misses_initial_noise_with_progress(engine):
+    seen = []
+    result = engine.generate("a photo of blue squares", 9, seed=9, policy="noise", progress=seen.append,
+                             budget=Budget(max_candidates=2, max_iterations=3))
+    assert result.cost["candidates"] == 2
+    refining = [e for e in seen if e["stage"] == "refining"]
+    if result.images[0].verified and result.images[0].iteration is None:  # a sampled hit needs no optimization
+        assert refining == [] and result.cost["iterations"] == 0
+    else:
+        assert 1 <= result.cost["iterations"] <= 3 and [e["iterations"] for e in refining][:1] == [1]
+        assert all("loss" in e and "detected_counts" in e for e in refining)
+    assert result.cost["sampling_seconds"] + result.cost["optimizing_seconds"] == pytest.approx(
+        result.cost["seconds"], abs=0.01)
+
+
+def test_cancellation_stops_noise_optimization_within_one_iteration(engine):
+    seen = []
+    with pytest.raises(Canceled):
+        engine.generate("a photo of black triangles", 11, seed=5, policy="noise",
+                        budget=Budget(max_candidates=1, max_iterations=50),
+                        progress=seen.append, should_stop=lambda: any(e["stage"] == "refining" for e in seen))
+    assert [e["iterations"] for e in seen if e["stage"] == "refining"] == [1]
+
+
+@pytest.mark.parametrize("policy", ["refine", "noise"])
+def test_optimizing_policies_leave_their_reserve_of_the_seconds_to_optimization(engine, policy):
+    # Eight verified images of 12 crosses cannot be found in a few seconds, and the budget is in seconds only:
+    # sampling must stop at (1 - reserve) of it, and optimization gets the rest.
+    budget = Budget(max_seconds=6, max_candidates=10_000, max_iterations=10_000)
+    result = engine.generate("a photo of blue crosses", 12, num_images=8, seed=3, policy=policy, budget=budget)
+    reserve = engine.refine_config.reserve
+    assert sum(image.verified for image in result.images) < 8
+    assert result.cost["sampling_seconds"] <= budget.max_seconds * (1 - reserve) + 1.5  # at most one batch past it
+    assert result.cost["iterations"] >= 1 and result.cost["optimizing_seconds"] > 0
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"count": 0}, "count must be between 1 and 12"),
     ({"count": 13}, "count must be between 1 and 12"),
     ({"object_": "hexagon"}, "unknown object 'hexagon'"),
-    ({"policy": "magic"}, "unknown policy 'magic'; allowed: resample, library, refine"),
+    ({"policy": "magic"}, "unknown policy 'magic'; allowed: resample, library, refine, noise"),
     ({"prompt": " "}, "the prompt is empty"),
 ])
 def test_bad_requests_are_refused_with_what_is_allowed(engine, kwargs, message):

@@ -64,3 +64,21 @@ def test_sdxl_token_file_holds_clip_l_and_clip_g(tiny_sdxl, tmp_path):
     t2i.set_token(CountToken.load(path, expected_model=t2i.fingerprint).vectors)
     images = t2i.generate("a photo <tally-count> 3 red circles", [0])
     assert images.shape == (1, 3, t2i.image_size, t2i.image_size)
+
+
+def test_tiny_sdxl_initial_latents_reproduce_the_seeds_images_and_noise_optimization_moves_them(tiny_sdxl, counter):
+    from optimization.config import NoiseConfig
+    from optimization.optimizer import gaussian_shell, optimize_noise
+
+    t2i = tiny_sdxl
+    seeded = t2i.generate("a photo of 3 red circles", [4, 5])
+    given = t2i.generate_differentiable("a photo of 3 red circles", [4, 5], latents=t2i.initial_latents([4, 5]))
+    assert torch.allclose(seeded, given.detach(), atol=1e-5)  # the noise the pipeline would draw for the seeds
+
+    seen = []
+    result = optimize_noise(t2i, counter, "a photo of 3 red circles", "circle", 3, 4, NoiseConfig(max_iterations=2),
+                            verifier=lambda images, dets: [type("V", (), {"verified": False})()] * len(images),
+                            progress=seen.append)
+    assert result.iterations == 2 and [r.iteration for r in seen] == [1, 2] and result.hit is None
+    latents = t2i.initial_latents([4])
+    assert gaussian_shell(latents).item() < 0.05  # drawn noise sits on the Gaussian shell

@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from optimization.config import Budget, LibraryConfig, ModelSpec, Policy, RefineConfig
+from optimization.config import Budget, LibraryConfig, ModelSpec, NoiseConfig, Policy, RefineConfig
 from optimization.errors import InvalidRequest
 from optimization.policy import DEFAULT_POLICY
 from optimization.reference.models import reference_models
@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     default_budget: Budget = Budget()
     max_budget: Budget = Budget(max_seconds=600.0, max_candidates=1024, max_iterations=500)
     refine: RefineConfig = RefineConfig()
+    noise: NoiseConfig = NoiseConfig()  # its reserve is refine's (TALLY_REFINE__RESERVE)
     library: LibraryConfig = LibraryConfig()
     library_slice_seconds: float = Field(10.0, gt=0, description=(
         "Library learning runs in slices of about this long, re-queued behind user jobs: a user job waits "

@@ -147,7 +147,7 @@ def engine_request(rt, job: Job, req: JobRequest, report: _Reporter):
     cls = engine.resolve_object(req.prompt, req.object)
     token = rt.store.token_for(engine, cls, req.count)
     scheduled = False
-    if token is None and req.policy in (Policy.library, Policy.refine):
+    if token is None and Policy(req.policy).uses_token:
         key_id = engine.token_key(cls, req.count).id
         scheduled = library.schedule(rt.connection, rt.settings, rt.model.id, cls, req.count, key_id)
     stats.record_library_lookup(rt.connection, rt.settings, rt.model.id, token is not None, scheduled)

@@ -63,7 +63,7 @@ def load_runtime(settings: Settings, model_id: str | None = None) -> WorkerRunti
 
     model = settings.model(model_id)
     connection = connect(settings, blocking=True)
-    engine = CountEngine.from_spec(model, refine_config=settings.refine)
+    engine = CountEngine.from_spec(model, refine_config=settings.refine, noise_config=settings.noise)
     store = TokenStore.for_settings(settings, connection)
     return WorkerRuntime(settings, model, connection, engine, store)
 

@@ -8,7 +8,7 @@ import { renderChart } from "./chart.js";
 const api = new Api();
 const $ = (selector) => document.querySelector(selector);
 const TERMINAL = new Set(["succeeded", "failed", "canceled", "expired"]);
-const POLICIES = ["resample", "library", "refine"]; // optimization.config.Policy, if the schema cannot be read
+const POLICIES = ["resample", "library", "refine", "noise"]; // optimization.config.Policy, if the schema cannot be read
 
 const state = {
   me: null, // GET /v1/me: {owner, scope, auth, name}

@@ -109,7 +109,7 @@ def run(engine: CountEngine, store: TokenStore, quick: bool, budget: Budget, pol
     callback."""
     classes, counts, per_key = bench_keys(engine, quick, counts)
     tokens = {}
-    if {Policy.library, Policy.refine} & set(policies):
+    if any(p.uses_token for p in policies):
         keys = [(c, n) for c in classes for n in counts]
         with bar("library tokens", len(keys)) as update:
             tokens = library_tokens(engine, store, keys, QUICK_LIBRARY if quick else LibraryConfig(), update)

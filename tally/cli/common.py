@@ -115,7 +115,7 @@ def load_engine(spec: ModelSpec):
 
     quiet_model_loading()
     with console.status(f"loading model {spec.id}"):
-        return CountEngine.from_spec(spec, refine_config=get_settings().refine)
+        return CountEngine.from_spec(spec, refine_config=get_settings().refine, noise_config=get_settings().noise)
 
 
 def token_store():
