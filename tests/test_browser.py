@@ -129,7 +129,7 @@ def test_a_job_submitted_from_the_page_shows_its_progress_then_verified_images(p
     assert page.locator("#model option").all_inner_texts() == ["reference", "reference-web"]  # reference chosen
     assert page.inner_text("#model-info").startswith("1 live worker · ")
     assert "circle" in page.locator("#object option").all_inner_texts()  # the model's classes, from /v1/models
-    assert page.locator("#policy option").all_inner_texts()[1:] == ["resample", "library", "refine"]
+    assert page.locator("#policy option").all_inner_texts()[1:] == ["resample", "library", "refine", "noise"]
     fill_job(page, EASY["prompt"], EASY["count"], EASY["num_images"], EASY["seed"], EASY["policy"],
              max_candidates=EASY["budget"]["max_candidates"], max_seconds=EASY["budget"]["max_seconds"])
     shot(page, "1-form")

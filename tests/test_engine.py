@@ -64,9 +64,25 @@ def test_clean_scene_is_verified_but_an_added_fragment_or_stripe_is_not(counter)
     assert verified >= 9  # the checks reject artefacts, not clean scenes
 
 
-def test_budget_too_small_returns_the_closest_image_unverified(engine):
-    result = engine.generate("a photo of blue crosses", 12, budget=Budget(max_candidates=1), seed=3)
-    assert result.cost["candidates"] == 1 and len(result.images) == 1
+HOPELESS = {"prompt": "a photo of blue crosses", "count": 12}
+
+
+@pytest.fixture
+def hopeless(engine):
+    """The engine with a verifier no image passes (a detection counts only from 0.9999 confidence): its jobs
+    end on their budgets, so optimization always runs."""
+    import copy
+
+    view = copy.copy(engine)
+    view.counter = copy.copy(engine.counter)
+    view.counter.config = engine.counter.config.model_copy(update={"count_confidence": 0.9999,
+                                                                   "verify_confidence": 0.9999})
+    return view
+
+
+def test_budget_too_small_returns_the_closest_image_unverified(hopeless):
+    result = hopeless.generate(**HOPELESS, budget=Budget(max_candidates=1), seed=3)
+    assert result.cost["candidates"] == 1 and len(result.images) == 1 and result.budget_exhausted
     image = result.images[0]
     assert image.verified is False and image.verification.detected_count != 12
     assert image.image.shape == (3, 64, 64)
@@ -90,55 +106,47 @@ def test_verified_images_have_the_requested_count_by_every_check(engine):
         assert crosscheck_count(np.asarray(image.image.permute(1, 2, 0).mul(255).round().byte())) == 3
 
 
-def test_cancellation_stops_the_refine_loop_within_one_iteration(engine):
+def test_cancellation_stops_the_refine_loop_within_one_iteration(hopeless):
     seen = []
     with pytest.raises(Canceled):
-        engine.generate("a photo of black triangles", 11, seed=5, policy="refine",
-                        budget=Budget(max_candidates=1, max_iterations=50),
+        hopeless.generate(**HOPELESS, seed=5, policy="refine", budget=Budget(max_candidates=1, max_iterations=50),
                         progress=seen.append, should_stop=lambda: any(e["stage"] == "refining" for e in seen))
     assert [e["iterations"] for e in seen if e["stage"] == "refining"] == [1]
 
 
-def test_refine_policy_refines_the_nearest_miss(engine):
-    result = engine.generate("a photo of blue squares", 7, seed=9, policy="refine",
-                             budget=Budget(max_candidates=1, max_iterations=3))
-    assert result.cost["candidates"] == 1
-    sampled_hit = result.images[0].verified and result.images[0].iteration is None
-    assert sampled_hit or 1 <= result.cost["iterations"] <= 3
+def test_refine_policy_refines_the_nearest_miss(hopeless):
+    result = hopeless.generate(**HOPELESS, seed=9, policy="refine", budget=Budget(max_candidates=1, max_iterations=3))
+    assert result.cost["candidates"] == 1 and result.cost["iterations"] == 3  # it tried, within its budget
+    assert result.cost["optimizing_seconds"] > 0
 
 
-def test_noise_policy_optimizes_the_nearest_misses_initial_noise_with_progress(engine):
+def test_noise_policy_optimizes_the_nearest_misses_initial_noise_with_progress(hopeless):
     seen = []
-    result = engine.generate("a photo of blue squares", 9, seed=9, policy="noise", progress=seen.append,
+    result = hopeless.generate(**HOPELESS, seed=9, policy="noise", progress=seen.append,
                              budget=Budget(max_candidates=2, max_iterations=3))
-    assert result.cost["candidates"] == 2
+    assert result.cost["candidates"] == 2 and result.cost["iterations"] == 3
     refining = [e for e in seen if e["stage"] == "refining"]
-    if result.images[0].verified and result.images[0].iteration is None:  # a sampled hit needs no optimization
-        assert refining == [] and result.cost["iterations"] == 0
-    else:
-        assert 1 <= result.cost["iterations"] <= 3 and [e["iterations"] for e in refining][:1] == [1]
-        assert all("loss" in e and "detected_counts" in e for e in refining)
+    assert [e["iterations"] for e in refining] == [1, 2, 3]
+    assert all(e["loss"] is not None and len(e["detected_counts"]) == 1 for e in refining)
     assert result.cost["sampling_seconds"] + result.cost["optimizing_seconds"] == pytest.approx(
         result.cost["seconds"], abs=0.01)
 
 
-def test_cancellation_stops_noise_optimization_within_one_iteration(engine):
+def test_cancellation_stops_noise_optimization_within_one_iteration(hopeless):
     seen = []
     with pytest.raises(Canceled):
-        engine.generate("a photo of black triangles", 11, seed=5, policy="noise",
-                        budget=Budget(max_candidates=1, max_iterations=50),
+        hopeless.generate(**HOPELESS, seed=5, policy="noise", budget=Budget(max_candidates=1, max_iterations=50),
                         progress=seen.append, should_stop=lambda: any(e["stage"] == "refining" for e in seen))
     assert [e["iterations"] for e in seen if e["stage"] == "refining"] == [1]
 
 
 @pytest.mark.parametrize("policy", ["refine", "noise"])
-def test_optimizing_policies_leave_their_reserve_of_the_seconds_to_optimization(engine, policy):
-    # Eight verified images of 12 crosses cannot be found in a few seconds, and the budget is in seconds only:
-    # sampling must stop at (1 - reserve) of it, and optimization gets the rest.
+def test_optimizing_policies_leave_their_reserve_of_the_seconds_to_optimization(hopeless, policy):
+    # A hopeless job with a budget in seconds only: sampling must stop at (1 - reserve) of it, and optimization
+    # gets the rest.
     budget = Budget(max_seconds=6, max_candidates=10_000, max_iterations=10_000)
-    result = engine.generate("a photo of blue crosses", 12, num_images=8, seed=3, policy=policy, budget=budget)
-    reserve = engine.refine_config.reserve
-    assert sum(image.verified for image in result.images) < 8
+    result = hopeless.generate(**HOPELESS, seed=3, policy=policy, budget=budget)
+    reserve = hopeless.refine_config.reserve
     assert result.cost["sampling_seconds"] <= budget.max_seconds * (1 - reserve) + 1.5  # at most one batch past it
     assert result.cost["iterations"] >= 1 and result.cost["optimizing_seconds"] > 0
 
@@ -192,7 +200,7 @@ def test_an_images_reported_seed_submitted_back_gives_that_image_first(engine):
         assert again.images[0].verification.detected_count == image.verification.detected_count
 
 
-def test_unverified_images_say_why(engine, counter):
+def test_unverified_images_say_why(engine, counter, hopeless):
     from optimization.counter import Detections
 
     def verdict(confidences, crosscheck=None):
@@ -205,8 +213,7 @@ def test_unverified_images_say_why(engine, counter):
     assert verdict([0.9, 0.9], crosscheck=3).reason == "crosscheck_disagrees"
     merged = Detections([(0, 0, 1, 1)] * 3, [0.9, 0.9, 0.2], ["circle", "circle", "unclear"])
     assert verify(merged, "circle", 2, counter.config).reason == "unclear_shapes"
-    result = engine.generate("a photo of blue crosses", 12, budget=Budget(max_candidates=1), seed=3)
+    result = hopeless.generate(**HOPELESS, budget=Budget(max_candidates=1), seed=3)
     report = result.to_dict()
-    assert report["budget_exhausted"] is True and report["images"][0]["reason"] in (
-        "count_mismatch", "ambiguous_detections", "unclear_shapes", "crosscheck_disagrees")
+    assert report["budget_exhausted"] is True and report["images"][0]["reason"] == "count_mismatch"
     assert {"confident", "ambiguous", "unclear", "other_class", "detections"} <= set(report["images"][0])

@@ -42,9 +42,17 @@ def test_generation_has_the_reference_size_and_depends_only_on_seed(t2i):
     assert not torch.allclose(a[0], a[1])
 
 
-@pytest.mark.parametrize("path", [PIPELINE_PATH, PIPELINE_WEB_PATH], ids=["reference", "reference-web"])
-def test_shipped_weights_are_small(path):
-    assert sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) <= 15 * 2**20
+def test_shipped_weights_are_small():
+    from optimization.reference import WEIGHTS_DIR
+
+    assert sum(p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file()) <= 40 * 2**20
+
+
+def test_both_generators_share_the_reference_autoencoder():
+    from safetensors.torch import load_file
+
+    shared, web = (load_file(str(p / "vae" / "diffusion_pytorch_model.safetensors")) for p in (PIPELINE_PATH, PIPELINE_WEB_PATH))
+    assert shared.keys() == web.keys() and all(torch.equal(shared[k], web[k]) for k in shared)
 
 
 def test_the_reference_model_entry_takes_its_sampler_from_the_shipped_pipeline(reference_spec, t2i):

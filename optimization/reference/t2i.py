@@ -73,8 +73,8 @@ class T2ITrainConfig:
 VARIANTS: dict[str, T2ITrainConfig] = {
     "reference": T2ITrainConfig(),
     # The web model starts from the reference UNet (it can already draw shapes and crowds) with a fresh text
-    # encoder, so what it learns of numbers comes from web captions only; half the steps do.
-    "web": T2ITrainConfig(captions="web", unet_steps=1200),
+    # encoder, so what it learns of numbers comes from web captions only; fewer scenes and steps do.
+    "web": T2ITrainConfig(captions="web", scenes=20_000, unet_steps=1000),
 }
 
 

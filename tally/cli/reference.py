@@ -18,9 +18,9 @@ app.add_typer(reference_app, name="reference")
 
 @reference_app.command("train-detector")
 def train_detector(
-    scenes: Annotated[int, typer.Option(min=8, help="Training examples.")] = 6000,
+    scenes: Annotated[int, typer.Option(min=8, help="Training examples.")] = 5000,
     val_scenes: Annotated[int, typer.Option(min=4, help="Validation examples.")] = 400,
-    epochs: Annotated[int, typer.Option(min=1)] = 20,
+    epochs: Annotated[int, typer.Option(min=1)] = 16,
     batch: Annotated[int, typer.Option(min=2)] = 16,
     seed: int = 0,
     device: str = "cpu",
