@@ -10,12 +10,18 @@ from .config import Policy
 
 DEFAULT_POLICY = Policy.resample
 MARGIN = 1.10  # run-to-run noise of clean images per second on the benchmark
+MAX_FALSE_VERIFIED = 0.01  # a policy that fools its verifier more often than this is never a default
 
 
-def choose_default(clean_per_s: dict[str, float]) -> Policy:
-    """The policy with the most clean (verified and correct) images per second; a token policy must beat
-    plain resampling by more than the noise to earn its place."""
-    best = max(clean_per_s, key=clean_per_s.get)
-    if Policy.resample in clean_per_s and clean_per_s[best] <= MARGIN * clean_per_s[Policy.resample]:
+def choose_default(clean_per_s: dict[str, float], false_verified: dict[str, float] | None = None) -> Policy:
+    """The policy with the most clean (verified and correct) images per second among those whose false-verified
+    rate (judged by an independent counter) is at most ``MAX_FALSE_VERIFIED``, however fast the others are; a
+    token or noise policy must beat plain resampling by more than the noise to earn its place."""
+    false_verified = false_verified or {}
+    eligible = {p: v for p, v in clean_per_s.items() if false_verified.get(p, 0.0) <= MAX_FALSE_VERIFIED}
+    if not eligible:
+        return DEFAULT_POLICY
+    best = max(eligible, key=eligible.get)
+    if Policy.resample in eligible and eligible[best] <= MARGIN * eligible[Policy.resample]:
         return Policy.resample
     return Policy(best)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from optimization.config import Budget, LibraryConfig, Policy
 from optimization.engine import CountEngine
 from optimization.policy import choose_default
@@ -50,7 +52,7 @@ def _stats(rows: list[dict]) -> dict:
     verified = [r for r in rows if r["verified"]]
     clean = sum(r["clean"] for r in rows)
     seconds = sum(r["seconds"] for r in rows)
-    return {"jobs": len(rows), "verified_rate": round(len(verified) / max(len(rows), 1), 4),
+    return {"jobs": len(rows), "median_job_seconds": round(float(np.median([r["seconds"] for r in rows])), 3) if rows else None, "verified_rate": round(len(verified) / max(len(rows), 1), 4),
             "false_verified_rate": round(sum(not r["clean"] for r in verified) / max(len(verified), 1), 4),
             "clean_rate": round(clean / max(len(rows), 1), 4),
             "clean_per_s": round(clean / max(seconds, 1e-9), 4),
@@ -84,7 +86,9 @@ def bench_engine(engine: CountEngine, tokens: dict, jobs: list, budget: Budget, 
     result = {"budget": budget.model_dump(), "jobs": len(jobs),
               "tokens": sorted(f"{c}-{n}" for (c, n), t in tokens.items() if t is not None),
               "policies": {p.value: _stats([r for r in rows if r["policy"] == p]) for p in policies}}
-    result["default_policy"] = choose_default({p: s["clean_per_s"] for p, s in result["policies"].items()}).value
+    result["default_policy"] = choose_default({p: s["clean_per_s"] for p, s in result["policies"].items()},
+                                              {p: s["false_verified_rate"] for p, s in result["policies"].items()}).value
+    result["median_job_seconds"] = round(float(np.median([r["seconds"] for r in rows])), 3) if rows else None
     by_count = {str(n): {p.value: _stats([r for r in rows if r["policy"] == p and r["count"] == n]) for p in policies}
                 for n in sorted({r["count"] for r in rows})}
     result["per_count"] = {n: {p: s["clean_rate"] for p, s in stats.items()} for n, stats in by_count.items()}
@@ -117,7 +121,8 @@ def run(engine: CountEngine, store: TokenStore, quick: bool, budget: Budget, pol
     with bar("jobs x policies, detector-only verifier", len(jobs)) as update:
         detector_only = bench_engine(engine.detector_only(), tokens, jobs, budget, out_dir / "detector-only",
                                      policies, update, judge=engine.crosscheck)
-    result = {k: detector_only[k] for k in ("budget", "jobs", "tokens", "pictures") if k in detector_only}
+    result = {k: detector_only[k] for k in ("budget", "jobs", "tokens", "pictures", "median_job_seconds")
+              if k in detector_only}
     if configured:
         with bar("jobs x policies, configured verifier", len(jobs)) as update:
             result.update(bench_engine(engine, tokens, jobs, budget, out_dir, policies, update))
