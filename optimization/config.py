@@ -61,6 +61,10 @@ class OptimizeConfig(_Frozen):
     max_seconds: float | None = Field(None, gt=0)
     guard_weight: float = Field(0.1, ge=0)
     l2_weight: float = Field(0.0, ge=0)
+    eot_samples: int = Field(0, ge=0, le=32, description=(
+        "Expectation over transformation: the potential is averaged over this many randomly shifted, flipped, "
+        "zoomed and blurred copies of each image, so the loss moves what survives such changes (objects) rather "
+        "than what fools one view of the detector; 0: the image as it is."))
     seed: int = Field(0, ge=0, description="Seed stream of library learning (training and validation seeds).")
 
 

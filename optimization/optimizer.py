@@ -82,6 +82,38 @@ def count_loss(potential: torch.Tensor, detected: list[int], target: int, fallba
     return (potential / scale - target).abs(), scale
 
 
+def jitter(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One random change a counter should not care about, differentiable: a shift of up to 3 px (edges
+    replicated), a horizontal flip, a zoom of up to ±12% and, half the time, a light blur."""
+    import torch.nn.functional as F
+
+    h, w = images.shape[-2:]
+    draw = lambda: float(torch.rand((), generator=generator))  # noqa: E731
+    size = max(8, round(h * (1 + 0.24 * (draw() - 0.5))))
+    out = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    pad = max(0, h - size) // 2 + 3
+    out = F.pad(out, (pad, pad, pad, pad), mode="replicate")
+    top, left = (int(v) for v in torch.randint(0, out.shape[-1] - h + 1, (2,), generator=generator))
+    out = out[..., top:top + h, left:left + w]
+    if draw() < 0.5:
+        out = out.flip(-1)
+    if draw() < 0.5:
+        kernel = torch.tensor([1.0, 2.0, 1.0], device=images.device)
+        kernel = (kernel[:, None] * kernel[None, :] / 16).expand(images.shape[1], 1, 3, 3)
+        out = F.conv2d(F.pad(out, (1, 1, 1, 1), mode="replicate"), kernel, groups=images.shape[1])
+    return out
+
+
+def class_potential(counter: Counter, images: torch.Tensor, scores: torch.Tensor, cls_index: int, samples: int,
+                    generator: torch.Generator) -> torch.Tensor:
+    """The paper's potential of the class, ``[B]``: from the image's own scores, or (``samples`` > 0) averaged
+    over that many ``jitter``ed copies (expectation over transformation)."""
+    if samples <= 0:
+        return scores[:, cls_index].sum(-1)
+    copies = [counter.class_scores(counter.raw(jitter(images, generator)))[:, cls_index].sum(-1) for _ in range(samples)]
+    return torch.stack(copies).mean(0)
+
+
 def detector_guard(images: torch.Tensor, scores: torch.Tensor, cls_index: int, scale: torch.Tensor) -> torch.Tensor:
     """Artefact guard from the detector itself, in object units: uncertain mass of the class (s(1-s) peaks at
     0.5, where fragments and smears score) plus every other class's mass (stray objects of another kind)."""
@@ -133,6 +165,7 @@ def optimize(
     anchor = {k: v.detach().clone().float().to(t2i.device) for k, v in init.items()}
     opt = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=0.0)  # decay would move the token home
     cls_index = counter.classes.index(cls)
+    jitter_generator = torch.Generator().manual_seed(config.seed)
     started = time.perf_counter()
     result = OptimizeResult(vectors=init, iterations=0, seconds=0.0)
     fallback_scale, first, best_validation = 1.0, 0, None
@@ -178,7 +211,7 @@ def optimize(
                 break
 
         scores = counter.class_scores(raw)
-        potential = scores[:, cls_index].sum(-1)
+        potential = class_potential(counter, images, scores, cls_index, config.eot_samples, jitter_generator)
         loss_count, scale = count_loss(potential, detected, target, fallback_scale)
         loss = loss_count + config.guard_weight * guard(images, scores, cls_index, scale)
         if semantic is not None:
@@ -248,6 +281,7 @@ def optimize_noise(
     latents = t2i.initial_latents([seed]).to(t2i.device).requires_grad_(True)
     opt = torch.optim.AdamW([latents], lr=config.lr, weight_decay=0.0)
     cls_index = counter.classes.index(cls)
+    jitter_generator = torch.Generator().manual_seed(config.seed)
     started = time.perf_counter()
     result = OptimizeResult(vectors={}, iterations=0, seconds=0.0)
     fallback_scale = 1.0
@@ -265,7 +299,8 @@ def optimize_noise(
             result.hit = Hit(seed, images[0].detach().cpu(), verdict, iteration)
             break
         scores = counter.class_scores(raw)
-        loss_count, scale = count_loss(scores[:, cls_index].sum(-1), detected, target, fallback_scale)
+        potential = class_potential(counter, images, scores, cls_index, config.eot_samples, jitter_generator)
+        loss_count, scale = count_loss(potential, detected, target, fallback_scale)
         loss = (loss_count + config.guard_weight * guard(images, scores, cls_index, scale)
                 + config.norm_weight * gaussian_shell(latents)).mean()
         if any(detected):

@@ -165,6 +165,18 @@ def test_bench_autoencoder_reports_every_class_and_count(tally_cli, tmp_path):
     assert Path(report["grid_png"]).exists()
 
 
+@pytest.mark.slow
+def test_bench_count_loss_reports_the_detectors_and_the_judges_error_per_iteration(tally_cli, tmp_path):
+    result = tally_cli("bench", "count-loss", "--iterations", "1", "--eot", "0,2", "--out", str(tmp_path),
+                       "--json", str(tmp_path / "c.json"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert report["cases"] == len(CLASSES) * 3 and set(report["settings"]) == {"plain", "eot2"}
+    for setting in report["settings"].values():
+        assert len(setting["detector_error"]) == len(setting["judge_error"]) == 2  # before and after one step
+        assert setting["judge_fall"] == pytest.approx(setting["judge_error"][0] - setting["judge_error"][-1], abs=1e-3)
+
+
 def test_an_invalid_environment_is_one_line_naming_the_setting(tmp_path):
     import os
     import subprocess

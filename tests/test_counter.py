@@ -93,3 +93,19 @@ def test_misses_rank_doubt_against_the_image():
     one_short_and_clean = verify(_det(("circle", 0.9)), "circle", 2, _CONFIG)
     assert one_short_and_clean.miss < exact_but_doubtful.miss
     assert one_short_and_clean.miss == 1 and exact_but_doubtful.miss == 2
+
+
+def test_the_jittered_potential_keeps_the_count_and_its_gradient_reaches_the_image(counter):
+    from optimization.optimizer import class_potential, jitter
+
+    scene = render_scene(FRESH + 77, count=5, cls="circle", colour="red")
+    images = _tensor([scene.image]).requires_grad_(True)
+    generator = torch.Generator().manual_seed(0)
+    assert jitter(images, generator).shape == images.shape
+    scores = counter.class_scores(counter.raw(images))
+    plain = class_potential(counter, images, scores, 0, 0, generator)
+    averaged = class_potential(counter, images, scores, 0, 4, generator)
+    assert torch.equal(plain, scores[:, 0].sum(-1))
+    assert abs(averaged.item() - plain.item()) < 0.3 * plain.item()  # the same objects, seen a little differently
+    averaged.sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0

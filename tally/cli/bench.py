@@ -196,6 +196,31 @@ def optimize(
     save(result, "optimize", out, json_path)
 
 
+@bench_app.command("count-loss")
+def count_loss(
+    model: ModelOption = None,
+    iterations: Annotated[int, typer.Option(min=1, help="Noise-optimization steps per case (no early stop).")] = 10,
+    eot: Annotated[str, typer.Option(help="Comma-separated eot_samples settings to compare (0: plain).")] = "0,4",
+    out: OutOption = DEFAULT_FOLDER,
+    json_path: JsonOption = None,
+) -> None:
+    """Whether the count loss moves the true count: the detector's error and the independent judge's error per
+    iteration of noise optimization, with and without expectation over transformation."""
+    from tally.benchmarks.count_loss import COUNTS, bench_count_loss, table
+
+    engine = load_engine(model_spec(model, None))
+    if engine.crosscheck is None:
+        raise InvalidRequest(f"model {engine.spec.id!r} has no independent cross-check to judge with")
+    try:
+        settings = tuple(int(v) for v in eot.split(",") if v.strip())
+    except ValueError:
+        raise InvalidRequest(f"--eot takes comma-separated integers, got {eot!r}") from None
+    with progress_bar("cases x settings", len(engine.counter.classes) * len(COUNTS) * len(settings)) as update:
+        result = bench_count_loss(engine, iterations, settings, progress=update)
+    console.print(table(result), highlight=False)
+    save(result, "count-loss", out, json_path)
+
+
 @bench_app.command("iteration")
 def iteration(model: ModelOption = None, out: OutOption = DEFAULT_FOLDER, json_path: JsonOption = None) -> None:
     """Seconds per optimization iteration against one forward + backward of the same generation."""
