@@ -37,13 +37,16 @@ KIND_COLOURS = {"confident": (0, 160, 60), "ambiguous": (240, 140, 0), "unclear"
 
 def draw_kinds(image: Image.Image, kinds, scale: int = 4) -> Image.Image:
     """The image enlarged ``scale`` times with each detection of ``counter.detection_kinds`` drawn in its kind's
-    colour (``KIND_COLOURS``) and labelled with its confidence (and its class, for another class)."""
+    colour (``KIND_COLOURS``) and labelled with its confidence, where known (and its class, for another class)."""
     big = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
     draw = ImageDraw.Draw(big)
     for (x0, y0, x1, y1), kind, cls, confidence in kinds:
         colour = KIND_COLOURS[kind]
         draw.rectangle((x0 * scale, y0 * scale, x1 * scale - 1, y1 * scale - 1), outline=colour, width=max(1, scale // 2))
-        label = f"{confidence:.2f}"[1:] if kind != "other_class" else f"{cls[:3]}{confidence:.2f}"[:6]
+        if confidence is None:
+            continue
+        label = f"{confidence:.2f}".lstrip("0")
+        label = label if kind != "other_class" else f"{cls[:3]}{label}"
         if scale >= 2:
             draw.text((x0 * scale + 1, y0 * scale), label, fill=colour)
     return big

@@ -357,7 +357,7 @@ def draw_detections(png: bytes, result: dict) -> bytes:
     from optimization.visualize import draw_kinds
 
     kinds = [(d["box"], d["kind"], d["object"], d["confidence"]) for d in result.get("detections") or []] or \
-        [(box, "confident", "", p) for box, p in zip(result["boxes"], result["confidences"])]
+        [(box, "confident", "", None) for box in result["boxes"]]
     buffer = io.BytesIO()
     draw_kinds(Image.open(io.BytesIO(png)).convert("RGB"), kinds).save(buffer, format="PNG")
     return buffer.getvalue()
