@@ -7,7 +7,9 @@ uninterrupted one would (within the nondeterminism of CPU kernels).
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -16,9 +18,18 @@ from ..errors import InvalidRequest
 
 
 class TrainingCheckpoint:
+    """The state file, and beside it ``log.jsonl``: one line per checkpoint (step, mean loss since the last one,
+    seconds), the written log of the run."""
+
     def __init__(self, path: Path, every: int = 100):
         self.path = Path(path)
         self.every = max(1, every)
+        self.log = self.path.with_name("log.jsonl")
+        self._losses: list[float] = []
+        self._started = time.perf_counter()
+
+    def record(self, loss: float) -> None:
+        self._losses.append(loss)
 
     def load(self, total: int) -> dict | None:
         """The saved state, or None if there is none; a run of another length cannot be resumed."""
@@ -38,3 +49,8 @@ class TrainingCheckpoint:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         torch.save({"step": step, "total": total, **state}, tmp)
         os.replace(tmp, self.path)
+        line = {"step": step, "total": total, "loss": round(sum(self._losses) / max(len(self._losses), 1), 5),
+                "seconds": round(time.perf_counter() - self._started, 1)}
+        with self.log.open("a") as log:
+            log.write(json.dumps(line) + "\n")
+        self._losses.clear()

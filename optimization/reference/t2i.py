@@ -68,6 +68,7 @@ class T2ITrainConfig:
     checkpoint_every: int = 50  # steps
     vae_from: str = ""  # the AutoencoderKL folder both generators share (frozen); set by the CLI
     unet_from: str = ""  # a pipeline folder whose UNet is the starting point (its drawing skill, not its text)
+    text_encoder_from: str = ""  # ... and whose text encoder is (to train a shipped model further)
 
 
 VARIANTS: dict[str, T2ITrainConfig] = {
@@ -174,6 +175,8 @@ def train_vae(vae, images: torch.Tensor, cfg: AutoencoderTrainConfig, generator:
         loss.backward()
         opt.step()
         sched.step()
+        if checkpoint:
+            checkpoint.record(float(loss))
         if checkpoint and checkpoint.due(step + 1, cfg.steps):
             checkpoint.save(step + 1, cfg.steps, vae=vae.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(),
                             generator=generator.get_state())
@@ -266,6 +269,8 @@ def train_unet(unet, text_encoder, tokenizer, scheduler, latents: torch.Tensor, 
         sched.step()
         ema.step(unet.parameters())
         ema_text.step(text_encoder.parameters())
+        if checkpoint:
+            checkpoint.record(float(loss))
         if checkpoint and checkpoint.due(step + 1, cfg.unet_steps):
             checkpoint.save(step + 1, cfg.unet_steps, unet=unet.state_dict(), text_encoder=text_encoder.state_dict(),
                             opt=opt.state_dict(), sched=sched.state_dict(), ema=ema.state_dict(),
@@ -301,6 +306,10 @@ def train_t2i(out: Path, work_dir: Path, cfg: T2ITrainConfig, stage: Stage | Non
         from diffusers import UNet2DConditionModel
 
         unet = UNet2DConditionModel.from_pretrained(cfg.unet_from, subfolder="unet", torch_dtype=torch.float32)
+    if cfg.text_encoder_from:  # the same tokenizer (one vocabulary for both models), so the same rows
+        from transformers import CLIPTextModel
+
+        text_encoder = CLIPTextModel.from_pretrained(cfg.text_encoder_from, subfolder="text_encoder")
     vae = AutoencoderKL.from_pretrained(cfg.vae_from, torch_dtype=torch.float32).eval()
     images, captions = render_training_set(cfg.scenes, cfg.seed, _bar(stage, "render scenes", cfg.scenes),
                                            cfg.captions)
@@ -318,7 +327,8 @@ def train_t2i(out: Path, work_dir: Path, cfg: T2ITrainConfig, stage: Stage | Non
     vae.half()
     pipe.save_pretrained(str(out))
     config = {**asdict(cfg), "vae_from": Path(cfg.vae_from).name,  # no machine paths
-              "unet_from": Path(cfg.unet_from).name if cfg.unet_from else ""}
+              "unet_from": Path(cfg.unet_from).name if cfg.unet_from else "",
+              "text_encoder_from": Path(cfg.text_encoder_from).name if cfg.text_encoder_from else ""}
     summary = {"seconds": round(time.perf_counter() - started, 1), "resumed_at": state["step"] if state else 0,
                "config": config}
     reference = {"image_size": IMAGE_SIZE, "classes": list(CLASSES), "sampler": SAMPLER, "training": summary}

@@ -18,9 +18,9 @@ app.add_typer(reference_app, name="reference")
 
 @reference_app.command("train-detector")
 def train_detector(
-    scenes: Annotated[int, typer.Option(min=8, help="Training examples.")] = 5000,
-    val_scenes: Annotated[int, typer.Option(min=4, help="Validation examples.")] = 400,
-    epochs: Annotated[int, typer.Option(min=1)] = 16,
+    scenes: Annotated[int, typer.Option(min=8, help="Training examples.")] = 3500,
+    val_scenes: Annotated[int, typer.Option(min=4, help="Validation examples.")] = 300,
+    epochs: Annotated[int, typer.Option(min=1)] = 12,
     batch: Annotated[int, typer.Option(min=2)] = 16,
     seed: int = 0,
     device: str = "cpu",
@@ -115,6 +115,9 @@ def train_t2i(
     = None,
     unet_from: Annotated[Optional[Path], typer.Option(help="web: the pipeline whose UNet it starts from; default: "
                                                            "the shipped reference pipeline.")] = None,
+    train_further: Annotated[bool, typer.Option("--train-further", help="Start from the variant's shipped UNet and "
+                                                                      "text encoder (a longer training in parts).")]
+    = False,
     out: Annotated[Optional[Path], typer.Option(help="Pipeline folder; default: the variant's shipped pipeline.")]
     = None,
 ) -> None:
@@ -141,6 +144,8 @@ def train_t2i(
                   **{k: v for k, v in given.items() if v is not None})
     if variant == "web":  # starts from the reference UNet (see ``VARIANTS``)
         cfg = replace(cfg, unet_from=str(unet_from or PIPELINE_PATH))
+    if train_further:
+        cfg = replace(cfg, unet_from=str(out), text_encoder_from=str(out))
     with _training_bars() as bar:
         summary = train_t2i(out, (settings.runtime_dir / "runs" / f"t2i-{variant}").resolve(), cfg,
                             stage=_stages(bar), resume=resume)
