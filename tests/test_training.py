@@ -1,6 +1,8 @@
 """The training entry points run end to end on tiny data, and resume (the shipped weights come from their
 defaults)."""
 
+import json
+
 import pytest
 import torch
 
@@ -54,6 +56,14 @@ def test_train_autoencoder_and_t2i_run_a_few_steps_and_write_diffusers_folders(t
     assert image.shape == (1, 3, 64, 64)
     trained, shipped = (load_file(str(p / "diffusion_pytorch_model.safetensors")) for p in (vae, out / "vae"))
     assert all(torch.equal(trained[k], shipped[k]) for k in trained)  # the autoencoder is shared, frozen
+
+    result = tally_cli("reference", "train-t2i", "--scenes", "32", "--unet-steps", "1", "--unet-batch", "4",
+                       "--autoencoder", str(vae), "--out", str(out), "--train-further")
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = json.loads((out / "tally_reference.json").read_text())["training"]["config"]
+    assert config["unet_from"] == config["text_encoder_from"] == "pipeline"  # it went on from the saved model
+    log = [json.loads(line) for line in (tmp_path / "runtime" / "runs" / "t2i-reference" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == log[-1]["total"] == 1 and log[-1]["loss"] > 0  # the written log of the run
 
 
 def test_train_t2i_web_variant_starts_from_the_reference_unet_and_knows_number_words(tally_cli, tmp_path):
