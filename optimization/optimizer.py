@@ -123,6 +123,43 @@ def detector_guard(images: torch.Tensor, scores: torch.Tensor, cls_index: int, s
     return (uncertain + others) / scale
 
 
+class CountingLoss:
+    """Step 4 of an iteration, shared by token and noise optimization: the count loss with the paper's dynamic
+    scale (the potential, or its expectation over transformation) plus the guard, per image; it remembers the
+    last scale for images where nothing is detected."""
+
+    def __init__(self, counter: Counter, cls: str, target: int, config: OptimizeConfig, guard: Guard,
+                 fallback_scale: float = 1.0):
+        self.counter, self.cls_index, self.target = counter, counter.classes.index(cls), target
+        self.config, self.guard, self.fallback_scale = config, guard, fallback_scale
+        self.generator = torch.Generator().manual_seed(config.seed)
+
+    def __call__(self, images: torch.Tensor, raw: torch.Tensor, detected: list[int]):
+        """(count loss, count loss + guard, scale), each per image."""
+        scores = self.counter.class_scores(raw)
+        potential = class_potential(self.counter, images, scores, self.cls_index, self.config.eot_samples,
+                                    self.generator)
+        loss_count, scale = count_loss(potential, detected, self.target, self.fallback_scale)
+        if any(detected):
+            self.fallback_scale = float(scale[torch.tensor(detected) > 0].mean())
+        return loss_count, loss_count + self.config.guard_weight * self.guard(images, scores, self.cls_index, scale), scale
+
+
+def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, result: "OptimizeResult", iteration: int,
+          loss_count: torch.Tensor, detected: list[int], scale: torch.Tensor, started: float,
+          progress: Callable[["IterationReport"], None] | None) -> None:
+    """Step 5: the optimizer step, then the iteration's report (history and progress)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    result.iterations = iteration + 1
+    report = IterationReport(iteration + 1, round(loss_count.detach().mean().item(), 4), detected,
+                             round(float(scale.mean()), 3), round(time.perf_counter() - started, 3))
+    result.history.append(report)
+    if progress:
+        progress(report)
+
+
 def optimize(
     t2i: TextToImage,
     counter: Counter,
@@ -164,14 +201,13 @@ def optimize(
     params = {k: v.detach().clone().float().to(t2i.device).requires_grad_(True) for k, v in start.items()}
     anchor = {k: v.detach().clone().float().to(t2i.device) for k, v in init.items()}
     opt = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=0.0)  # decay would move the token home
-    cls_index = counter.classes.index(cls)
-    jitter_generator = torch.Generator().manual_seed(config.seed)
+    counting = CountingLoss(counter, cls, target, config, guard, resume["fallback_scale"] if resume else 1.0)
     started = time.perf_counter()
     result = OptimizeResult(vectors=init, iterations=0, seconds=0.0)
-    fallback_scale, first, best_validation = 1.0, 0, None
+    first, best_validation = 0, None
     if resume:
         opt.load_state_dict(resume["adam"])
-        fallback_scale, first = resume["fallback_scale"], resume["iteration"]
+        first = resume["iteration"]
         result.vectors, result.validation = resume["best_vectors"], resume["validation"]
         best_validation = resume["validation"]["token"] if resume["validation"] else None
     prior_s = resume["seconds"] if resume else prior_seconds  # a budget in seconds covers every slice of a run
@@ -210,27 +246,13 @@ def optimize(
                 result.vectors = _detached(params)
                 break
 
-        scores = counter.class_scores(raw)
-        potential = class_potential(counter, images, scores, cls_index, config.eot_samples, jitter_generator)
-        loss_count, scale = count_loss(potential, detected, target, fallback_scale)
-        loss = loss_count + config.guard_weight * guard(images, scores, cls_index, scale)
+        loss_count, loss, scale = counting(images, raw, detected)
         if semantic is not None:
             loss = loss + semantic(images, prompt_now)
         loss = loss.mean()
         if config.l2_weight:
             loss = loss + config.l2_weight * sum(((params[k] - anchor[k]) ** 2).sum() for k in params)
-        if any(detected):
-            fallback_scale = float(scale[torch.tensor(detected) > 0].mean())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-        result.iterations = iteration + 1
-        report = IterationReport(iteration + 1, round(loss_count.detach().mean().item(), 4), detected,
-                                 round(float(scale.mean()), 3), round(time.perf_counter() - started, 3))
-        result.history.append(report)
-        if progress:
-            progress(report)
+        _step(opt, loss, result, iteration, loss_count, detected, scale, started, progress)
         step_s = time.perf_counter() - iteration_started
         if validates:
             score = evaluate_token(t2i, counter, prompts, cls, target, params, validation_seeds)
@@ -248,7 +270,7 @@ def optimize(
     result.seconds = time.perf_counter() - started + prior_s
     result.done = result.hit is not None or result.iterations >= config.max_iterations or (
         config.max_seconds is not None and result.seconds >= config.max_seconds)
-    result.state = {"vectors": _detached(params), "adam": opt.state_dict(), "fallback_scale": fallback_scale,
+    result.state = {"vectors": _detached(params), "adam": opt.state_dict(), "fallback_scale": counting.fallback_scale,
                     "iteration": result.iterations, "best_vectors": result.vectors, "validation": result.validation,
                     "seconds": result.seconds}
     return result
@@ -280,11 +302,9 @@ def optimize_noise(
     torch.manual_seed(config.seed)
     latents = t2i.initial_latents([seed]).to(t2i.device).requires_grad_(True)
     opt = torch.optim.AdamW([latents], lr=config.lr, weight_decay=0.0)
-    cls_index = counter.classes.index(cls)
-    jitter_generator = torch.Generator().manual_seed(config.seed)
+    counting = CountingLoss(counter, cls, target, config, guard)
     started = time.perf_counter()
     result = OptimizeResult(vectors={}, iterations=0, seconds=0.0)
-    fallback_scale = 1.0
     for iteration in range(config.max_iterations):
         if should_stop and should_stop():
             raise Canceled()
@@ -298,22 +318,9 @@ def optimize_noise(
         if verdict.verified:
             result.hit = Hit(seed, images[0].detach().cpu(), verdict, iteration)
             break
-        scores = counter.class_scores(raw)
-        potential = class_potential(counter, images, scores, cls_index, config.eot_samples, jitter_generator)
-        loss_count, scale = count_loss(potential, detected, target, fallback_scale)
-        loss = (loss_count + config.guard_weight * guard(images, scores, cls_index, scale)
-                + config.norm_weight * gaussian_shell(latents)).mean()
-        if any(detected):
-            fallback_scale = float(scale[torch.tensor(detected) > 0].mean())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        result.iterations = iteration + 1
-        report = IterationReport(iteration + 1, round(loss_count.detach().mean().item(), 4), detected,
-                                 round(float(scale.mean()), 3), round(time.perf_counter() - started, 3))
-        result.history.append(report)
-        if progress:
-            progress(report)
+        loss_count, loss, scale = counting(images, raw, detected)
+        loss = (loss + config.norm_weight * gaussian_shell(latents)).mean()
+        _step(opt, loss, result, iteration, loss_count, detected, scale, started, progress)
     result.seconds = time.perf_counter() - started
     return result
 
