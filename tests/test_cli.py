@@ -129,11 +129,17 @@ def test_help_shows_the_defaults_settings_hold(tally_cli):
 
 @pytest.mark.slow
 def test_bench_detector_reports_json(tally_cli, tmp_path):
-    result = tally_cli("bench", "detector", "--scenes", "24", "--out", str(tmp_path), "--json", str(tmp_path / "d.json"))
+    result = tally_cli("bench", "detector", "--scenes", "24", "--generated", "48", "--model", "reference",
+                       "--out", str(tmp_path), "--json", str(tmp_path / "d.json"))
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "d.json").read_text())
     assert report["overall"]["n"] == 24 and set(report["overall"]) >= {"exact", "mae", "n"}
     assert set(report["per_count"]) <= {str(n) for n in range(1, MAX_COUNT + 1)}
+    generated = report["generated"]["reference"]
+    assert generated["images"] == len(CLASSES) * MAX_COUNT  # every class x counts 1..12
+    for key in ("judge_clean_agreement", "other_class_rate", "verified_given_judge_exact"):
+        assert 0 <= generated[key] <= 1
+    assert 0 <= generated["detector_only"]["false_verified_rate"] <= 1
 
 
 @pytest.mark.slow
