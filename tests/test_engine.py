@@ -144,10 +144,12 @@ def test_cancellation_stops_noise_optimization_within_one_iteration(hopeless):
 def test_optimizing_policies_leave_their_reserve_of_the_seconds_to_optimization(hopeless, policy):
     # A hopeless job with a budget in seconds only: sampling must stop at (1 - reserve) of it, and optimization
     # gets the rest.
-    budget = Budget(max_seconds=6, max_candidates=10_000, max_iterations=10_000)
+    budget = Budget(max_seconds=12, max_candidates=10_000, max_iterations=10_000)
     result = hopeless.generate(**HOPELESS, seed=3, policy=policy, budget=budget)
     reserve = hopeless.refine_config.reserve
-    assert result.cost["sampling_seconds"] <= budget.max_seconds * (1 - reserve) + 1.5  # at most one batch past it
+    batches = -(-result.cost["candidates"] // 8)
+    batch_s = result.cost["sampling_seconds"] / batches  # the machine's pace, whatever its load
+    assert result.cost["sampling_seconds"] <= budget.max_seconds * (1 - reserve) + 2 * batch_s  # one batch past it
     assert result.cost["iterations"] >= 1 and result.cost["optimizing_seconds"] > 0
 
 
