@@ -7,7 +7,7 @@ from pydantic import ValidationError
 from optimization.config import Budget, LibraryConfig
 from optimization.count_token import CountToken, TokenKey
 from optimization.counter import load_crosscheck, potential, verify
-from optimization.engine import CountEngine
+from optimization.engine import CANDIDATE_BATCH, CountEngine
 from optimization.optimizer import Canceled
 from optimization.reference.crosscheck import crosscheck_count
 from optimization.reference.scenes import render_scene
@@ -147,7 +147,7 @@ def test_optimizing_policies_leave_their_reserve_of_the_seconds_to_optimization(
     budget = Budget(max_seconds=12, max_candidates=10_000, max_iterations=10_000)
     result = hopeless.generate(**HOPELESS, seed=3, policy=policy, budget=budget)
     reserve = hopeless.refine_config.reserve
-    batches = -(-result.cost["candidates"] // 8)
+    batches = -(-result.cost["candidates"] // CANDIDATE_BATCH)
     batch_s = result.cost["sampling_seconds"] / batches  # the machine's pace, whatever its load
     assert result.cost["sampling_seconds"] <= budget.max_seconds * (1 - reserve) + 2 * batch_s  # one batch past it
     assert result.cost["iterations"] >= 1 and result.cost["optimizing_seconds"] > 0
