@@ -106,11 +106,12 @@ def test_verified_images_have_the_requested_count_by_every_check(engine):
         assert crosscheck_count(np.asarray(image.image.permute(1, 2, 0).mul(255).round().byte())) == 3
 
 
-def test_cancellation_stops_the_refine_loop_within_one_iteration(hopeless):
+@pytest.mark.parametrize("policy", ["refine", "noise"])
+def test_cancellation_stops_optimization_within_one_iteration(hopeless, policy):
     seen = []
     with pytest.raises(Canceled):
-        hopeless.generate(**HOPELESS, seed=5, policy="refine", budget=Budget(max_candidates=1, max_iterations=50),
-                        progress=seen.append, should_stop=lambda: any(e["stage"] == "refining" for e in seen))
+        hopeless.generate(**HOPELESS, seed=5, policy=policy, budget=Budget(max_candidates=1, max_iterations=50),
+                          progress=seen.append, should_stop=lambda: any(e["stage"] == "refining" for e in seen))
     assert [e["iterations"] for e in seen if e["stage"] == "refining"] == [1]
 
 
@@ -130,14 +131,6 @@ def test_noise_policy_optimizes_the_nearest_misses_initial_noise_with_progress(h
     assert all(e["loss"] is not None and len(e["detected_counts"]) == 1 for e in refining)
     assert result.cost["sampling_seconds"] + result.cost["optimizing_seconds"] == pytest.approx(
         result.cost["seconds"], abs=0.01)
-
-
-def test_cancellation_stops_noise_optimization_within_one_iteration(hopeless):
-    seen = []
-    with pytest.raises(Canceled):
-        hopeless.generate(**HOPELESS, seed=5, policy="noise", budget=Budget(max_candidates=1, max_iterations=50),
-                        progress=seen.append, should_stop=lambda: any(e["stage"] == "refining" for e in seen))
-    assert [e["iterations"] for e in seen if e["stage"] == "refining"] == [1]
 
 
 @pytest.mark.parametrize("policy", ["refine", "noise"])
