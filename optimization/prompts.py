@@ -235,12 +235,17 @@ def words_not_whole(prompt: str, tokenizers) -> list[str]:
 
     CLIP's BPE marks the last piece of each word with ``</w>``, so a word is whole when it is one token
     ending in ``</w>`` ("zebra</w>"); numbers (split into digits) and punctuation are not reported. Tokenizers
-    that do not mark word ends this way report nothing.
+    that do not mark word ends this way report nothing. Added tokens (the reference tokenizer's numbers 10..20)
+    are whole words without the mark.
     """
     out: list[str] = []
     for tokenizer in tokenizers:
+        added = tokenizer.get_added_vocab()
         pieces: list[str] = []
         for token in tokenizer.tokenize(prompt):
+            if token in added:
+                pieces = []
+                continue
             pieces.append(token)
             if not token.endswith("</w>"):
                 continue

@@ -22,6 +22,12 @@ def test_train_detector_runs_a_few_steps_on_generated_looking_examples_and_write
     # hard negatives are a doubt class, never a requestable object
     assert YoloCounter(out, config=VerifyConfig(doubt_classes=["unclear"])).classes == ["circle", "square", "triangle", "cross"]
 
+    before = out.read_bytes()
+    result = tally_cli("reference", "train-detector", "--scenes", "16", "--val-scenes", "4", "--epochs", "1",
+                       "--batch", "8", "--renders-only", "--train-further", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert out.read_bytes() != before and YoloCounter(out).names[-1] == "unclear"
+
 
 def test_sdedit_and_autoencoder_examples_keep_only_what_the_judge_still_finds():
     import numpy as np
@@ -36,6 +42,22 @@ def test_sdedit_and_autoencoder_examples_keep_only_what_the_judge_still_finds():
     for source, image, labelled in examples:
         if source != "render":  # labels are the judge's own components of the generated image
             assert sorted(b for _, b in labelled) == sorted(judge(image).boxes)
+
+
+def test_generated_shapes_that_merged_are_labelled_unclear_and_vanished_ones_drop_the_example():
+    import numpy as np
+
+    from optimization.reference.detector import DETECTOR_CLASSES, _judged_labels
+
+    image = np.full((64, 64, 3), 240, np.uint8)
+    image[10:20, 10:20] = image[10:20, 20:30] = (200, 30, 30)  # two squares drawn apart, generated touching
+    image[40:50, 40:50] = (30, 30, 200)
+    square, unclear = DETECTOR_CLASSES.index("square"), DETECTOR_CLASSES.index("unclear")
+    drawn = [(square, (10, 10, 20, 20)), (square, (21, 10, 31, 20)), (square, (40, 40, 50, 50))]
+    assert sorted(_judged_labels(image, drawn)) == [(square, (40, 40, 50, 50)), (unclear, (10, 10, 30, 20))]
+    assert _judged_labels(image, drawn + [(square, (2, 50, 8, 56))]) is None  # a drawn shape vanished
+    image[55:60, 2:7] = 0
+    assert _judged_labels(image, drawn) is None  # a blob nobody drew
 
 
 def test_train_autoencoder_and_t2i_run_a_few_steps_and_write_diffusers_folders(tally_cli, tmp_path):

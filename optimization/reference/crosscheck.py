@@ -31,6 +31,7 @@ class Judgement:
     count: int  # components of at least MIN_AREA pixels
     clean: bool  # every component is one plausible whole shape, and no specks
     boxes: list[tuple[int, int, int, int]]
+    whole: list[bool]  # per box: does it look like one whole shape
 
 
 def _components(image: np.ndarray) -> tuple[list[tuple[int, int, int, int]], list[int]]:
@@ -65,5 +66,6 @@ def judge(image: np.ndarray) -> Judgement:
     kept = [(b, a) for b, a in zip(boxes, areas) if a >= MIN_AREA]
     specks = len(boxes) - len(kept) > 0
     median = float(np.median([a for _, a in kept])) if len(kept) >= 3 else float("inf")
-    clean = bool(kept) and not specks and all(_whole_shape(b, a, median) for b, a in kept)
-    return Judgement(count=len(kept), clean=clean, boxes=[b for b, _ in kept])
+    whole = [_whole_shape(b, a, median) for b, a in kept]
+    return Judgement(count=len(kept), clean=bool(kept) and not specks and all(whole), boxes=[b for b, _ in kept],
+                     whole=whole)

@@ -9,12 +9,14 @@ generated but whose truth is known (``write_detector_dataset``):
   reference generator with the scene's caption, so shapes take the generators' own look (soft edges,
   rounded corners) while staying where they were drawn.
 
-An autoencoder or SDEdit example is kept only where the cross-check judge still finds the rendered objects
-(one clean component per object, and nothing else): its labels are then the judge's tight boxes, each with its
-rendered class. A share of the render and autoencoder scenes also holds hard negatives (merged blobs, touching
+An autoencoder or SDEdit example is labelled on the cross-check judge's components (``_judged_labels``): a
+component holding one rendered object that still looks whole takes its class and the judge's tight box;
+shapes the generator merged or made touch, and deformed ones, are ``unclear``; an example where a shape
+vanished or a blob appeared is dropped. A share of the render and autoencoder scenes also holds hard negatives (merged blobs, touching
 pairs, fragments, smears, stripes; ``scenes.NEGATIVE_KINDS``) labelled as the ``unclear`` class, which
 verification treats as doubt (``VerifyConfig.doubt_classes``): the detector can then verify alone, as
-production detectors must. Built from ultralytics' ``yolov8n.yaml`` (no pretrained download); a small batch,
+production detectors must. Built from ultralytics' ``yolov8n.yaml`` (no pretrained download), or trained
+further from earlier weights (the shipped detector: renders first, then generated-looking examples); a small batch,
 AdamW and a short warmup make it learn in minutes; ``--resume`` goes on from ultralytics' ``last.pt``.
 """
 
@@ -34,7 +36,7 @@ from .scenes import CLASSES, IMAGE_SIZE, MAX_COUNT, UNCLEAR, Scene, degrade, ren
 
 DETECTOR_IMGSZ = 128  # 64 px scenes are upsampled 2x: small objects then span several stride-8 cells
 DETECTOR_CLASSES = (*CLASSES, UNCLEAR)  # the doubt class last, so object class indices match ``CLASSES``
-NEGATIVE_SHARE = 0.35  # render and autoencoder scenes holding 1..3 hard negatives
+NEGATIVE_SHARE = 0.35  # scenes holding 1..3 hard negatives
 SOURCES = {"render": 0.25, "autoencoder": 0.3, "sdedit": 0.45}  # share of the examples from each source
 SDEDIT_STRENGTH = (0.25, 0.55)  # how far a scene is re-noised before the generator denoises it
 MAX_TRIES = 8  # scenes tried per kept autoencoder or SDEdit example before the source gives up
@@ -49,21 +51,25 @@ def _labels(scene: Scene) -> Labelled:
 
 
 def _judged_labels(image: np.ndarray, labelled: Labelled) -> Labelled | None:
-    """The labels moved onto the judge's components of a generated image, or None if the judge does not find
-    exactly one component per labelled box (then the rendered truth may no longer hold)."""
+    """The rendered labels moved onto the judge's components of a generated image, or None where the rendered
+    truth no longer tells what is there (a labelled shape vanished, or a blob appeared that was never drawn).
+
+    A component holding exactly one rendered object and looking like one whole shape takes that object's class;
+    a component holding several (shapes the generator merged or made touch), a hard negative, or a deformed
+    object is ``unclear``: generated-looking doubt, which the detector must learn to refuse."""
     found = judge(image)
-    if found.count != len(labelled):
-        return None
-    out = []
+    members: list[list[int]] = [[] for _ in found.boxes]
     for class_id, box in labelled:
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-        inside = [b for b in found.boxes if b[0] <= cx < b[2] and b[1] <= cy < b[3]]
+        inside = [i for i, b in enumerate(found.boxes) if b[0] <= cx < b[2] and b[1] <= cy < b[3]]
         if len(inside) != 1:
             return None
-        out.append((class_id, inside[0]))
-    if len({b for _, b in out}) != len(out):
+        members[inside[0]].append(class_id)
+    if any(not m for m in members):
         return None
-    return out
+    unclear = DETECTOR_CLASSES.index(UNCLEAR)
+    return [(m[0] if len(m) == 1 and whole else unclear, box)
+            for m, box, whole in zip(members, found.boxes, found.whole)]
 
 
 class Generators:
@@ -106,9 +112,9 @@ class Generators:
         return list((out.images * 255).round().astype(np.uint8))
 
 
-def _scene(scene_seed: int, rng: np.random.Generator, negatives_allowed: bool) -> Scene:
+def _scene(scene_seed: int, rng: np.random.Generator) -> Scene:
     mixed = rng.random() < 0.25
-    negatives = int(rng.integers(1, 4)) if negatives_allowed and rng.random() < NEGATIVE_SHARE else 0
+    negatives = int(rng.integers(1, 4)) if rng.random() < NEGATIVE_SHARE else 0
     count = int(rng.integers(1, MAX_COUNT - negatives + 1))
     return render_scene(scene_seed, count=count, mixed=mixed, negatives=negatives)
 
@@ -132,7 +138,7 @@ def _examples(n: int, base: int, generators: Generators | None, rng: np.random.G
                 break
             scenes = []
             for _ in range(batch):
-                scenes.append(_scene(seed, np.random.default_rng(seed + 7), negatives_allowed=source != "sdedit"))
+                scenes.append(_scene(seed, np.random.default_rng(seed + 7)))
                 seed += 1
             tried += batch
             if source == "render":
@@ -200,15 +206,17 @@ def train_detector(
     seed: int = 0,
     on_epoch: Callable[[int, int], None] | None = None,
     resume: bool = False,
+    start_from: Path | None = None,
 ) -> dict:
-    """Train YOLO from its yaml on ``data_yaml`` and copy the final weights to ``out``; returns val metrics.
-    ``resume`` goes on from the run's ``last.pt`` (ultralytics keeps the optimizer and epoch in it)."""
+    """Train YOLO on ``data_yaml`` from its yaml, or from the weights ``start_from``, and copy the final weights
+    to ``out``; returns val metrics. ``resume`` goes on from the run's ``last.pt`` (ultralytics keeps the
+    optimizer and epoch in it)."""
     from ultralytics import YOLO
 
     last = Path(run_dir) / "detector" / "weights" / "last.pt"
     if resume and not last.is_file():
         raise InvalidRequest(f"nothing to resume: no {last}")
-    model = YOLO(str(last) if resume else "yolov8n.yaml")
+    model = YOLO(str(last) if resume else str(start_from) if start_from else "yolov8n.yaml")
     if on_epoch:
         model.add_callback("on_fit_epoch_end", lambda trainer: on_epoch(trainer.epoch + 1, trainer.epochs))
     if resume:

@@ -27,15 +27,23 @@ def train_detector(
     renders_only: Annotated[bool, typer.Option(help="Rendered scenes only (no autoencoder or SDEdit examples).")]
     = False,
     resume: Annotated[bool, typer.Option("--resume", help=RESUME_HELP)] = False,
+    train_further: Annotated[bool, typer.Option("--train-further", help="Start from the weights at --out (the "
+                                                                      "shipped detector) instead of the yaml.")]
+    = False,
     out: Annotated[Optional[Path], typer.Option(help="Weights file; default: the shipped reference detector.")] = None,
 ) -> None:
     """Make examples that look generated (autoencoder round trips, SDEdit through both reference generators,
-    renders) and train the reference YOLO detector from its yaml (no download)."""
+    renders) and train the reference YOLO detector from its yaml (no download) or further from its weights.
+
+    The shipped detector: ``--renders-only --epochs 20 --scenes 4000``, then ``--train-further`` with the
+    defaults."""
     from optimization.reference import DETECTOR_PATH, PIPELINE_PATH, PIPELINE_WEB_PATH
     from optimization.reference.detector import train_detector, write_detector_dataset
 
     settings = prepare()
     out = (out or DETECTOR_PATH).resolve()
+    if train_further and not out.is_file():
+        raise typer.BadParameter(f"no weights at {out} to train further", param_hint="--out")
     root = (settings.runtime_dir / "datasets" / "detector").resolve()
     if not (resume and (root / "data.yaml").is_file()):
         pipelines = () if renders_only else (PIPELINE_PATH, PIPELINE_WEB_PATH)
@@ -45,7 +53,8 @@ def train_detector(
         console.print(f"examples per source: {sources}")
     with progress_bar("train detector (epochs)", epochs) as update:
         metrics = train_detector(root / "data.yaml", out, (settings.runtime_dir / "runs").resolve(), epochs=epochs,
-                                 batch=batch, device=device, seed=seed, on_epoch=update, resume=resume)
+                                 batch=batch, device=device, seed=seed, on_epoch=update, resume=resume,
+                                 start_from=out if train_further else None)
     console.print(f"detector weights: {out}")
     console.print({k: round(v, 4) for k, v in metrics.items()})
 
