@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import redis
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from workers.auth import ApiKey, RateLimited, admit
 from workers.keys import Keys
@@ -53,10 +54,16 @@ def reject(connection: redis.Redis, settings: Settings, status: int, code: str, 
     return ApiError(status, code, message, headers)
 
 
+# The two ways to send a key, declared as OpenAPI security schemes: /docs gets its Authorize button and
+# generated clients send the key. They only read the headers (auto_error off); ``get_caller`` decides.
+BEARER = HTTPBearer(auto_error=False, scheme_name="bearer", description="Authorization: Bearer <key>")
+API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey", description="X-API-Key: <key>")
+
+
 async def get_caller(request: Request, settings: SettingsDep, connection: RedisDep,
-                     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-                     x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None) -> Caller:
-    secret = authorization[7:].strip() if authorization and authorization.lower().startswith("bearer ") else x_api_key
+                     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
+                     x_api_key: Annotated[str | None, Security(API_KEY)] = None) -> Caller:
+    secret = bearer.credentials.strip() if bearer else x_api_key
     if settings.auth == "off":
         owner = "key-" + hashlib.sha256(secret.encode()).hexdigest()[:16] if secret else "anonymous"
         return Caller(owner, "admin", None)

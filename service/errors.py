@@ -61,10 +61,16 @@ def json_response(status: int, code: str, message: str, headers: dict[str, str] 
 
 
 def _describe(error: dict) -> str:
+    if error.get("type") == "json_invalid":  # its loc is the character position: say what went wrong instead
+        reason = (error.get("ctx") or {}).get("error", "cannot be parsed")
+        return f"the body is not valid JSON: {reason} at character {error['loc'][-1]}; send one JSON object"
     where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "header"))
     got = error.get("input")
     shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {str(got)[:40]!r})"
     return f"{where or 'request'}: {error.get('msg', 'invalid')}{shown}"
+
+
+PROBES = ("/healthz", "/readyz")  # "not ready yet" is what a probe asks, not an error of the service
 
 
 class ErrorCounter:
@@ -77,7 +83,7 @@ class ErrorCounter:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in PROBES:
             return await self.app(scope, receive, send)
         status, body = 0, b""
 

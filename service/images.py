@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from typing import Literal, get_args
 
@@ -26,3 +27,11 @@ def convert(png: bytes, format: ImageFormat) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=format.upper(), quality=QUALITY)
     return buffer.getvalue()
+
+
+def cache_headers(body: bytes, filename: str, max_age: int) -> dict[str, str]:
+    """An image's headers: a strong ETag of its bytes, ``private`` caching for ``max_age`` seconds (how long
+    results are kept; it never changes), and its file name for a download."""
+    return {"ETag": f'"{hashlib.sha256(body).hexdigest()[:32]}"',
+            "Cache-Control": f"private, max-age={max_age}, immutable",
+            "Content-Disposition": f'inline; filename="{filename}"'}

@@ -159,6 +159,8 @@ class JobOut(BaseModel):
     error: Error | None = None
     warnings: list[str] = Field([], description="What may make the images miss the prompt, e.g. words the "
                                                "model's tokenizer cannot encode whole; set when the job starts.")
+    cancel_requested: bool = Field(False, description="In the answer to DELETE: the job was asked to stop (a "
+                                                      "running job stops within one iteration).")
 
 
 class JobList(BaseModel):

@@ -42,6 +42,24 @@ def test_bad_requests_get_422_saying_what_is_allowed(api, body, fragment):
     assert response.json()["code"] == "invalid_request" and fragment in response.json()["message"]
 
 
+def test_a_body_that_is_not_json_says_so(api):
+    response = api.post("/v1/jobs", content=b'{"prompt": "a photo of red circles", count: 3}',
+                        headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["message"].startswith("the body is not valid JSON: ")
+
+
+def test_the_openapi_document_declares_how_to_send_a_key(api):
+    document = api.get("/openapi.json").json()
+    assert document["components"]["securitySchemes"] == {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <key>"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "X-API-Key: <key>"}}
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            public = path in ("/healthz", "/readyz", "/metrics") or not path.startswith("/v1")
+            assert (operation.get("security") is None) == public, path
+
+
 def test_a_valid_request_is_queued_with_its_object_resolved_from_configuration(api, settings):
     from workers.queue import generation_queue
 
@@ -49,6 +67,7 @@ def test_a_valid_request_is_queued_with_its_object_resolved_from_configuration(a
                                           "queue_if_offline": True})
     assert response.status_code == 202
     job_id = response.json()["id"]
+    assert response.headers["Location"] == f"/v1/jobs/{job_id}" == response.json()["links"]["self"]
     record = api.get(f"/v1/jobs/{job_id}").json()
     assert record["status"] == "queued" and record["object"] == "circle" and record["policy"] == "resample"
     assert record["queue_position"] == 0

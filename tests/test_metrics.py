@@ -122,6 +122,7 @@ def test_error_responses_are_counted_by_status_and_code_and_successes_cost_no_wr
     assert errors("404", "not_found") == not_found + 2 and errors("422", "invalid_request") == invalid + 1
     metrics_hash = redis.Redis.from_url(settings.redis_url).hgetall(Keys(settings.redis_prefix).metrics())
     assert api.get("/healthz").status_code == 200 and api.get("/v1/models").status_code == 200
+    assert api.get("/readyz").status_code == 503  # no worker here: a probe's "not yet" is not a service error
     assert redis.Redis.from_url(settings.redis_url).hgetall(Keys(settings.redis_prefix).metrics()) == metrics_hash
 
 

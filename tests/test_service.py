@@ -56,6 +56,13 @@ def test_submitted_job_succeeds_with_counted_images(service):
         png = service.http.get(result["url"])  # a path (no public_url): resolved against the service's URL
         assert png.status_code == 200 and png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
         assert len(service.http.get(result["url"], params={"boxes": "true"}).content) > len(png.content)
+        name = f'{job_id}-{result["index"]}.png'  # the name `tally submit` saves it under
+        assert png.headers["content-disposition"] == f'inline; filename="{name}"'
+        assert "immutable" in png.headers["cache-control"] and "private" in png.headers["cache-control"]
+        again = service.http.get(result["url"], headers={"If-None-Match": png.headers["etag"]})
+        assert again.status_code == 304 and again.content == b""
+        boxed = service.http.get(result["url"], params={"boxes": "true"}, headers={"If-None-Match": png.headers["etag"]})
+        assert boxed.status_code == 200 and boxed.headers["etag"] != png.headers["etag"]  # other bytes, other tag
 
 
 @pytest.mark.parametrize("model", ["reference", "reference-web"])
@@ -97,11 +104,12 @@ def test_cancel_a_queued_and_a_running_job(service):
                              budget={"max_seconds": 120, "max_candidates": 8, "max_iterations": 400})
     queued = service.submit(prompt="a photo of red squares", count=2, seed=5)
     record = service.http.delete(f"/v1/jobs/{queued}").json()
-    assert record["status"] == "canceled"
+    assert record["status"] == "canceled" and record["cancel_requested"] is True
     service.wait(running, timeout=60, until=("running",))
     time.sleep(2)
     asked = time.monotonic()
-    assert service.http.delete(f"/v1/jobs/{running}").status_code == 200
+    answer = service.http.delete(f"/v1/jobs/{running}")
+    assert answer.status_code == 200 and answer.json()["cancel_requested"] is True
     assert service.wait(running, timeout=30)["status"] == "canceled"
     assert time.monotonic() - asked < 10
     time.sleep(1)

@@ -55,8 +55,8 @@ def _record_out(record: dict, request: Request) -> JobOut:
 
 @router.post("", status_code=202, response_model=JobAccepted,
              responses={409: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}})
-async def create_job(body: JobCreate, request: Request, settings: SettingsDep, connection: RedisDep,
-                     caller: CallerDep,
+async def create_job(body: JobCreate, request: Request, response: Response, settings: SettingsDep,
+                     connection: RedisDep, caller: CallerDep,
                      idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JobAccepted:
     """Queue a generation job.
 
@@ -80,7 +80,9 @@ async def create_job(body: JobCreate, request: Request, settings: SettingsDep, c
         submitted = records.submit(connection, settings, req, caller.owner, idempotency_key)
     except records.IdempotencyConflict as exc:
         raise ApiError(409, "idempotency_conflict", str(exc)) from None
-    return JobAccepted(id=submitted.job_id, status=records.JobStatus.queued, links=job_links(request, submitted.job_id))
+    links = job_links(request, submitted.job_id)
+    response.headers["Location"] = links["self"]
+    return JobAccepted(id=submitted.job_id, status=records.JobStatus.queued, links=links)
 
 
 @router.get("", response_model=JobList, responses={422: {"model": Error}})
@@ -116,13 +118,15 @@ async def get_job(job_id: str, request: Request, settings: SettingsDep, connecti
 
 @router.delete("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
 def cancel_job(job_id: str, request: Request, settings: SettingsDep, connection: RedisDep, owner: OwnerDep) -> JobOut:
-    """Cancel: a queued job never runs, a running one stops within one iteration.
+    """Cancel: a queued job never runs, a running one stops within one iteration (``cancel_requested`` is then
+    true, and the job's status becomes ``canceled`` when it stops).
 
     Scope: the key that created the job (another key's job is 404)."""
     record = records.cancel(connection, settings, _job_id(job_id), owner)
     if record is None:
         raise ApiError(404, "not_found", f"no job {job_id!r}")
-    return _record_out(record, request)
+    return _record_out(record, request).model_copy(update={"cancel_requested": record["status"] in (
+        records.JobStatus.queued, records.JobStatus.running, records.JobStatus.canceled)})
 
 
 @router.get("/{job_id}/events", responses={200: {"content": {"text/event-stream": {}}}, **NOT_FOUND,
@@ -181,8 +185,10 @@ def job_image(job_id: str, n: int, settings: SettingsDep, connection: RedisDep, 
               boxes: Annotated[bool, Query(description="Draw the detections.")] = False,
               image_format: Annotated[images.ImageFormat, Query(
                   alias="format", description="The encoding: the stored PNG, or it re-encoded as JPEG or WEBP "
-                                              "(the same pixels, boxes included).")] = "png") -> Response:
-    """One of the job's images.
+                                              "(the same pixels, boxes included).")] = "png",
+              if_none_match: Annotated[str | None, Header(include_in_schema=False)] = None) -> Response:
+    """One of the job's images. An image never changes once written, so it carries an ``ETag`` (a request
+    with ``If-None-Match`` gets 304) and may be cached by the caller (``private``: it needs the key).
 
     Scope: the key that created the job (another key's job is 404)."""
     _job_id(job_id)
@@ -198,4 +204,9 @@ def job_image(job_id: str, n: int, settings: SettingsDep, connection: RedisDep, 
         if n >= len(results):
             raise ApiError(404, "not_found", f"job {job_id!r} has no detections for image {n}")
         png = records.draw_detections(png, results[n])
-    return Response(images.convert(png, image_format), media_type=images.MEDIA_TYPES[image_format])
+    body = images.convert(png, image_format)
+    headers = images.cache_headers(body, f"{job_id}-{n}{'-boxes' if boxes else ''}.{image_format}",
+                                  settings.result_ttl)
+    if if_none_match and headers["ETag"] in (tag.strip() for tag in if_none_match.split(",")):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=images.MEDIA_TYPES[image_format], headers=headers)
