@@ -144,6 +144,7 @@ class JobOut(BaseModel):
     prompt: str | None = Field(None, description="The prompt as generated, with the count written in.")
     object: str | None = None
     count: int
+    num_images: int = Field(1, description="Verified images asked for.")
     policy: Policy
     seed: int = Field(description="The job's seed; candidate i has seed + i * 4294967311 (mod 2**63), so an "
                                   "image's seed submitted back as the job's seed gives that image first.")

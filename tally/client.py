@@ -38,7 +38,10 @@ TERMINAL = ("succeeded", "failed", "canceled")
 
 # ------------------------------------------------------------------------------------------------- errors
 class ClientError(InvalidRequest):
-    """The API answered an error (``code``, ``message``, HTTP ``status``), or could not be reached (no code)."""
+    """The API answered an error (``code``, ``message``, HTTP ``status``), or could not be reached (no code).
+    ``exit_status`` is the CLI's exit status for it (sysexits.h where one fits)."""
+
+    exit_status = 2  # the request was wrong
 
     def __init__(self, message: str, code: str | None = None, status: int | None = None,
                  retry_after: float | None = None):
@@ -49,6 +52,8 @@ class ClientError(InvalidRequest):
 class Unreachable(ClientError):
     """No answer: connection refused, a timeout, a dropped connection."""
 
+    exit_status = 69  # EX_UNAVAILABLE
+
 
 class Invalid(ClientError):
     """422: the request is wrong; ``message`` says what is allowed."""
@@ -57,9 +62,13 @@ class Invalid(ClientError):
 class Unauthorized(ClientError):
     """401: no valid API key."""
 
+    exit_status = 77  # EX_NOPERM
+
 
 class Forbidden(ClientError):
     """403: the key's scope does not allow this (e.g. writing the token library needs an admin key)."""
+
+    exit_status = 77
 
 
 class NotFound(ClientError):
@@ -73,13 +82,19 @@ class Conflict(ClientError):
 class RateLimited(ClientError):
     """429: the key's rate limit or quota; ``retry_after`` in seconds."""
 
+    exit_status = 75  # EX_TEMPFAIL
+
 
 class Unavailable(ClientError):
     """503: no worker serves the model, or the job store is away; ``retry_after`` in seconds."""
 
+    exit_status = 69
+
 
 class ServerError(ClientError):
     """Any other 5xx: a bug on the server (its logs have the traceback)."""
+
+    exit_status = 70  # EX_SOFTWARE
 
 
 _BY_STATUS = {401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict, 413: Invalid, 422: Invalid,

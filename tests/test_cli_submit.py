@@ -1,5 +1,6 @@
-"""``tally submit`` against no server and against a real API (uvicorn in this process, no worker):
-every error is one line and exit status 2, and what was asked for reaches the queue."""
+"""``tally submit``, ``jobs``, ``get`` and ``cancel`` against no server and against a real API (uvicorn in
+this process, no worker): every error is one line with an exit status saying its kind, and what was asked for
+reaches the queue."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from .conftest import free_port, serve_api
 PROMPT = ("--prompt", "a photo of red circles", "--count", "3")
 
 
-def _one_line_error(result, *fragments):
-    assert result.returncode == 2, result.stderr
+def _one_line_error(result, *fragments, status=2):
+    assert result.returncode == status, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
@@ -47,13 +48,14 @@ def api(api_settings):
 
 def test_an_unreachable_api_is_one_line_naming_the_url(tally_cli):
     url = f"http://127.0.0.1:{free_port()}"
-    line = _one_line_error(tally_cli("submit", "--url", url, *PROMPT), "cannot reach the Tally API", url)
+    line = _one_line_error(tally_cli("submit", "--url", url, *PROMPT), "cannot reach the Tally API", url, status=69)
     assert "internal error" not in line
 
 
 def test_tally_url_from_the_environment_is_used_without_url(tally_cli):
     url = f"http://127.0.0.1:{free_port()}"
-    _one_line_error(tally_cli("submit", *PROMPT, env={"TALLY_URL": url}), "cannot reach the Tally API", url)
+    _one_line_error(tally_cli("submit", *PROMPT, env={"TALLY_URL": url}), "cannot reach the Tally API", url,
+                    status=69)
 
 
 def test_detach_queues_the_request_as_given_under_the_api_key(tally_cli, api, redis_url, tmp_path):
@@ -98,7 +100,25 @@ def test_a_request_the_api_refuses_is_one_line_with_its_code(tally_cli, api, arg
 
 
 def test_no_live_worker_is_one_line_that_says_how_to_queue_anyway(tally_cli, api):
-    _one_line_error(tally_cli("submit", "--url", api, "--detach", *PROMPT), "no_worker: ", "--queue-if-offline")
+    _one_line_error(tally_cli("submit", "--url", api, "--detach", *PROMPT), "no_worker: ", "--queue-if-offline",
+                    status=69)
+
+
+def test_a_detached_job_is_listed_read_and_canceled_from_the_cli(tally_cli, api):
+    key = ("--url", api, "--api-key", f"k-{uuid.uuid4().hex[:8]}")
+    submitted = tally_cli("submit", *key, "--detach", "--queue-if-offline", *PROMPT, "--num-images", "2")
+    job_id = submitted.stdout.strip()
+    listed = tally_cli("jobs", *key, "--json", "-")
+    assert listed.returncode == 0, listed.stderr
+    assert [(j["id"], j["status"], j["num_images"]) for j in json.loads(listed.stdout)["jobs"]] == [(job_id, "queued", 2)]
+    table = tally_cli("jobs", *key)
+    assert job_id in table.stdout + table.stderr and "0/2" in table.stdout + table.stderr
+    waiting = tally_cli("get", job_id, *key)
+    assert waiting.returncode == 0 and f"job {job_id} queued, queue position" in waiting.stdout + waiting.stderr
+    canceled = tally_cli("cancel", job_id, *key)
+    assert canceled.returncode == 0 and f"job {job_id} canceled" in canceled.stdout + canceled.stderr
+    _one_line_error(tally_cli("get", job_id, *key), f"job {job_id} ended canceled", status=3)
+    _one_line_error(tally_cli("get", uuid.uuid4().hex, *key), "not_found")
 
 
 def test_following_a_job_that_ends_without_images_is_one_line(tally_cli, api, api_settings, tmp_path):
@@ -122,7 +142,7 @@ def test_following_a_job_that_ends_without_images_is_one_line(tally_cli, api, ap
                        "--json", str(tmp_path / "final.json"))
     canceller.join(timeout=25)
     assert canceled, result.stderr
-    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.returncode == 3 and "Traceback" not in result.stderr  # the request was fine, the job was not
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: job {canceled[0]} ended canceled"], result.stderr
     final = json.loads((tmp_path / "final.json").read_text())

@@ -128,13 +128,14 @@ def token_store():
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: bad input is one line on stderr and exit status 2; a bug is one line and exit
-    status 1, with the traceback written to a file the line names."""
+    """Console entry point. Every error is one line on stderr; the exit status says what kind: 2 bad input,
+    3 a job that ended without success, 69 the API unreachable or unavailable, 75 rate limited, 77 no valid
+    key for this, 1 a bug (its traceback written to a file the line names)."""
     try:
         code = app(args=argv, prog_name="tally", standalone_mode=False)
     except InvalidRequest as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise SystemExit(2) from None
+        raise SystemExit(getattr(exc, "exit_status", 2)) from None
     except typer.Abort:
         raise SystemExit(130) from None
     except typer.TyperException as exc:  # the command line's own usage errors (exit status 2)
