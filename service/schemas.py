@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from optimization.config import Policy, Stage
 from workers.records import JobStatus as Status
+from workers.webhooks import WebhookEvent
 
 
 class Error(BaseModel):
@@ -60,6 +61,11 @@ class JobCreate(BaseModel):
     budget: BudgetIn | None = None
     queue_if_offline: bool = Field(False, strict=True, description="Queue the job even if no worker serves the "
                                                                    "model now (else 503 no_worker).")
+    webhook: str | None = Field(None, max_length=2000, description=(
+        "An http(s) URL to POST the job's events to, signed (Standard Webhooks; the secret is in GET /v1/me). "
+        "Public addresses only, unless the deployment allows private ones."))
+    webhook_events_filter: list[WebhookEvent] | None = Field(None, min_length=1, description=(
+        "Which events to send: start, progress (at most one per 0.5 s), completed; default start and completed."))
 
     @field_validator("prompt", "object")
     @classmethod
@@ -160,6 +166,8 @@ class JobOut(BaseModel):
     error: Error | None = None
     warnings: list[str] = Field([], description="What may make the images miss the prompt, e.g. words the "
                                                "model's tokenizer cannot encode whole; set when the job starts.")
+    webhook: str | None = None
+    webhook_events_filter: list[WebhookEvent] | None = None
     cancel_requested: bool = Field(False, description="In the answer to DELETE: the job was asked to stop (a "
                                                       "running job stops within one iteration).")
 

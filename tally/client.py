@@ -26,6 +26,7 @@ from pydantic import TypeAdapter
 
 from optimization.config import Policy
 from optimization.errors import InvalidRequest
+from service.routes.me import Me
 from service.schemas import JobAccepted, JobEvent, JobList, JobOut, LearningTask, ModelOut, TokenOut
 
 __all__ = ["AsyncClient", "Client", "ClientError", "Conflict", "Forbidden", "Invalid", "JobAccepted", "JobEvent",
@@ -139,10 +140,11 @@ def _model(kind: type[T] | Any) -> Callable[[httpx.Response], T]:
 
 def _submit_call(prompt: str, count: int, object: str | None, num_images: int, seed: int | None,
                  model: str | None, policy: Policy | str | None, budget: dict | None, queue_if_offline: bool,
-                 idempotency_key: str | None) -> _Call:
+                 idempotency_key: str | None, webhook: str | None, webhook_events: list[str] | None) -> _Call:
     body = {"prompt": prompt, "count": count, "object": object, "num_images": num_images, "seed": seed,
             "model": model, "policy": policy, "budget": {k: v for k, v in (budget or {}).items() if v is not None},
-            "queue_if_offline": queue_if_offline or None}  # sent only when asked: older servers forbid it
+            "queue_if_offline": queue_if_offline or None,  # sent only when asked: older servers forbid it
+            "webhook": webhook, "webhook_events_filter": webhook_events}
     body = {k: v for k, v in body.items() if v is not None and v != {}}
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     return _Call("POST", "/v1/jobs", _model(JobAccepted), {"json": body, "headers": headers})
@@ -310,13 +312,19 @@ class Client(_Base):
     def submit(self, prompt: str, count: int, *, object: str | None = None, num_images: int = 1,
                seed: int | None = None, model: str | None = None, policy: Policy | str | None = None,
                budget: dict | None = None, queue_if_offline: bool = False,
-               idempotency_key: str | None = None) -> JobAccepted:
-        """Queue a job (``POST /v1/jobs``); ``budget``: ``max_seconds``, ``max_candidates``, ``max_iterations``."""
+               idempotency_key: str | None = None, webhook: str | None = None,
+               webhook_events: list[str] | None = None) -> JobAccepted:
+        """Queue a job (``POST /v1/jobs``); ``budget``: ``max_seconds``, ``max_candidates``, ``max_iterations``;
+        ``webhook``: a URL for the job's events (``webhook_events``: start, progress, completed)."""
         return self._run(_submit_call(prompt, count, object, num_images, seed, model, policy, budget,
-                                      queue_if_offline, idempotency_key))
+                                      queue_if_offline, idempotency_key, webhook, webhook_events))
 
     def get(self, job_id: str) -> JobOut:
         return self._run(_Call("GET", f"/v1/jobs/{job_id}", _model(JobOut)))
+
+    def me(self) -> Me:
+        """The calling key: owner, scope, name, whether keys are checked, its webhook secret."""
+        return self._run(_Call("GET", "/v1/me", _model(Me)))
 
     def jobs(self, status: str | None = None, cursor: str | None = None, limit: int = 20) -> JobList:
         """One page of this key's jobs, newest first; pass ``next_cursor`` back for the next."""
@@ -426,9 +434,10 @@ class AsyncClient(_Base):
     async def submit(self, prompt: str, count: int, *, object: str | None = None, num_images: int = 1,
                      seed: int | None = None, model: str | None = None, policy: Policy | str | None = None,
                      budget: dict | None = None, queue_if_offline: bool = False,
-                     idempotency_key: str | None = None) -> JobAccepted:
+                     idempotency_key: str | None = None, webhook: str | None = None,
+                     webhook_events: list[str] | None = None) -> JobAccepted:
         return await self._run(_submit_call(prompt, count, object, num_images, seed, model, policy, budget,
-                                            queue_if_offline, idempotency_key))
+                                            queue_if_offline, idempotency_key, webhook, webhook_events))
 
     async def get(self, job_id: str) -> JobOut:
         return await self._run(_Call("GET", f"/v1/jobs/{job_id}", _model(JobOut)))

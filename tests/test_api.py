@@ -60,6 +60,21 @@ def test_the_openapi_document_declares_how_to_send_a_key(api):
             assert (operation.get("security") is None) == public, path
 
 
+@pytest.mark.parametrize("webhook, fragment", [
+    ("ftp://example.com/x", "must be an http:// or https:// URL"),
+    ("http://user:pw@93.184.216.34/x", "must not hold credentials"),
+    ("http://10.1.2.3/hook", "private"),
+    ("http://[::1]:8080/hook", "loopback"),
+])
+def test_webhooks_to_private_addresses_or_other_schemes_are_refused(api, webhook, fragment):
+    response = api.post("/v1/jobs", json={"prompt": "a photo of red circles", "count": 2, "webhook": webhook,
+                                          "queue_if_offline": True})
+    assert response.status_code == 422 and fragment in response.json()["message"]
+    public = api.post("/v1/jobs", json={"prompt": "a photo of red circles", "count": 2, "queue_if_offline": True,
+                                        "webhook": "https://93.184.216.34/hook"})
+    assert public.status_code == 202
+
+
 def test_a_valid_request_is_queued_with_its_object_resolved_from_configuration(api, settings):
     from workers.queue import generation_queue
 

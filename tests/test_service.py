@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 def service(tmp_path_factory):
     env = {"TALLY_LIBRARY__MAX_ITERATIONS": "2", "TALLY_LIBRARY__SEEDS_PER_ITERATION": "2", "TALLY_LIBRARY__CALIBRATION_SEEDS": "4",
            "TALLY_LIBRARY__VALIDATION_SEEDS": "4", "TALLY_LIBRARY__VALIDATE_EVERY": "1",
-           "TALLY_LIBRARY__MIN_GAIN": "-1"}  # tiny learning runs: admit whatever they learn
+           "TALLY_LIBRARY__MIN_GAIN": "-1",  # tiny learning runs: admit whatever they learn
+           "TALLY_WEBHOOK_ALLOW_PRIVATE": "1"}  # the test receiver listens on loopback
     with launch_service(tmp_path_factory.mktemp("service"), env, workers={"w1": "reference", "web1": "reference-web"}) \
             as service:
         yield service
@@ -197,3 +198,80 @@ def test_compose_file_names_existing_commands_and_settings():
     assert compose["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert parsed.auth == "required" and str(parsed.admin_key_file).startswith("/run/secrets/")
     assert "tally_admin_key" in compose["services"]["api"]["secrets"] and "secrets" in compose
+
+
+# --- webhooks ------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def receiver(tmp_path):
+    """Start a real webhook receiver process: ``receiver(fail_first)`` -> (url, its log of requests)."""
+    import subprocess
+    import sys
+
+    from .conftest import free_port
+
+    started = []
+
+    def start(fail_first: int = 0):
+        port, log = free_port(), tmp_path / f"received-{len(started)}.jsonl"
+        log.touch()
+        started.append(subprocess.Popen([sys.executable, str(Path(__file__).with_name("webhook_receiver.py")),
+                                         str(port), str(log), str(fail_first)]))
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                httpx.post(f"http://127.0.0.1:{port}/probe", content=b"{}", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the receiver did not start"
+                time.sleep(0.05)
+        return f"http://127.0.0.1:{port}/hooks/tally", log
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+def _received(log, until, timeout: float = 60) -> list[dict]:
+    import json
+
+    deadline = time.monotonic() + timeout
+    while True:
+        entries = [json.loads(line) for line in log.read_text().splitlines()]
+        if until(entries) or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.1)
+
+
+def test_a_webhook_gets_signed_start_progress_and_completed_deliveries(service, receiver):
+    import json
+
+    from standardwebhooks.webhooks import Webhook
+
+    url, log = receiver()
+    job_id = service.submit(prompt="a photo of red circles", count=2, seed=1, policy="resample", webhook=url,
+                            webhook_events_filter=["start", "progress", "completed"])
+    record = service.wait(job_id)
+    assert record["webhook"] == url and record["webhook_events_filter"] == ["start", "progress", "completed"]
+    entries = _received(log, lambda e: any(json.loads(x["body"])["type"] == "job.completed" for x in e))
+    verify = Webhook(service.http.get("/v1/me").json()["webhook_secret"])  # the reference implementation
+    bodies = [verify.verify(e["body"], e["headers"]) for e in entries]
+    types = [b["type"] for b in bodies]
+    assert types[0] == "job.start" and types[-1] == "job.completed" and types.count("job.completed") == 1
+    assert "job.progress" in types
+    assert bodies[-1]["job"]["id"] == job_id and bodies[-1]["job"]["status"] == "succeeded"
+    assert len(bodies[-1]["job"]["results"]) == 1
+    assert len({e["headers"]["webhook-id"] for e in entries}) == len(entries)  # one id per event
+
+
+def test_a_failed_delivery_is_retried_under_the_same_id_until_it_is_taken(service, receiver):
+    import json
+
+    url, log = receiver(fail_first=2)
+    job_id = service.submit(prompt="a photo of blue squares", count=1, seed=2, policy="resample", webhook=url,
+                            webhook_events_filter=["completed"])
+    service.wait(job_id)
+    entries = _received(log, lambda e: any(x["status"] == 200 for x in e), timeout=30)
+    assert [e["status"] for e in entries] == [503, 503, 200]  # backoff 1 s, then 2 s
+    assert len({e["headers"]["webhook-id"] for e in entries}) == 1
+    assert json.loads(entries[-1]["body"])["job"]["id"] == job_id

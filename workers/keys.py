@@ -93,6 +93,21 @@ class Keys:
         """An owner's queued and running jobs (the active-jobs quota)."""
         return f"{self.prefix}:owner:{owner}:active"
 
+    def webhook_events(self) -> str:
+        """One stream of the events of jobs with a webhook, read by the dispatchers as a consumer group."""
+        return f"{self.prefix}:webhooks:events"
+
+    def webhook_retries(self) -> str:
+        """Deliveries to try again, scored by when."""
+        return f"{self.prefix}:webhooks:retries"
+
+    def webhook_master(self) -> str:
+        """The deployment secret every key's webhook secret derives from."""
+        return f"{self.prefix}:webhooks:master"
+
+    def webhook_throttle(self, job_id: str) -> str:
+        return f"{self.prefix}:webhooks:throttle:{job_id}"
+
     def metrics(self) -> str:
         """A hash of counters; ``library_tasks_started:<key id>`` counts per key."""
         return f"{self.prefix}:metrics"

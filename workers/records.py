@@ -30,7 +30,7 @@ from rq.queue import Queue
 
 from optimization.config import ModelSpec
 
-from . import objects
+from . import objects, webhooks
 from .queue import dequeued, enqueue_generation, generation_queue, keys, live_workers
 from .requests import JobRequest
 from .settings import Settings
@@ -285,21 +285,30 @@ def job_interrupted(connection: redis.Redis, settings: Settings, job_id: str, re
     record.update(status=status, stage=None, error=None if retried else FAILED_IN_WORKER)
     with connection.pipeline() as pipe:
         save_record(pipe, settings, record)
-        push_event(pipe, settings, job_id, {"status": status, "requeued": retried})
+        push_event(pipe, settings, job_id, {"status": status, "requeued": retried}, has_webhook(record))
         if not retried:
             pipe.srem(keys(settings).owner_active(record["owner"]), job_id)
         pipe.execute()
     return status
 
 
-def push_event(connection: redis.Redis | redis.client.Pipeline, settings: Settings, job_id: str, event: dict) -> None:
-    """Append ``event`` to the job's stream (on a pipeline: queued there, for its caller to execute)."""
+def push_event(connection: redis.Redis | redis.client.Pipeline, settings: Settings, job_id: str, event: dict,
+               webhook: bool = False) -> None:
+    """Append ``event`` to the job's stream (on a pipeline: queued there, for its caller to execute); with
+    ``webhook`` (the job has one) also hand it to the webhook dispatchers."""
     key = keys(settings).job_events(job_id)
     pipe = connection if isinstance(connection, redis.client.Pipeline) else connection.pipeline()
-    pipe.xadd(key, {"event": json.dumps({**event, "time": round(time.time(), 3)})}, maxlen=10_000, approximate=True)
+    event = {**event, "time": round(time.time(), 3)}
+    pipe.xadd(key, {"event": json.dumps(event)}, maxlen=10_000, approximate=True)
     pipe.expire(key, settings.result_ttl)
+    if webhook:
+        webhooks.add_event(pipe, settings, job_id, event)
     if pipe is not connection:
         pipe.execute()
+
+
+def has_webhook(record: dict) -> bool:
+    return bool(record["request"].get("webhook"))
 
 
 def decode_events(entries) -> list[tuple[str, dict]]:
@@ -326,11 +335,12 @@ def cancel(connection: redis.Redis, settings: Settings, job_id: str, owner: str)
             record.update(status=JobStatus.canceled, canceled=True, stage=None)
             with connection.pipeline() as pipe:
                 save_record(pipe, settings, record)
-                push_event(pipe, settings, job_id, {"status": JobStatus.canceled})
+                push_event(pipe, settings, job_id, {"status": JobStatus.canceled}, has_webhook(record))
                 pipe.srem(keys(settings).owner_active(owner), job_id)
                 pipe.execute()
     if status == JobStatus.running:
-        push_event(connection, settings, job_id, {"status": JobStatus.running, "cancel_requested": True})
+        push_event(connection, settings, job_id, {"status": JobStatus.running, "cancel_requested": True},
+                   has_webhook(record))
     return job_record(connection, settings, job_id, owner)
 
 

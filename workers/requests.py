@@ -19,6 +19,7 @@ from optimization.errors import InvalidRequest
 from optimization.prompts import object_in_prompt, resolve_class
 
 from .settings import Settings
+from .webhooks import DEFAULT_EVENTS, WebhookEvent, check_url
 
 
 class JobRequest(BaseModel):
@@ -33,13 +34,16 @@ class JobRequest(BaseModel):
     model: str
     policy: Policy
     budget: Budget
+    webhook: str | None = None
+    webhook_events_filter: tuple[WebhookEvent, ...] = DEFAULT_EVENTS
 
 
 def build_request(settings: Settings, *, prompt: str, count: int, object_: str | None = None, num_images: int = 1,
                   seed: int | None = None, model: str | None = None, policy: Policy | None = None,
                   budget: dict | None = None,
                   classes_of: Callable[[ModelSpec], list[str] | None] = lambda spec: spec.classes,
-                  idempotency_key: str | None = None, max_budget: Budget | None = None) -> JobRequest:
+                  idempotency_key: str | None = None, max_budget: Budget | None = None,
+                  webhook: str | None = None, webhook_events_filter: tuple[str, ...] | None = None) -> JobRequest:
     """A checked request; ``classes_of(spec)``: the model's detector classes when known (else the worker
     resolves the object); ``max_budget``: the caller's ceiling, if lower than the deployment's."""
     if not prompt.strip():
@@ -75,4 +79,6 @@ def build_request(settings: Settings, *, prompt: str, count: int, object_: str |
     return JobRequest(prompt=prompt, count=count, object=cls, num_images=num_images, seed=seed, seed_source=source,
                       model=spec.id,
                       policy=policy or settings.policy_for(spec),
-                      budget=settings.default_budget.model_copy(update=overrides))
+                      budget=settings.default_budget.model_copy(update=overrides),
+                      webhook=check_url(webhook, settings) if webhook else None,
+                      webhook_events_filter=tuple(webhook_events_filter or DEFAULT_EVENTS))

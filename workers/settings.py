@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     refine: RefineConfig = RefineConfig()
     noise: NoiseConfig = NoiseConfig()  # its reserve is refine's (TALLY_REFINE__RESERVE)
     library: LibraryConfig = LibraryConfig()
+    webhook_allow_private: bool = Field(False, description=(
+        "Allow webhooks to loopback and private addresses (tests, one trusted network); else they are refused "
+        "on submit and before each delivery."))
+    webhook_timeout_s: float = Field(5.0, gt=0, description="Seconds a receiver has to answer a delivery.")
+    webhook_max_attempts: int = Field(8, ge=1, description="Deliveries of one event before it is given up "
+                                                           "(backoff 1, 2, 4 ... s).")
     library_slice_seconds: float = Field(10.0, gt=0, description=(
         "Library learning runs in slices of about this long, re-queued behind user jobs: a user job waits "
         "at most one slice for a worker busy learning."))

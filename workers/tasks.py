@@ -18,7 +18,7 @@ from optimization.prompts import tokenizer_warnings, with_count
 
 from . import library, objects, stats
 from .queue import dequeued, keys
-from .records import JobStatus, job_ended, job_interrupted, push_event, save_record, worker_record
+from .records import JobStatus, has_webhook, job_ended, job_interrupted, push_event, save_record, worker_record
 from .requests import JobRequest
 
 log = logging.getLogger("tally.worker")
@@ -39,7 +39,7 @@ class _Reporter:
         with self.runtime.connection.pipeline(transaction=False) as pipe:
             save_record(pipe, self.runtime.settings, self.record)
             if event is not None:
-                push_event(pipe, self.runtime.settings, self.job.id, event)
+                push_event(pipe, self.runtime.settings, self.job.id, event, has_webhook(self.record))
             pipe.execute()
 
     def progress(self, event: dict) -> None:

@@ -29,7 +29,7 @@ from rq.worker import WorkerStatus
 
 from optimization.config import ModelSpec
 
-from . import batching, logs
+from . import batching, logs, webhooks
 from .queue import connect, generation_queue, keys, library_queue
 from .recovery import recover_orphans, worker_alive
 from .settings import Settings
@@ -159,6 +159,7 @@ def run_worker(settings: Settings, model_id: str | None = None, burst: bool = Fa
               library_queue(runtime.connection, settings, runtime.model.id)]
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(runtime, name, stop), daemon=True)
+    webhooks.Dispatcher(settings, name).start(stop)  # deliveries go on while the worker computes
     delay, ready = 1.0, False
     for sig in (signal.SIGTERM, signal.SIGINT):  # outside RQ's work loop (e.g. waiting for Redis) too
         signal.signal(sig, lambda *_: runtime.shutdown.set())

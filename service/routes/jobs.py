@@ -50,7 +50,9 @@ def _record_out(record: dict, request: Request) -> JobOut:
                   count=req["count"], num_images=req["num_images"], policy=req["policy"], seed=req["seed"],
                   seed_source=req.get("seed_source", "request"), progress=record["progress"], token=record["token"],
                   results=results, budget_exhausted=record.get("budget_exhausted"), cost=record["cost"],
-                  timings=record["timings"] or {}, error=record["error"], warnings=record.get("warnings") or [])
+                  timings=record["timings"] or {}, error=record["error"], warnings=record.get("warnings") or [],
+                  webhook=req.get("webhook"),
+                  webhook_events_filter=req.get("webhook_events_filter") if req.get("webhook") else None)
 
 
 @router.post("", status_code=202, response_model=JobAccepted,
@@ -66,7 +68,8 @@ async def create_job(body: JobCreate, request: Request, response: Response, sett
                         budget=body.budget.model_dump() if body.budget else None,
                         classes_of=lambda spec: records.model_classes(connection, settings, spec),
                         idempotency_key=idempotency_key,
-                        max_budget=Budget(**caller.key.max_budget) if caller.key and caller.key.max_budget else None)
+                        max_budget=Budget(**caller.key.max_budget) if caller.key and caller.key.max_budget else None,
+                        webhook=body.webhook, webhook_events_filter=body.webhook_events_filter)
     limit = caller.key.max_active_jobs if caller.key and caller.key.max_active_jobs else settings.max_active_jobs
     if records.active_jobs(connection, settings, caller.owner, limit) >= limit:
         raise reject(connection, settings, 429, "quota_active_jobs", f"this key has {limit} jobs queued or "

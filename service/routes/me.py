@@ -8,7 +8,9 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from ..deps import AUTH_ERRORS, CallerDep, SettingsDep
+from workers import webhooks
+
+from ..deps import AUTH_ERRORS, CallerDep, RedisDep, SettingsDep
 
 router = APIRouter(prefix="/v1/me", tags=["me"], responses=AUTH_ERRORS)
 
@@ -18,12 +20,15 @@ class Me(BaseModel):
     scope: Literal["user", "admin"] = Field(description="admin: may also write the token library.")
     name: str | None = Field(None, description="The key's name (null with auth off).")
     auth: Literal["required", "off"] = Field(description="off: this deployment checks no key.")
+    webhook_secret: str = Field(description="Verifies this key's webhook deliveries (Standard Webhooks: "
+                                            "HMAC-SHA256 of 'webhook-id.webhook-timestamp.body').")
 
 
 @router.get("", response_model=Me)
-def who_am_i(caller: CallerDep, settings: SettingsDep) -> Me:
-    """The calling key: its owner, scope and name, and whether this deployment checks keys at all.
+def who_am_i(caller: CallerDep, settings: SettingsDep, connection: RedisDep) -> Me:
+    """The calling key: its owner, scope and name, whether this deployment checks keys at all, and the
+    secret its webhooks are signed with.
 
     Scope: any key."""
     return Me(owner=caller.owner, scope=caller.scope, name=caller.key.name if caller.key else None,
-              auth=settings.auth)
+              auth=settings.auth, webhook_secret=webhooks.owner_secret(connection, settings, caller.owner))
