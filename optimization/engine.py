@@ -115,6 +115,7 @@ class GenerationRequest:
     token: CountToken | None = None
     progress: Callable[[dict], None] | None = None
     should_stop: Callable[[], bool] | None = None
+    deadline: float | None = None  # time.time() by which the job must end (its start + max_seconds, batched or not)
 
 
 class _Job:
@@ -150,6 +151,9 @@ class _Job:
         self.index = 0
         reserve = engine.refine_config.reserve if self.policy.optimizes else 0.0
         self.sampling_seconds = request.budget.max_seconds * (1 - reserve)
+        self.sampling_deadline = None  # the reserve is also a share of the wall time left to the deadline
+        if request.deadline is not None:
+            self.sampling_deadline = request.deadline - reserve * max(0.0, request.deadline - time.time())
 
     @classmethod
     def failed(cls, error: Exception) -> _Job:
@@ -162,12 +166,21 @@ class _Job:
 
     def wants(self) -> int:
         """Candidates it would take now: a batch at first, then until verified, out of candidates or out of its
-        sampling time (a policy that optimizes leaves ``reserve`` of its seconds to optimization)."""
+        sampling time — its share of the machine, or the wall clock where the request has a deadline (a policy
+        that optimizes leaves ``reserve`` of its seconds to optimization)."""
         budget, done = self.request.budget, self.cost["candidates"]
+        late = self.sampling_deadline is not None and time.time() >= self.sampling_deadline
         if self.index and (len(self.verified) >= self.request.num_images or done >= budget.max_candidates
-                           or self.spent >= self.sampling_seconds):
+                           or self.spent >= self.sampling_seconds or late):
             return 0
         return max(0, min(CANDIDATE_BATCH, budget.max_candidates - done))
+
+    def seconds_left(self) -> float:
+        """Of its budget: the charged seconds left, and no more than the wall clock leaves before its deadline."""
+        left = self.request.budget.max_seconds - self.spent
+        if self.request.deadline is not None:
+            left = min(left, self.request.deadline - time.time())
+        return left
 
     def take(self, n: int) -> list[int]:
         seeds = [derive_seed(self.request.seed, self.index + i) for i in range(n)]
@@ -351,7 +364,7 @@ class CountEngine:
         request, budget, cost = job.request, job.request.budget, job.cost
         start_vectors = request.token.vectors if job.use_token else self.word_vectors(job.init_word)
         for miss in sorted(job.misses, key=lambda c: c.verification.miss):
-            left_s = budget.max_seconds - job.spent
+            left_s = job.seconds_left()
             left_it = budget.max_iterations - cost["iterations"]
             if len(job.verified) >= request.num_images or left_s <= 0 or left_it <= 0:
                 break

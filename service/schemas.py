@@ -166,6 +166,11 @@ class JobOut(BaseModel):
     error: Error | None = None
     warnings: list[str] = Field([], description="What may make the images miss the prompt, e.g. words the "
                                                "model's tokenizer cannot encode whole; set when the job starts.")
+    estimated_start: float | None = Field(None, description="While queued: Unix time a worker is expected to "
+                                                             "take it (queue position, live workers, measured "
+                                                             "seconds per job of the model).")
+    deadline: float | None = Field(None, description="Unix time by which the job ends: its first start plus its "
+                                                      "budget's max_seconds (a retry does not extend it).")
     webhook: str | None = None
     webhook_events_filter: list[WebhookEvent] | None = None
     cancel_requested: bool = Field(False, description="In the answer to DELETE: the job was asked to stop (a "
@@ -217,6 +222,9 @@ class ModelOut(BaseModel):
     default_policy: Policy
     live_workers: list[str]
     queue_depth: int
+    estimated_wait_s: float | None = Field(None, description="Seconds a job submitted now waits for a worker, "
+                                                             "from the queue and the measured seconds per job; "
+                                                             "null before any job was measured or without workers.")
 
 
 class JobEvent(BaseModel):

@@ -85,7 +85,7 @@ def test_a_valid_request_is_queued_with_its_object_resolved_from_configuration(a
     assert response.headers["Location"] == f"/v1/jobs/{job_id}" == response.json()["links"]["self"]
     record = api.get(f"/v1/jobs/{job_id}").json()
     assert record["status"] == "queued" and record["object"] == "circle" and record["policy"] == "resample"
-    assert record["queue_position"] == 0
+    assert record["queue_position"] == 0 and record["estimated_start"] is None  # no worker, nothing measured
     queue = generation_queue(redis.Redis.from_url(settings.redis_url), settings, "reference")
     assert queue.get_job_ids() == [job_id]
     assert queue.fetch_job(job_id).kwargs["request"]["budget"] == settings.default_budget.model_dump()

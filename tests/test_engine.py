@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -144,6 +146,23 @@ def test_optimizing_policies_leave_their_reserve_of_the_seconds_to_optimization(
     batch_s = result.cost["sampling_seconds"] / batches  # the machine's pace, whatever its load
     assert result.cost["sampling_seconds"] <= budget.max_seconds * (1 - reserve) + 2 * batch_s  # one batch past it
     assert result.cost["iterations"] >= 1 and result.cost["optimizing_seconds"] > 0
+
+
+@pytest.mark.parametrize("policy", ["resample", "refine"])
+def test_a_deadline_bounds_the_wall_time_whatever_the_budget_left(hopeless, policy):
+    # What a batch shared with other jobs, or a retry, leaves of a job's wall time: its deadline ends it.
+    from optimization.engine import GenerationRequest
+
+    budget = Budget(max_seconds=600, max_candidates=10_000, max_iterations=10_000)
+    began = time.time()
+    request = GenerationRequest(**{**HOPELESS, "object_": None}, seed=3, policy=policy, budget=budget,
+                                deadline=began + 6)
+    result = hopeless.generate_many([request])[0]
+    took = time.time() - began
+    batch_s = result.cost["sampling_seconds"] / -(-result.cost["candidates"] // CANDIDATE_BATCH)
+    assert took <= 6 + 2 * batch_s + 1 and result.budget_exhausted
+    if policy == "refine":  # half of the window went to optimization
+        assert result.cost["iterations"] >= 1 and result.cost["sampling_seconds"] <= 3 + 2 * batch_s
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -184,7 +184,7 @@ def new_record(job_id: str, owner: str, request: JobRequest, submitted: float) -
             "request": request.model_dump(mode="json"), "stage": None,
             "progress": {"images_verified": 0, "candidates": 0, "iterations": 0, "loss": None, "detected_counts": []},
             "token": None, "results": [], "cost": None, "timings": {"submitted": submitted}, "error": None,
-            "budget_exhausted": None, "prompt": None, "object": None, "warnings": []}
+            "budget_exhausted": None, "prompt": None, "object": None, "warnings": [], "deadline": None}
 
 
 def save_record(connection: redis.Redis | redis.client.Pipeline, settings: Settings, record: dict,
@@ -256,7 +256,7 @@ def _public(reply, owner: str) -> dict | None:
             "token": record.get("token"), "results": record.get("results") or [], "cost": record.get("cost"),
             "timings": timings, "error": error, "owner": record.get("owner"),
             "budget_exhausted": record.get("budget_exhausted"), "prompt": record.get("prompt"),
-            "object": record.get("object"), "warnings": record.get("warnings") or []}
+            "object": record.get("object"), "warnings": record.get("warnings") or [], "deadline": record.get("deadline")}
 
 
 def job_record(connection: redis.Redis, settings: Settings, job_id: str, owner: str) -> dict | None:

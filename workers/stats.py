@@ -84,6 +84,26 @@ def record_finished(connection: redis.Redis, settings: Settings, model: str, sta
         pipe.execute()
 
 
+def seconds_per_job(connection: redis.Redis, settings: Settings, model: str) -> float | None:
+    """The model's mean engine seconds per succeeded job (sampling plus refining), as measured; None before
+    any. What wait estimates are made of."""
+    metrics = Keys(settings.redis_prefix).metrics()
+    sampling, refining, count = connection.hmget(metrics, _field("latency", model, "sampling", "sum"),
+                                                 _field("latency", model, "refining", "sum"),
+                                                 _field("latency", model, "sampling", "count"))
+    if not count or float(count) == 0:
+        return None
+    return (float(sampling or 0) + float(refining or 0)) / float(count)
+
+
+def estimated_wait(jobs_ahead: int, workers: int, per_job: float | None) -> float | None:
+    """Seconds until a worker takes a job with ``jobs_ahead`` before it, on average: None when nothing was
+    measured yet or no worker serves the model."""
+    if per_job is None or workers == 0:
+        return None
+    return round(jobs_ahead * per_job / workers, 1)
+
+
 def record_library_lookup(connection: redis.Redis, settings: Settings, model: str, hit: bool,
                           scheduled: bool) -> None:
     """A job looked for its library token: found or not, and whether the miss started a learning task."""

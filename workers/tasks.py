@@ -121,10 +121,12 @@ def _free_memory() -> None:
 
 
 def start_job(rt, job: Job, req: JobRequest) -> _Reporter:
-    """The job leaves its queue and runs: its record and stream say so."""
+    """The job leaves its queue and runs: its record and stream say so. Its deadline is its first start plus
+    its budget's seconds: a retried job gets what is left, not a new budget."""
     report = _Reporter(rt, job)
-    report.update(status=JobStatus.running, stage=Stage.sampling,
-                  timings={**report.record["timings"], "started": time.time()},
+    started = report.record["timings"].get("started") or time.time()
+    report.update(status=JobStatus.running, stage=Stage.sampling, deadline=started + req.budget.max_seconds,
+                  timings={**report.record["timings"], "started": started},
                   event={"status": JobStatus.running, "stage": Stage.sampling})
     dequeued(rt.connection, rt.settings, req.model, job.id)
     return report
@@ -157,7 +159,8 @@ def engine_request(rt, job: Job, req: JobRequest, report: _Reporter):
                                               [tokenizer for _, tokenizer, _ in engine.t2i.encoders()]))
     return GenerationRequest(req.prompt, req.count, object_=cls, num_images=req.num_images, seed=req.seed,
                              budget=req.budget, policy=req.policy, token=token, progress=report.progress,
-                             should_stop=lambda: rt.shutdown.is_set() or bool(rt.connection.exists(k.job_cancel(job.id))))
+                             should_stop=lambda: rt.shutdown.is_set() or bool(rt.connection.exists(k.job_cancel(job.id))),
+                             deadline=report.record.get("deadline"))
 
 
 def _store_results(rt, job: Job, result, report: _Reporter) -> dict:

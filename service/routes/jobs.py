@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from typing import Annotated
 
 import redis
@@ -17,8 +18,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
 from optimization.config import Budget
-from workers import records
-from workers.queue import keys
+from workers import records, stats
+from workers.queue import keys, live_workers
 from workers.requests import build_request
 
 from .. import images
@@ -51,7 +52,7 @@ def _record_out(record: dict, request: Request) -> JobOut:
                   seed_source=req.get("seed_source", "request"), progress=record["progress"], token=record["token"],
                   results=results, budget_exhausted=record.get("budget_exhausted"), cost=record["cost"],
                   timings=record["timings"] or {}, error=record["error"], warnings=record.get("warnings") or [],
-                  webhook=req.get("webhook"),
+                  deadline=record.get("deadline"), webhook=req.get("webhook"),
                   webhook_events_filter=req.get("webhook_events_filter") if req.get("webhook") else None)
 
 
@@ -113,10 +114,22 @@ def _record(connection, settings, job_id: str, owner: str) -> dict:
 @router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
 async def get_job(job_id: str, request: Request, settings: SettingsDep, connection: RedisDep,
                   owner: OwnerDep) -> JobOut:
-    """The job's record.
+    """The job's record; while it is queued, with its estimated start.
 
     Scope: the key that created the job (another key's job is 404)."""
-    return _record_out(_record(connection, settings, job_id, owner), request)
+    record = _record(connection, settings, job_id, owner)
+    out = _record_out(record, request)
+    if record["status"] == records.JobStatus.queued and record["queue_position"] is not None:
+        wait = await run_in_threadpool(_estimated_wait, connection, settings, record)
+        if wait is not None:
+            out.estimated_start = round(time.time() + wait, 1)
+    return out
+
+
+def _estimated_wait(connection, settings, record: dict) -> float | None:
+    workers = len(live_workers(connection, settings, record["model"]))
+    per_job = stats.seconds_per_job(connection, settings, record["model"])
+    return stats.estimated_wait(record["queue_position"] + 1, workers, per_job)
 
 
 @router.delete("/{job_id}", response_model=JobOut, responses=NOT_FOUND)

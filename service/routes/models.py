@@ -6,7 +6,7 @@ import re
 
 from fastapi import APIRouter, Depends
 
-from workers import records
+from workers import records, stats
 from workers.queue import live_workers
 
 from ..deps import AUTH_ERRORS, RedisDep, SettingsDep, get_caller
@@ -37,10 +37,12 @@ def list_models(settings: SettingsDep, connection: RedisDep) -> list[ModelOut]:
     out = []
     for m in settings.models:
         info = records.model_info(connection, settings, m.id) or {}
+        workers, depth = live_workers(connection, settings, m.id), records.queue_depth(connection, settings, m.id)
         out.append(ModelOut(id=m.id, pipeline=public_source(m.pipeline), detector=public_source(m.detector),
                             device=m.device, fingerprint=info.get("fingerprint"),
                             classes=m.classes or info.get("classes"), max_count=m.max_count,
                             default_policy=settings.policy_for(m),
-                            live_workers=live_workers(connection, settings, m.id),
-                            queue_depth=records.queue_depth(connection, settings, m.id)))
+                            live_workers=workers, queue_depth=depth,
+                            estimated_wait_s=stats.estimated_wait(depth, len(workers),
+                                                                  stats.seconds_per_job(connection, settings, m.id))))
     return out

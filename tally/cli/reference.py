@@ -20,7 +20,7 @@ app.add_typer(reference_app, name="reference")
 def train_detector(
     scenes: Annotated[int, typer.Option(min=8, help="Training examples.")] = 3500,
     val_scenes: Annotated[int, typer.Option(min=4, help="Validation examples.")] = 300,
-    epochs: Annotated[int, typer.Option(min=1)] = 12,
+    epochs: Annotated[int, typer.Option(min=1)] = 8,
     batch: Annotated[int, typer.Option(min=2)] = 16,
     seed: int = 0,
     device: str = "cpu",
