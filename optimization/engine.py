@@ -27,7 +27,8 @@ import torch
 
 from .config import Budget, LibraryConfig, ModelSpec, NoiseConfig, Policy, RefineConfig, Stage
 from .count_token import CountToken, TokenKey, place_token
-from .counter import Counter, Detections, Verification, load_counter, load_crosscheck, resolve, verify
+from .counter import (Counter, Detections, Verification, load_counter, load_crosscheck, resolve, verify,
+                      count as count_of)
 from .errors import InvalidRequest
 from .optimizer import (Canceled, IterationReport, OptimizeResult, calibration_seeds, evaluate_token, gain,
                         library_seeds, optimize, optimize_noise)
@@ -449,40 +450,64 @@ class CountEngine:
                 return part.token
             state = part.state
 
-    def calibrate(self, cls: str, count: int, config: LibraryConfig = LibraryConfig()) -> dict:
+    def calibrate(self, cls: str, count: int, config: LibraryConfig = LibraryConfig(), counts: dict | None = None,
+                  slice_seconds: float | None = None, should_stop: Callable[[], bool] | None = None
+                  ) -> tuple[dict | None, dict]:
         """Stated-number calibration: which number written in the library prompts makes this model draw
-        ``count`` objects most often, on calibration seeds, no gradients. Ties keep the plain count."""
-        seeds, tried = calibration_seeds(config), {}
-        for stated in range(max(1, count - config.calibration_below),
-                            min(self.max_count, count + config.calibration_above) + 1):
+        ``count`` objects most often, on calibration seeds, no gradients. Ties keep the plain count.
+
+        In slices: one generation batch (a stated number, a prompt, its share of the seeds) at a time, until
+        ``slice_seconds`` have passed (all of it when None); ``counts`` (the detected counts so far, per stated
+        number and prompt) carries it to the next slice. Returns (the calibration once complete, else None;
+        the counts)."""
+        seeds, counts = calibration_seeds(config), dict(counts or {})
+        numbers = range(max(1, count - config.calibration_below), min(self.max_count, count + config.calibration_above) + 1)
+        started = time.perf_counter()
+        for stated in numbers:
             prompts, init_word = self._token_prompts(cls, count, stated)
-            # the untrained token is the word it replaces: each prompt exactly as written
-            tried[stated] = evaluate_token(self.t2i, self.counter, prompts, cls, count, self.word_vectors(init_word),
-                                           seeds)
+            for i, prompt in enumerate(prompts):
+                unit, share = f"{stated}/{i}", seeds[i::len(prompts)]
+                if unit in counts or not share:
+                    continue
+                if counts and slice_seconds is not None and time.perf_counter() - started >= slice_seconds:
+                    return None, counts
+                if should_stop and should_stop():
+                    raise Canceled()
+                # the untrained token is the word it replaces: each prompt exactly as written
+                self.t2i.set_token(self.word_vectors(init_word))
+                counts[unit] = [count_of(self.counter, d, cls) for d in self.counter.detect(self.t2i.generate(prompt, share))]
+        tried = {}
+        for stated in numbers:
+            found = np.array([c for unit, cs in counts.items() if unit.split("/")[0] == str(stated) for c in cs])
+            tried[stated] = {"exact": round(float((found == count).mean()), 4),
+                             "mae": round(float(np.abs(found - count).mean()), 4), "n": len(found)}
         best = max(tried, key=lambda n: (tried[n]["exact"], -tried[n]["mae"], n == count))
-        return {"stated": best, "tried": {str(n): r for n, r in tried.items()}, "seeds": len(seeds)}
+        return {"stated": best, "tried": {str(n): r for n, r in tried.items()}, "seeds": len(seeds)}, counts
 
     def library_slice(self, cls: str, count: int, config: LibraryConfig = LibraryConfig(), resume: dict | None = None,
                       slice_seconds: float | None = None, progress: Callable[[IterationReport], None] | None = None,
                       should_stop: Callable[[], bool] | None = None) -> LibrarySlice:
-        """Library learning in bounded slices, starting from ``resume`` (a previous slice's ``state``):
-        (a) the first slice calibrates the stated number; (b) later ones learn the gradient token from the
-        calibrated prompt, about ``slice_seconds`` each (all of it when None); (c) the token is the best
-        validated so far, the untrained token (the calibrated prompt as written) included."""
+        """Library learning in bounded slices of about ``slice_seconds`` (all of it when None), starting from
+        ``resume`` (a previous slice's ``state``): (a) the first slices calibrate the stated number, one
+        generation batch at a time; (b) later ones learn the gradient token from the calibrated prompt;
+        (c) the token is the best validated so far, the untrained token (the calibrated prompt as written)
+        included."""
         cls = resolve(self.counter, cls)
         self.check_count(count)
         key = self.token_key(cls, count)
-        if resume is None:  # (a)
+        if resume is None or resume.get("calibration") is None:  # (a)
             started = time.perf_counter()
-            calibration = self.calibrate(cls, count, config)
-            seconds = time.perf_counter() - started
-            stated = calibration["stated"]
+            prior = resume or {"counts": {}, "seconds": 0.0}
+            calibration, counts = self.calibrate(cls, count, config, prior["counts"], slice_seconds, should_stop)
+            seconds = prior["seconds"] + time.perf_counter() - started
+            stated = calibration["stated"] if calibration else count
             init_word = self._token_prompts(cls, count, stated)[1]
             metadata = {"mode": "library", "iterations": 0, "seconds": round(seconds, 1), "validation": None,
-                        "gain": 0.0, "calibration": calibration}
+                        "gain": 0.0, "calibration": calibration, "stage": "calibration"}
             return LibrarySlice(CountToken(key, self.word_vectors(init_word), init_word, metadata,
-                                           stated if stated != count else None),
-                                done=False, state={"calibration": calibration, "seconds": seconds, "optimizer": None})
+                                           stated if stated != count else None), done=False,
+                                state={"calibration": calibration, "counts": counts, "seconds": seconds,
+                                       "optimizer": None})
         calibration, optimizer_state = resume["calibration"], resume["optimizer"]
         stated = calibration["stated"]
         prompts, init_word = self._token_prompts(cls, count, stated)
@@ -500,7 +525,7 @@ class CountEngine:
             result.state["validation"] = result.validation
         kept = "token" if result.validation and result.validation["best_iteration"] else "calibration"
         metadata = {"mode": "library", "iterations": result.iterations, "seconds": round(result.seconds, 1),
-                    "validation": result.validation, "gain": gain(result.validation), "kept": kept,
+                    "validation": result.validation, "gain": gain(result.validation), "kept": kept, "stage": "token",
                     "calibration": calibration, "config": config.model_dump(), "prompts": prompts}
         token = CountToken(key, result.vectors, init_word, metadata, stated if stated != count else None)
         return LibrarySlice(token, result.done, {"calibration": calibration, "seconds": result.seconds,

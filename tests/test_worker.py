@@ -85,7 +85,10 @@ def test_library_learning_runs_in_slices_that_let_user_jobs_through(runtime, mon
     monkeypatch.setattr(library, "run_slice", slice_then_a_user_arrives)
     _work(runtime)
     [task] = library.tasks(runtime.connection, settings)
-    assert task["status"] == "stored" and task["slices"] == 1 + 3 and task["iterations"] == 3  # calibration + 3
+    config, engine = settings.library, runtime.engine
+    numbers = len(range(max(1, 4 - config.calibration_below), min(engine.max_count, 4 + config.calibration_above) + 1))
+    batches = numbers * len(engine.library_prompts("triangle", 4, 4))  # calibration: one generation batch a slice
+    assert task["status"] == "stored" and task["slices"] == batches + 3 and task["iterations"] == 3
     user = records.job_record(runtime.connection, settings, user_jobs[0], "tester")
     assert user["status"] == "succeeded" and user["timings"]["started"] < task["updated"]  # between slices
     assert runtime.store.info(key)["metadata"]["iterations"] == 3

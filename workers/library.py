@@ -69,6 +69,7 @@ def run_slice(rt, model_id: str, cls: str, count: int, key_id: str) -> dict:
         return conclude(connection, settings, key_id, "canceled")
     state = connection.get(k.library_state(key_id))
     _update(connection, settings, key_id, status="running")
+    began = time.monotonic()
     try:
         part = rt.engine.library_slice(
             cls, count, settings.library, resume=LibrarySlice.load_state(state) if state else None,
@@ -81,6 +82,9 @@ def run_slice(rt, model_id: str, cls: str, count: int, key_id: str) -> dict:
         _update(connection, settings, key_id, status="queued")
         return {"key": key_id, "status": "requeued"}
     validation = part.token.metadata["validation"]
+    log.info("library %s: a %s slice took %.1f s", key_id, part.token.metadata["stage"], time.monotonic() - began,
+             extra={"key": key_id, "stage": part.token.metadata["stage"],
+                    "seconds": round(time.monotonic() - began, 2)})
     connection.hincrby(k.learning(key_id), "slices", 1)
     _update(connection, settings, key_id, iterations=part.token.metadata["iterations"], validation=json.dumps(validation))
     if not part.done:
