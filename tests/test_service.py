@@ -130,6 +130,17 @@ def test_a_budget_bounds_each_jobs_wall_time_from_its_start_batched_or_not(servi
     assert model["queue_depth"] == 0 and model["estimated_wait_s"] == 0.0  # measured, and nothing ahead
 
 
+def test_the_worker_log_is_json_lines_only(service):
+    import json
+
+    service.wait(service.submit(prompt="a photo of red circles", count=2, seed=9, policy="resample",
+                                budget={"max_candidates": 2}))
+    lines = [line for line in (service.launcher.log_dir / "worker-w1.log").read_text().splitlines() if line.strip()]
+    assert any("worker ready" in json.loads(line)["message"] for line in lines)
+    for line in lines:
+        json.loads(line)  # no progress bar, no plain print
+
+
 def test_event_stream_yields_progress_in_order_and_a_final_event(service):
     job_id = service.submit(prompt="a photo of blue circles", count=4, num_images=2, seed=6, policy="resample")
     events = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, Optional
@@ -27,9 +28,10 @@ def worker(
     settings = prepare()
     settings.model(model)  # an unknown id is one line before anything loads
 
-    def ready(runtime, reseeded: int) -> None:
-        console.print(f"worker ready: model {runtime.model.id} ({runtime.engine.t2i.fingerprint}), "
-                      f"{reseeded} tokens re-seeded from {settings.store or settings.tokens_path}")
+    def ready(runtime, reseeded: int) -> None:  # a log record: the worker's log is JSON lines (TALLY_LOG_FORMAT)
+        logging.getLogger("tally.worker").info(
+            "worker ready: model %s (%s), %d tokens re-seeded from %s", runtime.model.id,
+            runtime.engine.t2i.fingerprint, reseeded, settings.store or settings.tokens_path)
 
     run_worker(settings, model, burst=burst, name=name, on_ready=ready)
 
