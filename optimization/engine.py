@@ -461,7 +461,8 @@ class CountEngine:
         number and prompt) carries it to the next slice. Returns (the calibration once complete, else None;
         the counts)."""
         seeds, counts = calibration_seeds(config), dict(counts or {})
-        numbers = range(max(1, count - config.calibration_below), min(self.max_count, count + config.calibration_above) + 1)
+        numbers = range(max(1, count - config.calibration_below),
+                        min(self.max_count, count + config.calibration_above) + 1)
         started = time.perf_counter()
         for stated in numbers:
             prompts, init_word = self._token_prompts(cls, count, stated)
@@ -475,7 +476,8 @@ class CountEngine:
                     raise Canceled()
                 # the untrained token is the word it replaces: each prompt exactly as written
                 self.t2i.set_token(self.word_vectors(init_word))
-                counts[unit] = [count_of(self.counter, d, cls) for d in self.counter.detect(self.t2i.generate(prompt, share))]
+                images = self.t2i.generate(prompt, share)
+                counts[unit] = [count_of(self.counter, d, cls) for d in self.counter.detect(images)]
         tried = {}
         for stated in numbers:
             found = np.array([c for unit, cs in counts.items() if unit.split("/")[0] == str(stated) for c in cs])

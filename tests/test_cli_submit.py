@@ -110,7 +110,8 @@ def test_a_detached_job_is_listed_read_and_canceled_from_the_cli(tally_cli, api)
     job_id = submitted.stdout.strip()
     listed = tally_cli("jobs", *key, "--json", "-")
     assert listed.returncode == 0, listed.stderr
-    assert [(j["id"], j["status"], j["num_images"]) for j in json.loads(listed.stdout)["jobs"]] == [(job_id, "queued", 2)]
+    jobs = json.loads(listed.stdout)["jobs"]
+    assert [(j["id"], j["status"], j["num_images"]) for j in jobs] == [(job_id, "queued", 2)]
     table = tally_cli("jobs", *key)
     assert job_id in table.stdout + table.stderr and "0/2" in table.stdout + table.stderr
     waiting = tally_cli("get", job_id, *key)

@@ -12,8 +12,8 @@ generated but whose truth is known (``write_detector_dataset``):
 An autoencoder or SDEdit example is labelled on the cross-check judge's components (``_judged_labels``): a
 component holding one rendered object that still looks whole takes its class and the judge's tight box;
 shapes the generator merged or made touch, and deformed ones, are ``unclear``; an example where a shape
-vanished or a blob appeared is dropped. A share of the render and autoencoder scenes also holds hard negatives (merged blobs, touching
-pairs, fragments, smears, stripes; ``scenes.NEGATIVE_KINDS``) labelled as the ``unclear`` class, which
+vanished or a blob appeared is dropped. A share of the scenes also holds hard negatives (merged blobs,
+touching pairs, fragments, smears, stripes; ``scenes.NEGATIVE_KINDS``) labelled as the ``unclear`` class, which
 verification treats as doubt (``VerifyConfig.doubt_classes``): the detector can then verify alone, as
 production detectors must. Built from ultralytics' ``yolov8n.yaml`` (no pretrained download), or trained
 further from earlier weights (the shipped detector: renders first, then generated-looking examples); a small batch,
