@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from tally.client import sse_events
 from workers.keys import Keys
@@ -64,6 +66,12 @@ def test_submitted_job_succeeds_with_counted_images(service):
         assert again.status_code == 304 and again.content == b""
         boxed = service.http.get(result["url"], params={"boxes": "true"}, headers={"If-None-Match": png.headers["etag"]})
         assert boxed.status_code == 200 and boxed.headers["etag"] != png.headers["etag"]  # other bytes, other tag
+        def size(**params) -> tuple[int, int]:
+            return Image.open(io.BytesIO(service.http.get(result["url"], params=params).content)).size
+
+        native = size()
+        assert size(boxes="true") == (4 * native[0], 4 * native[1])  # readable labels by default
+        assert size(boxes="true", scale=1) == native and size(scale=2) == (2 * native[0], 2 * native[1])
 
 
 @pytest.mark.parametrize("model", ["reference", "reference-web"])

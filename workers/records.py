@@ -357,9 +357,9 @@ def image_location(connection: redis.Redis, settings: Settings, job_id: str, n: 
     return objects.image_url(connection, settings, job_id, n)
 
 
-def draw_detections(png: bytes, result: dict) -> bytes:
-    """The PNG enlarged with its detections drawn (``?boxes=true``), each in its kind's colour; a record written
-    before detections had kinds draws its boxes as confident."""
+def draw_detections(png: bytes, result: dict, scale: int = 4) -> bytes:
+    """The PNG enlarged ``scale`` times with its detections drawn (``?boxes=true``), each in its kind's colour;
+    a record written before detections had kinds draws its boxes as confident."""
     import io
 
     from PIL import Image
@@ -369,7 +369,7 @@ def draw_detections(png: bytes, result: dict) -> bytes:
     kinds = [(d["box"], d["kind"], d["object"], d["confidence"]) for d in result.get("detections") or []] or \
         [(box, "confident", "", None) for box in result["boxes"]]
     buffer = io.BytesIO()
-    draw_kinds(Image.open(io.BytesIO(png)).convert("RGB"), kinds).save(buffer, format="PNG")
+    draw_kinds(Image.open(io.BytesIO(png)).convert("RGB"), kinds, scale).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

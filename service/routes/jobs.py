@@ -198,7 +198,11 @@ async def job_events(job_id: str, request: Request, settings: SettingsDep, conne
                        307: {"description": "The plain PNG is at a presigned URL of the object store (Location); "
                                             "deployments with store_presign only."}})
 def job_image(job_id: str, n: int, settings: SettingsDep, connection: RedisDep, owner: OwnerDep,
-              boxes: Annotated[bool, Query(description="Draw the detections.")] = False,
+              boxes: Annotated[bool, Query(description="Draw the detections (at 4x the image's size unless "
+                                                       "``scale`` says otherwise).")] = False,
+              scale: Annotated[int | None, Query(ge=1, le=16, description=(
+                  "Enlarge the image this many times (nearest neighbour: shapes stay crisp); drawn boxes scale "
+                  "with it. Default: 1, or 4 with boxes."))] = None,
               image_format: Annotated[images.ImageFormat, Query(
                   alias="format", description="The encoding: the stored PNG, or it re-encoded as JPEG or WEBP "
                                               "(the same pixels, boxes included).")] = "png",
@@ -208,7 +212,7 @@ def job_image(job_id: str, n: int, settings: SettingsDep, connection: RedisDep, 
 
     Scope: the key that created the job (another key's job is 404)."""
     _job_id(job_id)
-    if not boxes and image_format == "png" and 0 <= n < settings.max_images:
+    if not boxes and scale in (None, 1) and image_format == "png" and 0 <= n < settings.max_images:
         location = records.image_location(connection, settings, job_id, n, owner)  # with store_presign only
         if location is not None:
             return RedirectResponse(location, status_code=307)
@@ -219,7 +223,9 @@ def job_image(job_id: str, n: int, settings: SettingsDep, connection: RedisDep, 
         results = _record(connection, settings, job_id, owner)["results"]  # result n is image n
         if n >= len(results):
             raise ApiError(404, "not_found", f"job {job_id!r} has no detections for image {n}")
-        png = records.draw_detections(png, results[n])
+        png = records.draw_detections(png, results[n], scale or 4)
+    elif scale not in (None, 1):
+        png = images.enlarge(png, scale)
     body = images.convert(png, image_format)
     headers = images.cache_headers(body, f"{job_id}-{n}{'-boxes' if boxes else ''}.{image_format}",
                                   settings.result_ttl)
