@@ -88,8 +88,11 @@ def _deployment_limits(schema: dict, settings: Settings) -> dict:
     bound("JobCreate", "count", minimum=1, maximum=max(m.max_count for m in settings.models))
     bound("JobCreate", "num_images", minimum=1, maximum=settings.max_images)
     bound("JobCreate", "prompt", maxLength=settings.max_prompt_length)
+    budget = schema.get("components", {}).get("schemas", {}).get("BudgetIn", {}).get("properties", {})
     for name in ("max_seconds", "max_candidates", "max_iterations"):
         bound("BudgetIn", name, maximum=getattr(settings.max_budget, name))
+        if name in budget:  # what an absent (or null) field means here
+            budget[name]["default"] = getattr(settings.default_budget, name)
     return schema
 
 

@@ -148,6 +148,7 @@ class JobOut(BaseModel):
     queue_position: int | None = None
     model: str
     prompt: str | None = Field(None, description="The prompt as generated, with the count written in.")
+    prompt_as_typed: str | None = Field(None, description="The prompt as the request gave it.")
     object: str | None = None
     count: int
     num_images: int = Field(1, description="Verified images asked for.")

@@ -49,6 +49,12 @@ def test_a_body_that_is_not_json_says_so(api):
     assert response.json()["message"].startswith("the body is not valid JSON: ")
 
 
+def test_the_openapi_document_states_the_deployments_budget_defaults(api, settings):
+    budget = api.get("/openapi.json").json()["components"]["schemas"]["BudgetIn"]["properties"]
+    for name in ("max_seconds", "max_candidates", "max_iterations"):
+        assert budget[name]["default"] == getattr(settings.default_budget, name)
+
+
 def test_the_openapi_document_declares_how_to_send_a_key(api):
     document = api.get("/openapi.json").json()
     assert document["components"]["securitySchemes"] == {

@@ -130,6 +130,8 @@ def test_a_job_submitted_from_the_page_shows_its_progress_then_verified_images(p
     assert page.inner_text("#model-info").startswith("1 live worker · ")
     assert "circle" in page.locator("#object option").all_inner_texts()  # the model's classes, from /v1/models
     assert page.locator("#policy option").all_inner_texts()[1:] == ["resample", "library", "refine", "noise"]
+    default = service.settings.default_budget  # the deployment's defaults, shown where they apply
+    assert page.get_attribute("#max-seconds", "placeholder").startswith(f"{default.max_seconds:g} · ≤ ")
     fill_job(page, EASY["prompt"], EASY["count"], EASY["num_images"], EASY["seed"], EASY["policy"],
              max_candidates=EASY["budget"]["max_candidates"], max_seconds=EASY["budget"]["max_seconds"])
     shot(page, "1-form")
@@ -156,10 +158,33 @@ def test_a_job_submitted_from_the_page_shows_its_progress_then_verified_images(p
                            "return i.src !== src && i.complete && i.naturalWidth > 0; }", arg=plain)
     with page.expect_download() as download:
         page.click("[data-testid=download] >> nth=0")
-    assert download.value.suggested_filename == f"tally-{job_id[:8]}-0-boxes.png"
+    assert download.value.suggested_filename == f"{job_id}-0-boxes.png"  # the API's and the CLI's name
     assert Path(download.value.path()).read_bytes()[:4] == b"\x89PNG"
     shot(page, "4-boxes")
+
+    page.fill("#seed", "")
+    page.select_option("#policy", "")
+    page.click("[data-testid=use-seed] >> nth=1")  # the second image's request, back in the form
+    assert page.input_value("#seed") == str(record["results"][1]["seed"])
+    assert page.input_value("#prompt") == EASY["prompt"] and page.input_value("#policy") == EASY["policy"]
+    assert page.input_value("#count") == str(EASY["count"])
     assert not page.problems, page.problems
+
+
+def test_the_page_fits_a_360_pixel_phone_screen(browser, service):
+    page = open_page(browser, service.url)
+    try:
+        page.set_viewport_size({"width": 360, "height": 780})
+        assert page.evaluate("document.documentElement.scrollWidth") <= 360  # nothing scrolls sideways
+        for selector in ("#api-key", "#prompt", "#policy", "#model", "#max-iterations", "#submit"):
+            box = page.locator(selector).bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 360, (selector, box)
+        assert page.locator("#api-key").bounding_box()["width"] >= 120  # a key field one can type into
+        assert page.locator("#policy").bounding_box()["width"] >= 120
+        shot(page, "narrow-360")
+        assert not page.problems, page.problems
+    finally:
+        page.context.close()
 
 
 def test_a_dropped_event_stream_resumes_after_its_last_event(page, service):
@@ -229,8 +254,12 @@ def test_the_jobs_list_pages_through_the_keys_jobs_and_opens_one(browser, servic
     page.wait_for_selector("[data-testid=job-row] >> nth=20")
     assert page.locator("#jobs-more").is_hidden()
     row = page.locator(f"[data-job-id='{first}']")
-    assert "succeeded" in row.inner_text()
-    row.locator("td >> nth=2").click()  # anywhere on the row opens the job
+    assert "succeeded" in row.inner_text() and "reference" in row.inner_text()
+    assert EASY["prompt"] in row.inner_text()  # the prompt as typed
+    page.wait_for_function("""id => { const i = document.querySelector(`[data-job-id='${id}'] img.thumb`);
+                                      return i && i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0; }""",
+                           arg=first)  # its first image, fetched with the key
+    row.locator("td >> nth=4").click()  # anywhere on the row opens the job
     page.wait_for_url(re.compile(f"#/jobs/{first}$"))
     assert wait_for_status(page, "succeeded") == "succeeded"
     wait_for_images(page, 1)

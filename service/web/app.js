@@ -126,7 +126,10 @@ async function loadSchema() {
   for (const [id, field] of [["#max-seconds", "max_seconds"], ["#max-candidates", "max_candidates"],
     ["#max-iterations", "max_iterations"]]) {
     const max = limit(budget, field);
-    if (max !== undefined) $(id).placeholder = `≤ ${max}`;
+    const fallback = budget.properties?.[field]?.default; // the deployment's default, as its API states it
+    $(id).placeholder = [fallback != null && `${fallback}`, max !== undefined && `≤ ${max}`]
+      .filter(Boolean).join(" · ");
+    if (fallback != null) $(id).title = `empty: ${fallback} (the default)`;
   }
   const images = limit(component("JobCreate"), "num_images");
   if (images !== undefined) $("#num-images").title = `1 to ${images}`;
@@ -158,8 +161,9 @@ function modelChanged() {
   $("#policy").options[0].textContent = model ? `default (${model.default_policy})` : "default";
   if (model) $("#count").title = `1 to ${model.max_count}`;
   const workers = model?.live_workers.length ?? 0;
+  const wait = model?.estimated_wait_s ? ` · ~${Math.round(model.estimated_wait_s)} s wait` : "";
   $("#model-info").textContent = model
-    ? `${workers} live worker${workers === 1 ? "" : "s"} · ${model.queue_depth} queued · counts 1 to ${model.max_count}` : "";
+    ? `${workers} live worker${workers === 1 ? "" : "s"} · ${model.queue_depth} queued${wait} · counts 1 to ${model.max_count}` : "";
 }
 
 // ------------------------------------------------------------------------------------------ submit
@@ -364,7 +368,10 @@ function resultCard(job, result) {
   const img = el("img", { alt: `Image ${result.index}: ${result.detected_count} ${object} detected`, width: 192,
     height: 192, "data-index": result.index });
   const link = el("a", { class: "download", href: "#", text: "Download", "data-testid": "download",
-    download: `tally-${job.id.slice(0, 8)}-${result.index}.png` });
+    download: `${job.id}-${result.index}.png` });
+  const reuse = el("button", { type: "button", class: "quiet", "data-testid": "use-seed", text: "Use this seed",
+    title: "Fill the form with this job's request and this image's seed: submitted, this image comes first",
+    onclick: () => useSeed(job.record, result.seed) });
   link.addEventListener("click", (event) => {
     if (!link.href.startsWith("blob:")) event.preventDefault(); // not loaded yet
   });
@@ -375,7 +382,20 @@ function resultCard(job, result) {
       el("span", { class: "detected", "data-testid": "detected", text: `${result.detected_count} detected` }),
       doubtNote(result),
       el("span", { class: "seed", text: `seed ${result.seed}` }),
-      link));
+      reuse, link));
+}
+
+/** The form holds the job's request again, with ``seed``: the image of that seed is the first candidate. */
+function useSeed(record, seed) {
+  $("#prompt").value = record.prompt_as_typed ?? record.prompt ?? "";
+  $("#count").value = record.count;
+  if (state.models.some((m) => m.id === record.model)) $("#model").value = record.model;
+  modelChanged();
+  $("#object").value = record.object ?? "";
+  $("#policy").value = record.policy;
+  $("#seed").value = seed;
+  $("#prompt").scrollIntoView({ block: "center" });
+  $("#prompt").focus();
 }
 
 /** The doubt beside the confident count (ambiguous, unclear, other objects, the cross-check's count), if any. */
@@ -400,7 +420,7 @@ async function showImages(job) {
       img.addEventListener("load", () => img.classList.toggle("pixelated", img.naturalWidth < 256), { once: true });
       const link = figure.querySelector("a.download");
       link.href = url;
-      link.download = `tally-${job.id.slice(0, 8)}-${index}${boxes ? "-boxes" : ""}.png`;
+      link.download = `${job.id}-${index}${boxes ? "-boxes" : ""}.png`; // as the API and `tally submit` name it
     } catch (err) {
       if (state.job === job) showError(err);
       return;
@@ -418,6 +438,15 @@ async function cancelJob() {
 }
 
 // ------------------------------------------------------------------------------------------- jobs
+/** The job's first image into ``img``, fetched with the key (an <img src> could not send it). */
+async function thumbnail(img, jobId) {
+  try {
+    img.src = URL.createObjectURL(await api.blob(imagePath(jobId, 0, false)));
+  } catch {
+    img.remove(); // expired or gone: the row says enough
+  }
+}
+
 async function loadJobs(reset = true) {
   if (reset) state.jobsCursor = null;
   const page = await guarded(() => api.json("GET", "v1/jobs", {
@@ -425,11 +454,15 @@ async function loadJobs(reset = true) {
   }));
   if (!page) return;
   const rows = page.jobs.map((j) => {
-    const verified = j.results.length ? `${j.results.filter((r) => r.verified).length} / ${j.results.length}` : "–";
+    const verified = j.results.length ? `${j.results.filter((r) => r.verified).length} / ${j.num_images}` : "–";
+    const thumb = el("img", { class: "thumb pixelated", alt: "", width: 40, height: 40, "data-testid": "job-thumb" });
+    if (j.results.length) thumbnail(thumb, j.id);
     const row = el("tr", { class: "clickable", "data-job-id": j.id, "data-testid": "job-row" },
+      el("td", {}, j.results.length ? thumb : ""),
       el("td", {}, el("a", { href: `#/jobs/${j.id}`, title: j.id }, el("code", { text: shortId(j.id) }))),
       el("td", { text: time(j.timings?.submitted) }),
-      el("td", { class: "prompt", text: `${j.prompt ?? ""} (${j.count} × ${j.object ?? "?"})` }),
+      el("td", { text: j.model }),
+      el("td", { class: "prompt", text: `${j.prompt_as_typed ?? j.prompt ?? ""} (${j.count} × ${j.object ?? "?"})` }),
       el("td", { text: j.policy }),
       el("td", {}, el("span", { class: `pill ${j.status}`, text: j.status })),
       el("td", { text: verified }));
