@@ -193,7 +193,12 @@ class _Job:
             (self.verified if verdict.verified else self.misses).append(_Candidate(s, image, verdict))
         self.cost["candidates"] += len(seeds)
         self.events({"stage": Stage.sampling, "candidates": self.cost["candidates"],
-                     "images_verified": len(self.verified), "detected_counts": [v.detected_count for v in verdicts]})
+                     "images_verified": self.verified_so_far(), "detected_counts": [v.detected_count for v in verdicts]})
+
+    def verified_so_far(self) -> int:
+        """Verified images of those asked for: a batch may verify more than asked, and the job returns only the
+        asked number, so progress counts them capped (it never goes back at the end)."""
+        return min(len(self.verified), self.request.num_images)
 
 
 class CountEngine:
@@ -369,7 +374,7 @@ class CountEngine:
             left_it = budget.max_iterations - cost["iterations"]
             if len(job.verified) >= request.num_images or left_s <= 0 or left_it <= 0:
                 break
-            progress = lambda r: job.events(self._refine_event(r, cost, len(job.verified)))  # noqa: E731
+            progress = lambda r: job.events(self._refine_event(r, cost, job.verified_so_far()))  # noqa: E731
             if job.policy == Policy.noise:
                 config = self.noise_config.model_copy(update={"max_iterations": left_it, "max_seconds": left_s})
                 if job.use_token:

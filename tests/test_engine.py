@@ -165,6 +165,15 @@ def test_a_deadline_bounds_the_wall_time_whatever_the_budget_left(hopeless, poli
         assert result.cost["iterations"] >= 1 and result.cost["sampling_seconds"] <= 3 + 2 * batch_s
 
 
+def test_progress_counts_verified_images_of_those_asked_and_never_goes_back(engine):
+    events = []
+    result = engine.generate("a photo of 2 red circles", 2, num_images=1, seed=3, budget=Budget(max_candidates=16),
+                             progress=events.append)
+    verified = [e["images_verified"] for e in events if "images_verified" in e]
+    assert verified == sorted(verified) and max(verified) <= 1  # a batch verifying several still shows 1 of 1
+    assert verified[-1] == sum(r.verified for r in result.images)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"count": 0}, "count must be between 1 and 12"),
     ({"count": 13}, "count must be between 1 and 12"),
