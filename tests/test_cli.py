@@ -37,7 +37,7 @@ def test_generate_writes_images_with_detected_counts(tally_cli, tmp_path):
     for image in report["images"]:
         assert isinstance(image["verified"], bool) and image["policy"] == "resample"
         assert (tmp_path / "o" / f"seed{image['seed']}.png").exists()
-        assert (tmp_path / "o" / f"seed{image['seed']}_boxes.png").exists()
+        assert (tmp_path / "o" / f"seed{image['seed']}-boxes.png").exists()
         assert image["detected_count"] == len(image["boxes"])
 
 

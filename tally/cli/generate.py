@@ -27,7 +27,7 @@ def _save_images(out: Path, reports: list[dict], images, cls: str, count: int | 
         pil.save(path)
         kinds = [(d["box"], d["kind"], d["object"], d["confidence"]) for d in report.get("detections", [])]
         (draw_kinds(pil, kinds) if "detections" in report else draw_boxes(pil, report["boxes"])).save(
-            out / f"seed{report['seed']}_boxes.png")
+            out / f"seed{report['seed']}-boxes.png")  # the "-boxes" suffix, as submit and the API name it
         report["path"] = str(path)
         verdict = "" if count is None else (
             ", verified" if report["verified"] else f", not verified: {report['reason'].replace('_', ' ')}")
