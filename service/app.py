@@ -74,6 +74,33 @@ class BodyGuard:
             await errors.json_response(exc.status_code, exc.code, exc.detail)(scope, receive, send)
 
 
+# /docs and /redoc load everything from the API (FastAPIOffline); this policy also stops what their scripts would
+# fetch from elsewhere (ReDoc's Redocly logo from cdn.redoc.ly): no outside request at all.
+DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; "
+            "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+
+
+class DocsPolicy:
+    """Pure ASGI: the ``DOCS_CSP`` header on the documentation pages."""
+
+    PAGES = ("/docs", "/redoc", "/docs/oauth2-redirect")
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.PAGES:
+            return await self.app(scope, receive, send)
+
+        async def with_policy(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"content-security-policy", DOCS_CSP.encode())]
+            await send(message)
+
+        await self.app(scope, receive, with_policy)
+
+
 def _deployment_limits(schema: dict, settings: Settings) -> dict:
     """The OpenAPI document with this deployment's limits on job requests (the schema classes are static; the
     request check in ``workers.requests`` gives the precise 422 messages)."""
@@ -116,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.limiter = Limiter(settings)
     errors.install(app)
     app.add_middleware(BodyGuard, limit=settings.max_body_bytes)
+    app.add_middleware(DocsPolicy)
 
     def openapi() -> dict:
         if app.openapi_schema is None:

@@ -24,6 +24,7 @@ def test_doc_pages_load_every_asset_from_the_api_itself(api, page):
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
     html = response.text
     assert "cdn" not in html.lower() and "https://" not in html and "http://" not in html
+    assert "img-src 'self' data:;" in response.headers["content-security-policy"]  # their scripts fetch no logo
     assets = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", html)
     assert any(a.endswith(".js") for a in assets), assets
     for asset in assets:

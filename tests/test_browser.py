@@ -187,6 +187,21 @@ def test_the_page_fits_a_360_pixel_phone_screen(browser, service):
         page.context.close()
 
 
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_the_api_docs_make_no_request_outside_the_api(browser, service, path):
+    context = browser.new_context(base_url=service.url)
+    page = context.new_page()
+    requested, blocked = [], []
+    page.on("request", lambda request: requested.append(request.url))
+    page.on("requestfailed", lambda request: request.failure == "csp" and blocked.append(request.url))
+    page.goto(path, wait_until="networkidle")
+    page.wait_for_selector(".swagger-ui .info, .api-info, h1")  # the document rendered
+    page.wait_for_timeout(500)
+    context.close()
+    outside = [url for url in requested if not url.startswith((service.url, "data:", "blob:"))]
+    assert requested and outside == blocked, (outside, blocked)  # ReDoc's Redocly logo: stopped by the page's policy
+
+
 def test_a_dropped_event_stream_resumes_after_its_last_event(page, service):
     job_id = service.submit(**{**EASY, "num_images": 1, "budget": {"max_candidates": 8}})
     service.wait(job_id)
