@@ -93,7 +93,7 @@ def up(
                 launcher.start_worker(m.id, f"{m.id}-{i}")
         launcher.wait_ready(f"http://{host}:{port}", timeout=300,
                             models=[m.id for m in settings.models] if workers_per_model else None)
-        console.print(f"Tally is up: http://{host}:{port}/docs  (Ctrl-C stops it)")
+        console.print(f"Tally is up: http://{host}:{port}/ (the page; the API reference at /docs)  Ctrl-C stops it")
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         launcher.supervise()
 
