@@ -62,6 +62,29 @@ def test_bad_input_only_the_worker_can_see_fails_the_job_as_invalid_request(runt
     assert "no known object" in record["error"]["message"]
 
 
+def test_only_a_job_that_succeeds_starts_library_learning(runtime):
+    from workers import library
+    from workers.queue import keys
+
+    canceled = _submit(runtime, prompt="a photo of red circles", count=5, seed=1, policy="library",
+                       budget={"max_candidates": 8})
+    runtime.connection.set(keys(runtime.settings).job_cancel(canceled), 1)  # asked to stop once it runs
+    _work(runtime)
+    record = records.job_record(runtime.connection, runtime.settings, canceled, "tester")
+    assert record["status"] == "canceled" and record["token"]["learning_scheduled"] is False
+    assert library.tasks(runtime.connection, runtime.settings) == []  # it left no learning behind
+
+    finished = _submit(runtime, prompt="a photo of red circles", count=5, seed=1, policy="library",
+                       budget={"max_candidates": 2})
+    runtime.settings = runtime.settings.model_copy(update={"library": runtime.settings.library.model_copy(
+        update={"max_iterations": 1, "calibration_above": 0, "calibration_below": 0, "calibration_seeds": 2,
+                "validation_seeds": 2})})
+    _work(runtime)
+    record = records.job_record(runtime.connection, runtime.settings, finished, "tester")
+    assert record["status"] == "succeeded" and record["token"]["learning_scheduled"] is True
+    assert [t["key"] for t in library.tasks(runtime.connection, runtime.settings)] == [record["token"]["key"]]
+
+
 def test_library_learning_runs_in_slices_that_let_user_jobs_through(runtime, monkeypatch):
     from workers import library
 

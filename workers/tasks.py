@@ -32,6 +32,7 @@ class _Reporter:
         self.runtime, self.job = runtime, job
         self.record = worker_record(runtime.connection, runtime.settings, job)
         self.stage_ends: dict[str, float] = {}  # engine stage -> time of its latest progress event
+        self.learn: tuple[str, int] | None = None  # (object, count) of a library miss, learned if the job succeeds
 
     def update(self, event: dict | None = None, **fields) -> None:
         """Change the record's ``fields`` and, with ``event``, append it to the job's stream."""
@@ -148,13 +149,10 @@ def engine_request(rt, job: Job, req: JobRequest, report: _Reporter):
     k = keys(rt.settings)
     cls = engine.resolve_object(req.prompt, req.object)
     token = rt.store.token_for(engine, cls, req.count)
-    scheduled = False
-    if token is None and Policy(req.policy).uses_token:
-        key_id = engine.token_key(cls, req.count).id
-        scheduled = library.schedule(rt.connection, rt.settings, rt.model.id, cls, req.count, key_id)
-    stats.record_library_lookup(rt.connection, rt.settings, rt.model.id, token is not None, scheduled)
+    if token is None and Policy(req.policy).uses_token:  # learned once the job has succeeded (``_store_results``)
+        report.learn = (cls, req.count)
     report.update(token={"key": engine.token_key(cls, req.count).id, "library_hit": token is not None,
-                         "learning_scheduled": scheduled},
+                         "learning_scheduled": False},
                   warnings=tokenizer_warnings(with_count(req.prompt, cls, req.count),
                                               [tokenizer for _, tokenizer, _ in engine.t2i.encoders()]))
     return GenerationRequest(req.prompt, req.count, object_=cls, num_images=req.num_images, seed=req.seed,
@@ -164,9 +162,17 @@ def engine_request(rt, job: Job, req: JobRequest, report: _Reporter):
 
 
 def _store_results(rt, job: Job, result, report: _Reporter) -> dict:
+    """The images kept, the library miss followed up (only a job that succeeded starts learning: a canceled
+    or failed one leaves nothing behind), the record completed."""
     from optimization.visualize import png_bytes
 
     k = keys(rt.settings)
+    token = report.record["token"]
+    if token is not None:
+        scheduled = report.learn is not None and library.schedule(
+            rt.connection, rt.settings, rt.model.id, *report.learn, token["key"])
+        stats.record_library_lookup(rt.connection, rt.settings, rt.model.id, token["library_hit"], scheduled)
+        report.record["token"] = {**token, "learning_scheduled": scheduled}
     results = []
     with rt.connection.pipeline() as pipe:
         for n, image in enumerate(result.images):
