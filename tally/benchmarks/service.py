@@ -12,7 +12,12 @@ It starts a private Redis, the API and one worker (and cleans up), then measures
   (``worker_busy_fraction``: how much of that time it did);
 - ``single_flight_library_tasks``: library tasks started by 20 concurrent jobs of one new key;
 - ``learning_wait``: the queue wait of user jobs submitted while that key's library task learns (in slices
-  of ``library_slice_seconds``, behind user jobs), p50 and p99;
+  of ``library_slice_seconds``, calibration included, behind user jobs), p50 and p99;
+- ``budget_wall``: among 16 jobs that cannot verify, submitted together with ``max_seconds`` 20, how far each
+  ran past its budget from its own start (``max_over_s``, ``p50_over_s``);
+- ``webhook``: ``p50_ms`` from the worker's finish to a receiver holding the signed ``completed`` delivery;
+  then 8 jobs while the receiver answers 503 for 5 s: ``delivered`` (jobs whose event it took) and
+  ``duplicates`` (an event id taken twice);
 - ``batching_speedup``: images per second of 16 queued one-image jobs with cross-job batching on, divided by
   the same with it off (``batch_size`` 1); ``lone_job_p50_ratio``: a lone job's p50 latency, on over off.
 """
@@ -124,7 +129,8 @@ def run(repeats: int = 15, load_seconds: float = 5.0, concurrency: int = 32, api
     reference = Settings().model("reference")
     models = [reference.model_dump(mode="json"), {**reference.model_dump(mode="json"), "id": "load-only"}]  # "load-only": no worker
     env = {"TALLY_REDIS_URL": redis_url, "TALLY_RUNTIME_DIR": str(root), "TALLY_TOKEN_DIR": str(root / "tokens"),
-           "TALLY_MODELS": json.dumps(models), "TALLY_AUTH": "required"}  # as deployed; library learning at its
+           "TALLY_MODELS": json.dumps(models), "TALLY_AUTH": "required",  # as deployed; library learning at its
+           "TALLY_WEBHOOK_ALLOW_PRIVATE": "1"}  # phase 7's receiver listens on loopback
     # defaults: phase 4 waits behind it
     settings = Settings(redis_url=redis_url, runtime_dir=root, token_dir=root / "tokens")
     port = _port()
@@ -231,7 +237,15 @@ def run(repeats: int = 15, load_seconds: float = 5.0, concurrency: int = 32, api
             "max_s": round(max(waits), 3) if waits else None,
             "library_iterations_meanwhile": task.get("iterations"), "library_slices_meanwhile": task.get("slices")}
 
-        # 5. cross-job batching: 16 one-image jobs queued while no worker runs, then a lone job at a time;
+        # 5. a budget bounds each job's wall time from its start: 16 hopeless jobs submitted together
+        step("budget wall time: 16 jobs of max_seconds 20 submitted together")
+        result["budget_wall"] = _budget_wall(url, secret)
+
+        # 6. webhooks: finish -> signed delivery; then with the receiver down for 5 s
+        step("webhooks: delivery latency, then a receiver down for 5 s")
+        result["webhook"] = _webhooks(url, secret)
+
+        # 7. cross-job batching: 16 one-image jobs queued while no worker runs, then a lone job at a time;
         # with batching on (the default batch_size), then off (batch_size 1)
         step("cross-job batching: on, then off")
         on = _batching(launcher, url, secret, "bench-batched")
@@ -264,3 +278,87 @@ def _batching(launcher: Launcher, url: str, secret: str, worker: str, jobs: int 
     return {"jobs": jobs, "images_per_s": round(sum(len(r.results) for r in records) / span, 3),
             "seconds": round(span, 3), "verified": sum(x.verified for r in records for x in r.results),
             "candidates": sum(r.cost.candidates for r in records), "lone_p50_s": round(statistics.median(alone[1:]), 4)}
+
+
+def _budget_wall(url: str, secret: str, jobs: int = 16, max_seconds: float = 20.0) -> dict:
+    """(finish - start) - max_seconds of jobs that cannot verify (12 crosses, detector confidence aside: the
+    budget is what ends them), submitted together: how far past its budget a job runs, batched or not."""
+    body = {"prompt": "a photo of black crosses", "count": 12, "policy": "resample",
+            "budget": {"max_seconds": max_seconds, "max_candidates": 1024}}
+    with Client(url, secret, timeout=300) as client:
+        ids = [client.submit(**body, seed=30_000 + s).id for s in range(jobs)]
+        records = [client.wait(i) for i in ids]
+    over = [r.timings["finished"] - r.timings["started"] - max_seconds for r in records]
+    return {"jobs": jobs, "max_seconds": max_seconds, "max_over_s": round(max(over), 3),
+            "p50_over_s": round(statistics.median(over), 3)}
+
+
+class _Receiver:
+    """A webhook receiver on loopback (its own thread): each delivery's id, status answered and arrival time."""
+
+    def __init__(self):
+        import http.server
+
+        self.deliveries: list[tuple[str, int, float, dict]] = []
+        self.up = True
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                status = 200 if receiver.up else 503
+                receiver.deliveries.append((self.headers["webhook-id"], status, time.time(), json.loads(body)))
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *_):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def _webhooks(url: str, secret: str, jobs: int = 8) -> dict:
+    """p50 from the worker's finish to the receiver holding the signed ``completed`` delivery, one job at a
+    time; then ``jobs`` jobs while the receiver answers 503 for 5 s: each event taken exactly once."""
+    receiver = _Receiver()
+    body = {"prompt": "a photo of red circles", "count": 2, "policy": "resample", "budget": {"max_candidates": 8},
+            "webhook": receiver.url, "webhook_events": ["completed"]}
+    try:
+        with Client(url, secret, timeout=120) as client:
+            latency = []
+            for s in range(jobs + 1):  # the first warms up
+                record = client.wait(client.submit(**body, seed=40_000 + s).id)
+                deadline = time.monotonic() + 30
+                while not any(d[3]["job"]["id"] == record.id for d in receiver.deliveries):
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.002)
+                arrived = [d[2] for d in receiver.deliveries if d[3]["job"]["id"] == record.id]
+                if arrived and s:
+                    latency.append(arrived[0] - record.timings["finished"])
+            receiver.deliveries.clear()
+            receiver.up = False
+            down_since = time.monotonic()
+            ids = [client.submit(**body, seed=50_000 + s).id for s in range(jobs)]
+            for i in ids:
+                client.wait(i)
+            time.sleep(max(0.0, 5 - (time.monotonic() - down_since)))
+            receiver.up = True
+            deadline = time.monotonic() + 120
+            while len({d[3]["job"]["id"] for d in receiver.deliveries if d[1] == 200}) < jobs:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+        taken = [d[0] for d in receiver.deliveries if d[1] == 200]
+        return {"jobs": jobs, "p50_ms": round(1000 * statistics.median(latency), 1) if latency else None,
+                "delivered": len({d[3]["job"]["id"] for d in receiver.deliveries if d[1] == 200}),
+                "duplicates": len(taken) - len(set(taken)),
+                "attempts": len(receiver.deliveries)}
+    finally:
+        receiver.close()
