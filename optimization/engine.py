@@ -176,6 +176,13 @@ class _Job:
             return 0
         return max(0, min(CANDIDATE_BATCH, budget.max_candidates - done))
 
+    def fits(self, image_seconds: float) -> int:
+        """Candidates that fit before its sampling deadline at ``image_seconds`` each (one at least; no limit
+        without a deadline or a measured pace): a batch never carries a job far past its budget."""
+        if self.sampling_deadline is None or image_seconds <= 0:
+            return CANDIDATE_BATCH * 64
+        return max(1, int((self.sampling_deadline - time.time()) / image_seconds))
+
     def seconds_left(self) -> float:
         """Of its budget: the charged seconds left, and no more than the wall clock leaves before its deadline."""
         left = self.request.budget.max_seconds - self.spent
@@ -324,6 +331,7 @@ class CountEngine:
         """Stage 3: sample candidates in batches and verify each conservatively, until each job has its
         verified images or its budget ends (one batch at least). Alone, a job takes ``CANDIDATE_BATCH``
         candidates a batch; several share a batch fairly (at least one candidate each per batch)."""
+        image_seconds = 0.0  # the last batch's seconds per image: a job near its deadline takes what fits
         while True:
             for job in jobs:
                 if job.error is None and job.wants() and job.should_stop():
@@ -337,7 +345,7 @@ class CountEngine:
             batch: list[tuple[_Job, list[int]]] = []
             room = batch_size
             for job in group:
-                n = min(job.wants(), share, room)
+                n = min(job.wants(), share, room, job.fits(image_seconds))
                 if n > 0:
                     batch.append((job, job.take(n)))
                     room -= n
@@ -360,6 +368,7 @@ class CountEngine:
                 job.add(job_seeds, images[part], self.verify_images(images[part], detections[part], job.cls, job.count))
                 start += len(job_seeds)
             took = time.perf_counter() - began
+            image_seconds = took / len(seeds)
             for job, job_seeds in batch:  # each job pays its share of the batch, so batching costs it no budget
                 job.spent += took * len(job_seeds) / len(seeds)
                 job.cost["sampling_seconds"] += took * len(job_seeds) / len(seeds)
