@@ -180,7 +180,8 @@ def test_bench_count_loss_reports_the_detectors_and_the_judges_error_per_iterati
     assert report["cases"] == len(CLASSES) * 3 and set(report["settings"]) == {"plain", "eot2"}
     for setting in report["settings"].values():
         assert len(setting["detector_error"]) == len(setting["judge_error"]) == 2  # before and after one step
-        assert setting["judge_fall"] == pytest.approx(setting["judge_error"][0] - setting["judge_error"][-1], abs=1e-3)
+        # each figure is rounded to 3 decimals on its own: up to 0.0015 apart
+        assert setting["judge_fall"] == pytest.approx(setting["judge_error"][0] - setting["judge_error"][-1], abs=2e-3)
 
 
 def test_an_invalid_environment_is_one_line_naming_the_setting(tmp_path):

@@ -39,8 +39,8 @@ def test_bench_writes_its_json_by_default_and_names_another_model_in_the_file(ta
     monkeypatch.chdir(tmp_path)
     spec = reference_spec.model_dump(mode="json")
     models = json.dumps([spec, {**spec, "id": "other"}])
-    default = tally_cli("bench", "detector", "--scenes", "4", env={"TALLY_MODELS": models})
-    other = tally_cli("bench", "detector", "--scenes", "4", "--model", "other", "--json", "-",
+    default = tally_cli("bench", "detector", "--scenes", "4", "--generated", "0", env={"TALLY_MODELS": models})
+    other = tally_cli("bench", "detector", "--scenes", "4", "--generated", "0", "--model", "other", "--json", "-",
                       env={"TALLY_MODELS": models})
     assert default.returncode == 0 and other.returncode == 0, default.stderr + other.stderr
     assert json.loads((tmp_path / "out/bench/detector.json").read_text())["model"] == "reference"

@@ -54,7 +54,9 @@ def test_the_page_is_not_in_the_openapi_document(api):
 
 
 def test_me_with_auth_off_is_an_admin_owner_named_by_the_key(api):
-    assert api.get("/v1/me").json() == {"owner": "anonymous", "scope": "admin", "name": None, "auth": "off"}
+    me = api.get("/v1/me").json()
+    assert me.pop("webhook_secret").startswith("whsec_")
+    assert me == {"owner": "anonymous", "scope": "admin", "name": None, "auth": "off"}
     mine = api.get("/v1/me", headers={"X-API-Key": "mine"}).json()
     assert mine["owner"].startswith("key-") and mine["auth"] == "off"
 
@@ -64,6 +66,8 @@ def test_me_names_the_calling_key_and_its_scope(secured):
     secret, key = keys.create("browser", scope="user")
     me = api.get("/v1/me", headers={"Authorization": f"Bearer {secret}"})
     assert me.status_code == 200
-    assert me.json() == {"owner": key.owner, "scope": "user", "name": "browser", "auth": "required"}
+    assert me.json() == {"owner": key.owner, "scope": "user", "name": "browser", "auth": "required",
+                         "webhook_secret": me.json()["webhook_secret"]}
+    assert me.json()["webhook_secret"].startswith("whsec_")
     refused = api.get("/v1/me")
     assert refused.status_code == 401 and refused.json()["code"] == "unauthorized"

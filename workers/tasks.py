@@ -125,9 +125,10 @@ def start_job(rt, job: Job, req: JobRequest) -> _Reporter:
     """The job leaves its queue and runs: its record and stream say so. Its deadline is its first start plus
     its budget's seconds: a retried job gets what is left, not a new budget."""
     report = _Reporter(rt, job)
-    started = report.record["timings"].get("started") or time.time()
-    report.update(status=JobStatus.running, stage=Stage.sampling, deadline=started + req.budget.max_seconds,
-                  timings={**report.record["timings"], "started": started},
+    now = time.time()
+    report.update(status=JobStatus.running, stage=Stage.sampling,
+                  deadline=report.record.get("deadline") or now + req.budget.max_seconds,
+                  timings={**report.record["timings"], "started": now},
                   event={"status": JobStatus.running, "stage": Stage.sampling})
     dequeued(rt.connection, rt.settings, req.model, job.id)
     return report
