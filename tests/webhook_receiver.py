@@ -22,7 +22,8 @@ class Receiver(BaseHTTPRequestHandler):
         seen += 1
         status = 503 if seen <= FAIL_FIRST else 200
         with open(LOG, "a") as log:
-            log.write(json.dumps({"headers": dict(self.headers.items()), "body": body.decode(), "status": status}) + "\n")
+            entry = {"headers": dict(self.headers.items()), "body": body.decode(), "status": status}
+            log.write(json.dumps(entry) + "\n")
         self.send_response(status)
         self.send_header("content-length", "0")
         self.end_headers()

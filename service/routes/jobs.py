@@ -47,7 +47,8 @@ def _record_out(record: dict, request: Request) -> JobOut:
     results = [{**r, "url": image_url(request, record["id"], r["index"])} for r in record["results"]]
     return JobOut(id=record["id"], status=record["status"], stage=record["stage"],
                   queue_position=record["queue_position"], model=record["model"],
-                  prompt=record.get("prompt") or req["prompt"], prompt_as_typed=req["prompt"], object=record.get("object") or req.get("object"),
+                  prompt=record.get("prompt") or req["prompt"], prompt_as_typed=req["prompt"],
+                  object=record.get("object") or req.get("object"),
                   count=req["count"], num_images=req["num_images"], policy=req["policy"], seed=req["seed"],
                   seed_source=req.get("seed_source", "request"), progress=record["progress"], token=record["token"],
                   results=results, budget_exhausted=record.get("budget_exhausted"), cost=record["cost"],
