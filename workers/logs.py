@@ -83,3 +83,14 @@ def uninstall(handler: logging.Handler) -> None:
     root = logging.getLogger()
     root.removeHandler(handler)
     root.setLevel(getattr(handler, "previous_level", root.level))
+
+
+def quiet_model_loading() -> None:
+    """No loading bars or chatter from diffusers and transformers (the CLI's own bars and the worker's JSON log
+    lines would be buried or broken by them)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for lib in (diffusers_logging, transformers_logging):
+        lib.disable_progress_bar()
+        lib.set_verbosity_error()

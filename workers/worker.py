@@ -63,22 +63,13 @@ def load_runtime(settings: Settings, model_id: str | None = None) -> WorkerRunti
 
     model = settings.model(model_id)
     connection = connect(settings, blocking=True)
-    _no_progress_bars()  # a loading bar in a log of JSON lines is a line no collector can read
+    logs.quiet_model_loading()  # a loading bar in a log of JSON lines is a line no collector can read
     engine = CountEngine.from_spec(model, refine_config=settings.refine, noise_config=settings.noise)
     store = TokenStore.for_settings(settings, connection)
     return WorkerRuntime(settings, model, connection, engine, store)
 
 
 log = logging.getLogger("tally.worker")
-
-
-def _no_progress_bars() -> None:
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    for lib in (diffusers_logging, transformers_logging):
-        lib.disable_progress_bar()
-        lib.set_verbosity_error()
 
 
 class TallyWorker(SimpleWorker):

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from optimization.config import ModelSpec
 from optimization.errors import InvalidRequest
+from workers.logs import quiet_model_loading  # noqa: F401 - the CLI's commands load models too
 from workers.settings import Settings, get_settings
 
 app = typer.Typer(help="Tally: text-to-image with the exact number of objects.", no_args_is_help=True,
@@ -81,16 +82,6 @@ def prepare() -> Settings:
     settings = get_settings()
     settings.prepare_runtime()
     return settings
-
-
-def quiet_model_loading() -> None:
-    """Our progress bars are the CLI's; the libraries' loading bars would bury them (and one-line errors)."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    for lib in (diffusers_logging, transformers_logging):
-        lib.disable_progress_bar()
-        lib.set_verbosity_error()
 
 
 def model_spec(model: Optional[str], detector: Optional[str] = None) -> ModelSpec:

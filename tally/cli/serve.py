@@ -98,6 +98,11 @@ def up(
         launcher.supervise()
 
 
+URL_OPTION = Annotated[str, typer.Option(envvar="TALLY_URL", help="The API.")]
+KEY_OPTION = Annotated[Optional[str], typer.Option(envvar="TALLY_API_KEY", show_default=False,
+                                                    help="Sent as Authorization: Bearer.")]
+
+
 @app.command()
 def submit(
     prompt: Annotated[str, typer.Option(help="What to draw.")],
@@ -110,9 +115,8 @@ def submit(
     object_: Annotated[Optional[str], typer.Option("--object", help="Object to count; default: the prompt's.")] = None,
     num_images: Annotated[int, typer.Option(help="Verified images wanted.")] = 1,
     seed: Optional[int] = None,
-    url: Annotated[str, typer.Option(envvar="TALLY_URL", help="The API.")] = "http://127.0.0.1:8000",
-    api_key: Annotated[Optional[str], typer.Option(envvar="TALLY_API_KEY", show_default=False,
-                                                   help="Sent as Authorization: Bearer.")] = None,
+    url: URL_OPTION = "http://127.0.0.1:8000",
+    api_key: KEY_OPTION = None,
     queue_if_offline: Annotated[bool, typer.Option(
         "--queue-if-offline", help="Queue even if no worker serves the model now (else error no_worker).")] = False,
     detach: Annotated[bool, typer.Option("--detach", help="Print the job id and links, don't follow.")] = False,
@@ -154,10 +158,12 @@ class JobUnsuccessful(InvalidRequest):
 def _report(client, final, out: Optional[Path], json_path) -> None:
     """What ``submit`` and ``get`` print of a job: warnings, each image with its counts and why it is not
     verified, the cost; the images saved into ``out`` as <job>-<n>.png and <job>-<n>-boxes.png."""
+    from tally.client import TERMINAL
+
     write_json(final.model_dump(mode="json"), json_path)
     for warning in final.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
-    if final.status not in ("succeeded", "failed", "canceled"):
+    if final.status not in TERMINAL:
         console.print(f"job {final.id} {final.status}"
                       + (f", queue position {final.queue_position}" if final.queue_position is not None else ""),
                       highlight=False)
@@ -230,11 +236,6 @@ def _follow(client, job_id: str, num_images: int):
     return final
 
 
-URL_OPTION = Annotated[str, typer.Option(envvar="TALLY_URL", help="The API.")]
-KEY_OPTION = Annotated[Optional[str], typer.Option(envvar="TALLY_API_KEY", show_default=False,
-                                                    help="Sent as Authorization: Bearer.")]
-
-
 @app.command()
 def jobs(
     status: Annotated[Optional[str], typer.Option(help="Only jobs in this status (queued, running, succeeded, "
@@ -272,11 +273,11 @@ def get(
     json_path: JsonOption = None,
 ) -> None:
     """A job's record (a detached one, say): its images with their counts, and them saved with --out."""
-    from tally.client import Client
+    from tally.client import TERMINAL, Client
 
     with Client(url, api_key=api_key) as client:
         job = client.get(job_id)
-        if wait and job.status not in ("succeeded", "failed", "canceled"):
+        if wait and job.status not in TERMINAL:
             job = _follow(client, job_id, job.num_images)
         _report(client, job, out, json_path)
 
