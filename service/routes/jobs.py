@@ -10,6 +10,7 @@ import asyncio
 import json
 import re
 import time
+from functools import partial
 from typing import Annotated
 
 import redis
@@ -65,13 +66,14 @@ async def create_job(body: JobCreate, request: Request, response: Response, sett
     """Queue a generation job.
 
     Scope: any key; the job belongs to the key."""
-    req = build_request(settings, prompt=body.prompt, count=body.count, object_=body.object,
-                        num_images=body.num_images, seed=body.seed, model=body.model, policy=body.policy,
-                        budget=body.budget.model_dump() if body.budget else None,
-                        classes_of=lambda spec: records.model_classes(connection, settings, spec),
-                        idempotency_key=idempotency_key,
-                        max_budget=Budget(**caller.key.max_budget) if caller.key and caller.key.max_budget else None,
-                        webhook=body.webhook, webhook_events_filter=body.webhook_events_filter)
+    build = partial(build_request, settings, prompt=body.prompt, count=body.count, object_=body.object,
+                    num_images=body.num_images, seed=body.seed, model=body.model, policy=body.policy,
+                    budget=body.budget.model_dump() if body.budget else None,
+                    classes_of=lambda spec: records.model_classes(connection, settings, spec),
+                    idempotency_key=idempotency_key,
+                    max_budget=Budget(**caller.key.max_budget) if caller.key and caller.key.max_budget else None,
+                    webhook=body.webhook, webhook_events_filter=body.webhook_events_filter)
+    req = await run_in_threadpool(build) if body.webhook else build()  # a webhook's host is resolved: off the loop
     limit = caller.key.max_active_jobs if caller.key and caller.key.max_active_jobs else settings.max_active_jobs
     if records.active_jobs(connection, settings, caller.owner, limit) >= limit:
         raise reject(connection, settings, 429, "quota_active_jobs", f"this key has {limit} jobs queued or "
