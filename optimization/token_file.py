@@ -13,6 +13,7 @@ import json
 import os
 import re
 import struct
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,12 +140,14 @@ def token_info(data: bytes) -> dict:
 
 
 def validate_token(data: bytes, classes: Iterable[str] | None, max_count: int,
-                   dims: Mapping[str, int] | None = None, family: str | None = None) -> dict:
+                   dims: Mapping[str, int] | None = None, family: str | None = None,
+                   max_norms: Mapping[str, float] | None = None) -> dict:
     """``token_info`` of a token file checked whole, for a model with these detector ``classes`` (None: not
     known, not checked) and ``max_count``: a Tally token (its key well formed), an object among the classes,
     count in 1..max_count, tensors named exactly ``PLACEHOLDER`` (SD family) or exactly clip_l + clip_g
     (SDXL), each a float (F32/F16/BF16) ``[1, dim]`` of finite values; ``dims`` (encoder name -> width, when
-    the model's are known) and ``family`` ("sd" / "sdxl") pin the layout further. Torch-free (numpy).
+    the model's are known) and ``family`` ("sd" / "sdxl") pin the layout further; ``max_norms`` (encoder name
+    -> longest vector the model accepts, ``TextToImage.token_norm_bounds``) bounds the values. Torch-free (numpy).
     Every failure is InvalidRequest saying what is wrong."""
     import numpy as np
     from safetensors import SafetensorError, deserialize
@@ -197,14 +200,27 @@ def validate_token(data: bytes, classes: Iterable[str] | None, max_count: int,
             raise InvalidRequest(f"tensor {name!r}: {values.size} values for shape {view['shape']}")
         if not np.isfinite(values).all():
             raise InvalidRequest(f"tensor {name!r}: holds NaN or infinite values")
+        bound, norm = (max_norms or {}).get(encoders[name]), float(np.linalg.norm(values.astype(np.float64)))
+        if bound is not None and norm > bound:
+            raise InvalidRequest(f"tensor {name!r}: norm {norm:.3g}; this model's tokens stay below {bound:.3g} "
+                                 "(a few times its longest word embedding)")
     return token_info(data)
 
 
-def write_atomic(path: Path, data: bytes) -> Path:
-    """Write through a temporary file and rename: a reader never sees half a file."""
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> Path:
+    """Write through a temporary file and rename: a reader never sees half a file, and concurrent writers
+    (processes or threads) each write their own temporary file, so the last rename wins and none fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)  # mkstemp makes it 0600; tokens are read by other processes of the deployment
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)  # nothing half-written stays behind (a full disk, a read-only store)
+        raise
     return path
