@@ -38,9 +38,10 @@ class Keys:
     def job_cancel(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}:cancel"
 
-    def owner_jobs(self, owner: str) -> str:
-        """An owner's job ids by submission time (``GET /v1/jobs``)."""
-        return f"{self.prefix}:owner:{owner}:jobs"
+    def owner_jobs(self, owner: str, status: str | None = None) -> str:
+        """An owner's job ids by submission time (``GET /v1/jobs``); with ``status``, those in that status
+        now (``records.save_record`` keeps them)."""
+        return f"{self.prefix}:owner:{owner}:jobs" + (f":{status}" if status else "")
 
     def idempotency(self, owner: str, key: str) -> str:
         return f"{self.prefix}:idempotency:{owner}:{key}"
@@ -78,6 +79,18 @@ class Keys:
     def workers(self, model_id: str) -> str:
         return f"{self.prefix}:worker:{model_id}:*"
 
+    def model_last_beat(self, model_id: str) -> str:
+        """When a worker of the model last beat (``recovery.fail_jobs_without_worker``)."""
+        return f"{self.prefix}:model:{model_id}:last-beat"
+
+    def upkeep(self) -> str:
+        """Held for a period by the API process doing the upkeep (``recovery.upkeep``), so one does it."""
+        return f"{self.prefix}:upkeep"
+
+    def token_library_indexed(self) -> str:
+        """Set once a token store has been indexed in Redis; gone after a flush, so the upkeep re-indexes."""
+        return f"{self.prefix}:tokens:indexed"
+
     def model_info(self, model_id: str) -> str:
         return f"{self.prefix}:model:{model_id}"
 
@@ -88,6 +101,10 @@ class Keys:
     def rate_window(self, key_id: str) -> str:
         """An API key's recent request times (``auth.Limiter``'s moving window)."""
         return f"{self.prefix}:rate:{key_id}"
+
+    def open_streams(self, owner: str) -> str:
+        """An owner's open event streams, scored by when each lapses (``streams.StreamSlots``)."""
+        return f"{self.prefix}:owner:{owner}:streams"
 
     def owner_active(self, owner: str) -> str:
         """An owner's queued and running jobs (the active-jobs quota)."""
@@ -107,6 +124,10 @@ class Keys:
 
     def webhook_throttle(self, job_id: str) -> str:
         return f"{self.prefix}:webhooks:throttle:{job_id}"
+
+    def readiness_probe(self) -> str:
+        """Written by ``/readyz``: an API is ready only while Redis accepts writes."""
+        return f"{self.prefix}:readiness-probe"
 
     def metrics(self) -> str:
         """A hash of counters; ``library_tasks_started:<key id>`` counts per key."""

@@ -86,10 +86,15 @@ class Settings(BaseSettings):
         "Runs a job gets after its worker died under it (or stopped): a job that keeps killing workers fails "
         "after this many, the others survive a busy night of restarts."))
     worker_heartbeat_s: float = 5.0
+    no_worker_timeout_s: float = Field(300.0, gt=0, description=(
+        "A job whose model has had no live worker this long fails with no_worker (queued with queue_if_offline, "
+        "or running when its worker died with no other to take it over): jobs end."))
     batch_size: int = Field(16, ge=1, description=(
         "Images per pipeline call shared by queued jobs of one model (cross-job batching); a worker takes up to "
         "this many queued resample/library jobs together. 1: each job alone."))
     sse_heartbeat_s: float = Field(15.0, gt=0, description="An idle event stream sends a comment this often.")
+    max_streams_per_key: int = Field(16, ge=1, description="Event streams one key may hold open at once (each "
+                                                          "holds a Redis connection); 429 past it.")
     log_format: Literal["json", "text"] = Field(
         "json", description="Worker logs on stderr: 'json' (one object a line, with worker, model and job_id, for a "
                             "log collector) or 'text' (for a terminal).")

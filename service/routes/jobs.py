@@ -13,8 +13,9 @@ import time
 from functools import partial
 from typing import Annotated
 
+import anyio
 import redis
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
@@ -22,6 +23,7 @@ from optimization.config import Budget
 from workers import records, stats
 from workers.queue import keys, live_workers
 from workers.requests import build_request
+from workers.streams import StreamSlots, key_is_live
 
 from .. import images
 from ..deps import AUTH_ERRORS, CallerDep, OwnerDep, RedisDep, SettingsDep, reject
@@ -31,8 +33,9 @@ from ..schemas import Error, JobAccepted, JobCreate, JobList, JobOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_ERRORS)
 NOT_FOUND = {404: {"model": Error, "description": "No such job for this caller."}}
-STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
-JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as records.submit makes them
+STREAM_ID = re.compile(r"(\d{1,20})-(\d{1,20})")
+JOB_ID = re.compile(r"[0-9a-f]{32}")
+IMAGE_INDEX = re.compile(r"0|[1-9][0-9]{0,3}")  # uuid4().hex, as records.submit makes them
 
 
 def _job_id(job_id: str) -> str:
@@ -148,49 +151,79 @@ def cancel_job(job_id: str, request: Request, settings: SettingsDep, connection:
         records.JobStatus.queued, records.JobStatus.running, records.JobStatus.canceled)})
 
 
+def _stream_id(value: str | None) -> str:
+    """Where a stream resumes: an event id as Redis writes them (two unsigned 64-bit integers), else 422."""
+    match = STREAM_ID.fullmatch(value or "0-0")
+    if match is None or max(int(match[1]), int(match[2])) >= 2**64:
+        raise ApiError(422, "invalid_request", "Last-Event-ID: must be an event id this stream sent (like 1700000000000-0)")
+    return value or "0-0"
+
+
+def _sse(event: str, body: dict, event_id: str | None = None) -> str:
+    return (f"id: {event_id}\n" if event_id else "") + f"event: {event}\ndata: {json.dumps(body)}\n\n"
+
+
 @router.get("/{job_id}/events", responses={200: {"content": {"text/event-stream": {}}}, **NOT_FOUND,
-                                           422: {"model": Error}})
-async def job_events(job_id: str, request: Request, settings: SettingsDep, connection: RedisDep, owner: OwnerDep,
+                                           422: {"model": Error}, 429: {"model": Error}})
+async def job_events(job_id: str, request: Request, settings: SettingsDep, connection: RedisDep, caller: CallerDep,
                      last_event_id: Annotated[str | None, Header(description="Resume after this event id.")] = None):
     """Server-Sent Events: one ``progress`` event per change, in order, then one ``final`` event (the record).
 
     Pushed, not polled: the stream blocks on the job's Redis stream, costs no thread, sends a comment line
-    every ``sse_heartbeat_s``, and is released the moment the client goes away.
+    every ``sse_heartbeat_s``, and is released the moment the client goes away. A key holds at most
+    ``max_streams_per_key`` streams at once (429 past it); a stream whose key is revoked ends with an
+    ``error`` event at its next event or heartbeat.
 
     Scope: the key that created the job (another key's job is 404).
     """
+    owner = caller.owner
     await run_in_threadpool(_record, connection, settings, job_id, owner)
-    if last_event_id is not None and not STREAM_ID.fullmatch(last_event_id):
-        raise ApiError(422, "invalid_request", "Last-Event-ID: must be an event id this stream sent (like 1700000000000-0)")
+    last = _stream_id(last_event_id)
     events, key = request.app.state.async_redis, keys(settings).job_events(job_id)
+    slots = StreamSlots(events, settings, owner)
+    if not await slots.take():
+        raise reject(connection, settings, 429, "too_many_streams", f"this key already holds "
+                     f"{settings.max_streams_per_key} open event streams (max_streams_per_key); close one first",
+                     {"Retry-After": str(int(settings.sse_heartbeat_s))})
 
     async def final() -> str:
         record = await run_in_threadpool(records.job_record, connection, settings, job_id, owner)
-        body = _record_out(record, request).model_dump(mode="json") if record else {"id": job_id, "status": "expired"}
-        return f"event: final\ndata: {json.dumps(body)}\n\n"
+        return _sse("final", _record_out(record, request).model_dump(mode="json") if record
+                    else {"id": job_id, "status": "expired"})
+
+    async def key_revoked() -> bool:
+        return caller.key is not None and not await key_is_live(events, settings, caller.key.hash)
 
     async def stream():
-        last = last_event_id or "0-0"
-        while True:
-            try:
-                found = await events.xread({key: last}, count=100, block=int(settings.sse_heartbeat_s * 1000))
-            except redis.RedisError:
-                yield ": the job store is unreachable; retrying\n\n"
-                await asyncio.sleep(1)
-                continue
-            if not found:  # a heartbeat; and a job whose record expired or ended unseen still ends its stream
-                yield ": heartbeat\n\n"
-                record = await run_in_threadpool(records.job_record, connection, settings, job_id, owner)
-                if record is None or record["status"] in records.TERMINAL:
-                    yield await final()
-                    return
-                continue
-            for event_id, event in records.decode_events(found[0][1]):
-                last = event_id
-                yield f"id: {event_id}\nevent: progress\ndata: {json.dumps(event)}\n\n"
-                if event.get("status") in records.TERMINAL:
-                    yield await final()
-                    return
+        nonlocal last
+        try:
+            while True:
+                try:
+                    found = await events.xread({key: last}, count=100, block=int(settings.sse_heartbeat_s * 1000))
+                    if await key_revoked():
+                        yield _sse("error", {"error": "unauthorized", "message": "the API key was revoked"})
+                        return
+                    await slots.renew()
+                except redis.ConnectionError:
+                    yield ": the job store is unreachable; retrying\n\n"
+                    await asyncio.sleep(1)
+                    continue
+                if not found:  # a heartbeat; and a job whose record expired or ended unseen still ends its stream
+                    yield ": heartbeat\n\n"
+                    record = await run_in_threadpool(records.job_record, connection, settings, job_id, owner)
+                    if record is None or record["status"] in records.TERMINAL:
+                        yield await final()
+                        return
+                    continue
+                for event_id, event in records.decode_events(found[0][1]):
+                    last = event_id
+                    yield _sse("progress", event, event_id)
+                    if event.get("status") in records.TERMINAL:
+                        yield await final()
+                        return
+        finally:
+            with anyio.CancelScope(shield=True):  # the client went: its stream is cancelled, the slot still freed
+                await slots.release()
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -200,7 +233,8 @@ async def job_events(job_id: str, request: Request, settings: SettingsDep, conne
             responses={200: {"content": {t: {} for t in images.MEDIA_TYPES.values()}}, **NOT_FOUND,
                        307: {"description": "The plain PNG is at a presigned URL of the object store (Location); "
                                             "deployments with store_presign only."}})
-def job_image(job_id: str, n: int, settings: SettingsDep, connection: RedisDep, owner: OwnerDep,
+def job_image(job_id: str, n: Annotated[int, Path(description="The image's index: 0, 1, ... (digits only).")],
+              request: Request, settings: SettingsDep, connection: RedisDep, owner: OwnerDep,
               boxes: Annotated[bool, Query(description="Draw the detections (at 4x the image's size unless "
                                                        "``scale`` says otherwise).")] = False,
               scale: Annotated[int | None, Query(ge=1, le=16, description=(
@@ -215,6 +249,8 @@ def job_image(job_id: str, n: int, settings: SettingsDep, connection: RedisDep, 
 
     Scope: the key that created the job (another key's job is 404)."""
     _job_id(job_id)
+    if not IMAGE_INDEX.fullmatch(request.path_params["n"]):  # the number's lax parsing takes "1.0", "+1", "1_0"
+        raise ApiError(404, "not_found", f"no image {request.path_params['n'][:20]!r}: images are numbered 0, 1, ...")
     if not boxes and scale in (None, 1) and image_format == "png" and 0 <= n < settings.max_images:
         location = records.image_location(connection, settings, job_id, n, owner)  # with store_presign only
         if location is not None:
