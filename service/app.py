@@ -2,22 +2,52 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import codecs
+import hashlib
+import logging
+import re
+from contextlib import asynccontextmanager
 
 import redis
 from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
 from fastapi_offline import FastAPIOffline
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from workers.auth import KeyStore, Limiter
 from workers.queue import connect, connect_async
+from workers.recovery import upkeep
 from workers.settings import Settings, get_settings
 
 from . import errors
 from .routes import health, jobs, me, models, tokens, web
 
 DOCS_STATIC_URL = "/static/docs"
+log = logging.getLogger("tally.api")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    """While the API serves, one of its processes does the upkeep every few seconds (``recovery.upkeep``)."""
+    settings = app.state.settings
+    period = max(1.0, min(10.0, settings.no_worker_timeout_s / 3))
+
+    async def every_period() -> None:
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await run_in_threadpool(upkeep, app.state.redis, settings, period)
+            except redis.RedisError:
+                pass  # Redis away or refusing writes: next period
+            except Exception:
+                log.exception("upkeep failed")
+
+    task = asyncio.create_task(every_period())
+    yield
+    task.cancel()
 
 
 class BodyGuard:
@@ -75,14 +105,17 @@ class BodyGuard:
 
 
 # /docs and /redoc load everything from the API (FastAPIOffline); this policy also stops what their scripts would
-# fetch from elsewhere (ReDoc's Redocly logo from cdn.redoc.ly): no outside request at all.
-DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+# fetch from elsewhere (ReDoc's Redocly logo from cdn.redoc.ly): no outside request at all. Their one inline
+# script is allowed by its hash (``DocsPolicy``), not by 'unsafe-inline'.
+DOCS_CSP = ("default-src 'self'; script-src 'self' {scripts}; style-src 'self' 'unsafe-inline'; "
             "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; "
             "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+INLINE_SCRIPT = re.compile(rb"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.DOTALL)
 
 
 class DocsPolicy:
-    """Pure ASGI: the ``DOCS_CSP`` header on the documentation pages."""
+    """Pure ASGI: the ``DOCS_CSP`` header on the documentation pages, naming the SHA-256 of each inline script
+    of the page (the page is small: it is held until its end to hash them)."""
 
     PAGES = ("/docs", "/redoc", "/docs/oauth2-redirect")
 
@@ -92,11 +125,21 @@ class DocsPolicy:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in self.PAGES:
             return await self.app(scope, receive, send)
+        start, body = None, b""
 
         async def with_policy(message: Message) -> None:
+            nonlocal start, body
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"content-security-policy", DOCS_CSP.encode())]
-            await send(message)
+                start = message
+                return
+            body += message.get("body", b"")
+            if message.get("more_body"):
+                return
+            hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(m).digest()).decode()}'"
+                              for m in INLINE_SCRIPT.findall(body)) or "'none'"
+            csp = DOCS_CSP.format(scripts=hashes).replace("'self' 'none'", "'self'")
+            await send({**start, "headers": [*start.get("headers", []), (b"content-security-policy", csp.encode())]})
+            await send({"type": "http.response.body", "body": body})
 
         await self.app(scope, receive, with_policy)
 
@@ -128,7 +171,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     OpenAPI 3.1) and ReDoc from the files its package ships, under ``DOCS_STATIC_URL``, never from a CDN."""
     settings = settings or get_settings()
     app = FastAPIOffline(title="Tally", version="0.1.0", static_url=DOCS_STATIC_URL,
-                         description="Text-to-image with the exact number of objects, verified by a detector.")
+                         description="Text-to-image with the exact number of objects, verified by a detector.",
+                         lifespan=lifespan)
     app.state.settings = settings
     app.state.redis = connect(settings)
     app.state.async_redis = connect_async(settings)
@@ -137,7 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             if settings.admin_key_file is not None:
                 app.state.keys.ensure(settings.admin_key_file.read_text().strip(), "deployment-admin")
-            app.state.keys.reseed()  # the file is the truth: keys created or revoked while Redis was away
+            app.state.keys.reseed()  # keys created or revoked while Redis was away (never lifts a revocation)
         except redis.RedisError:
             pass
     app.state.limiter = Limiter(settings)

@@ -50,7 +50,10 @@ class Caller:
 def reject(connection: redis.Redis, settings: Settings, status: int, code: str, message: str,
             headers: dict | None = None) -> ApiError:
     """An ApiError for a refused caller, counted by reason for /metrics."""
-    connection.hincrby(Keys(settings.redis_prefix).metrics(), f"rejected:{code}", 1)
+    try:
+        connection.hincrby(Keys(settings.redis_prefix).metrics(), f"rejected:{code}", 1)
+    except redis.RedisError:
+        pass  # the refusal stands whether or not Redis takes the count (it may be full)
     return ApiError(status, code, message, headers)
 
 

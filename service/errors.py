@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import Counter
 
 import anyio
 import redis
@@ -17,6 +18,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from optimization.errors import InvalidRequest
 from workers import stats
+from workers.queue import REDIS_TROUBLE, redis_trouble
+from workers.tokens import StoreUnavailable
 
 log = logging.getLogger("tally.api")
 
@@ -51,9 +54,15 @@ _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 def _allowed_methods(request: Request) -> str:
     """Every method some route serves at this path: FastAPI makes one route per method, and Starlette's 405
-    names only the first route whose path matched."""
-    return ", ".join(m for m in _METHODS if any(route.matches({**request.scope, "method": m})[0] == Match.FULL
-                                               for route in request.app.router.routes))
+    names only the first route whose path matched. A path that a route names literally (``/v1/tokens/learning``)
+    is that resource, not a value of another route's parameter (``/v1/tokens/{key}``)."""
+    routes = [route for r in request.app.router.routes  # FastAPI wraps an included router in one route
+              for route in (r.original_router.routes if hasattr(r, "original_router") else [r])]
+    matches = {m: [child.get("path_params") or {} for match, child in
+                   (r.matches({**request.scope, "method": m, "path_params": {}}) for r in routes)
+                   if match == Match.FULL] for m in _METHODS}
+    literal = any(not params for found in matches.values() for params in found)
+    return ", ".join(m for m, found in matches.items() if any(not (literal and params) for params in found))
 
 
 def json_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -114,8 +123,8 @@ def _code_of(body: bytes) -> str:
 
 
 async def _count_error(scope: Scope, status: int, code: str) -> None:
-    if code == "redis_unavailable":
-        return
+    if code in REDIS_TROUBLE:
+        return  # counted in the process (``redis_troubles``): Redis is where this count would go
     state = scope["app"].state
     try:
         await anyio.to_thread.run_sync(stats.count_http_error, state.redis, state.settings, status, code)
@@ -125,6 +134,7 @@ async def _count_error(scope: Scope, status: int, code: str) -> None:
 
 def install(app: FastAPI) -> None:
     app.add_middleware(ErrorCounter)
+    app.state.redis_troubles = Counter()
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError):
@@ -151,12 +161,22 @@ def install(app: FastAPI) -> None:
         return json_response(exc.status_code, HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail),
                              headers or None)
 
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(_: Request, exc: StoreUnavailable):
+        log.warning("store unavailable: %s", exc)
+        return json_response(503, "store_unavailable", f"{exc}; nothing was changed, retry once it is fixed",
+                             {"Retry-After": "30"})
+
     @app.exception_handler(redis.RedisError)
-    async def redis_down(_: Request, exc: redis.RedisError):
-        log.warning("redis unavailable: %s", exc)
-        return json_response(503, "redis_unavailable", "the job store (Redis) is unreachable; retry shortly")
+    async def redis_down(request: Request, exc: redis.RedisError):
+        trouble = redis_trouble(exc)
+        log.warning("%s: %s", trouble, exc)
+        request.app.state.redis_troubles[trouble] += 1  # in the process: Redis may refuse the count
+        return json_response(503, trouble, REDIS_TROUBLE[trouble], {"Retry-After": "2"})
 
     @app.exception_handler(Exception)
     async def internal(_: Request, exc: Exception):
         log.exception("unhandled error")
-        return json_response(500, "internal", "internal error; it has been logged")
+        # Starlette raises the error again once this is sent, and the server then drops the connection:
+        # saying so lets a client with pooled connections open a new one instead of failing on this one.
+        return json_response(500, "internal", "internal error; it has been logged", {"Connection": "close"})

@@ -44,6 +44,7 @@ class Launcher:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.processes: dict[str, subprocess.Popen] = {}
         self.argv: dict[str, list[str]] = {}
+        self.worker_models: dict[str, str] = {}  # process name -> the model its worker serves
 
     def __enter__(self) -> "Launcher":
         return self
@@ -86,23 +87,38 @@ class Launcher:
 
     def start_worker(self, model_id: str, name: str) -> subprocess.Popen:
         tally = str(Path(sys.executable).with_name("tally"))
+        self.worker_models[f"worker-{name}"] = model_id
         return self._spawn(f"worker-{name}", [tally, "worker", "--model", model_id, "--name", name])
 
-    def wait_ready(self, api_url: str, timeout: float = 300, models: list[str] | None = None) -> None:
-        """Until /readyz says ready, or, with ``models``, until each of those has a live worker."""
+    def wait_ready(self, api_url: str, timeout: float = 300, models: list[str] | None = None,
+                   all_or_nothing: bool = True) -> dict[str, str]:
+        """Until /readyz says ready, or, with ``models``, until each of those has a live worker. A process that
+        exits meanwhile stops it all, unless ``all_or_nothing`` is off and it is a worker: then its model is
+        given up (its workers stopped) while the others come up. Returns the models given up, with why."""
+        waiting, given_up = list(models or []), {}
+
         def ready() -> bool:
-            for name, proc in self.processes.items():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.log_dir / name}.log")
+            for name, proc in list(self.processes.items()):
+                if proc.poll() is None:
+                    continue
+                why = f"{name} exited with {proc.returncode}; see {self.log_dir / name}.log"
+                model = self.worker_models.get(name)
+                if all_or_nothing or model is None or model not in waiting:
+                    raise RuntimeError(why)
+                given_up[model] = why
+                waiting.remove(model)
+                for other in [n for n, m in self.worker_models.items() if m == model]:
+                    self.stop(other)
             try:
                 if models is None:
                     return httpx.get(f"{api_url}/readyz", timeout=2).status_code == 200
                 workers = httpx.get(f"{api_url}/readyz", timeout=2).json().get("workers", {})  # needs no key
-                return all(workers.get(m, 0) > 0 for m in models)
+                return all(workers.get(m, 0) > 0 for m in waiting)
             except httpx.HTTPError:
                 return False
 
         self._wait(ready, timeout, f"the service at {api_url} was not ready within {timeout} s")
+        return given_up
 
     @staticmethod
     def _wait(predicate, timeout: float, message: str) -> None:

@@ -4,6 +4,7 @@ worker gauges from RQ and the heartbeats, counters and latency histograms from t
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
@@ -11,7 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
 from . import stats
-from .queue import generation_queue, library_queue, live_workers
+from .queue import REDIS_TROUBLE, generation_queue, library_queue, live_workers
 from .records import JobStatus
 from .settings import Settings
 
@@ -87,7 +88,23 @@ def _bound(seconds: float) -> str:
     return "+Inf" if math.isinf(seconds) else repr(seconds)
 
 
-def prometheus_text(connection: redis.Redis, settings: Settings) -> bytes:
+class _ProcessCollector:
+    """What this API process saw but could not write to Redis: its Redis troubles (``queue.REDIS_TROUBLE``)."""
+
+    def __init__(self, troubles: Mapping[str, int]):
+        self.troubles = troubles
+
+    def collect(self):
+        c = CounterMetricFamily("tally_api_redis_errors", "Requests this API process answered 503 because of "
+                                "Redis, by trouble (redis_full, redis_readonly, redis_loading, redis_unavailable)",
+                                labels=["trouble"])
+        for trouble in REDIS_TROUBLE:
+            c.add_metric([trouble], self.troubles.get(trouble, 0))
+        yield c
+
+
+def prometheus_text(connection: redis.Redis, settings: Settings, troubles: Mapping[str, int]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ProcessCollector(troubles))
     registry.register(_RedisCollector(connection, settings))
     return generate_latest(registry)

@@ -30,6 +30,32 @@ def connect_async(settings: Settings):
                                         socket_timeout=settings.sse_heartbeat_s + 10, health_check_interval=10)
 
 
+# Which trouble a Redis error is, by how a caller should react: wait for memory, for a primary, for the data
+# to load, or for Redis itself. Answered to API callers as the error code and counted for /metrics.
+REDIS_TROUBLE = {
+    "redis_full": "the job store (Redis) is full and refuses writes; reads still work; retry shortly",
+    "redis_readonly": "the job store (Redis) is a read-only replica just now (a failover?); retry shortly",
+    "redis_loading": "the job store (Redis) is loading its data after a restart; retry in a few seconds",
+    "redis_unavailable": "the job store (Redis) is unreachable; retry shortly",
+}
+
+
+def redis_trouble(exc: redis.RedisError) -> str:
+    """The ``REDIS_TROUBLE`` code of a Redis error."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return "redis_full"
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        return "redis_readonly"
+    if isinstance(exc, redis.exceptions.BusyLoadingError):
+        return "redis_loading"
+    return "redis_unavailable"
+
+
+def refuses_writes(exc: redis.RedisError) -> bool:
+    """Redis answers but refuses to write (full or read-only): what needs no write can go on."""
+    return redis_trouble(exc) in ("redis_full", "redis_readonly")
+
+
 def keys(settings: Settings) -> Keys:
     return Keys(settings.redis_prefix)
 

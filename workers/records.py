@@ -100,9 +100,6 @@ def submit(connection: redis.Redis, settings: Settings, request: JobRequest, own
         push_event(pipe, settings, job_id, {"status": JobStatus.queued})
         pipe.sadd(k.owner_active(owner), job_id)
         pipe.expire(k.owner_active(owner), settings.result_ttl)
-        pipe.zadd(k.owner_jobs(owner), {job_id: now})
-        pipe.zremrangebyscore(k.owner_jobs(owner), 0, now - settings.result_ttl)  # their records have expired
-        pipe.expire(k.owner_jobs(owner), settings.result_ttl)
         pipe.hincrby(k.metrics(), "jobs_submitted", 1)
         pipe.execute()
     return Submitted(job_id, created=True)
@@ -151,9 +148,9 @@ def list_jobs(connection: redis.Redis, settings: Settings, owner: str, status: J
               cursor: float | None = None, limit: int = 20) -> tuple[list[dict], float | None]:
     """The owner's jobs, newest first, ``limit`` a page; ``cursor`` (the previous page's last submission
     time) continues where that page ended. Returns the records and the next cursor (None at the end)."""
-    key, out, upper = keys(settings).owner_jobs(owner), [], f"({cursor}" if cursor is not None else "+inf"
+    key, out, upper = keys(settings).owner_jobs(owner, status), [], f"({cursor}" if cursor is not None else "+inf"
     while len(out) < limit:
-        page = connection.zrevrangebyscore(key, upper, "-inf", start=0, num=limit * 2, withscores=True)
+        page = connection.zrevrangebyscore(key, upper, "-inf", start=0, num=limit + 1, withscores=True)
         if not page:
             return out, None
         found = job_records(connection, settings, [job_id.decode() for job_id, _ in page], owner)
@@ -191,12 +188,27 @@ def save_record(connection: redis.Redis | redis.client.Pipeline, settings: Setti
                 queue_key: str | None = None) -> None:
     """Write a job's whole record (on a pipeline: queued there), with the result TTL. ``queue_key``: the
     RQ list the job waits in, once, at submit (``job_record`` finds the queue position there)."""
-    key = keys(settings).job_record(record["id"])
-    fields = {"record": orjson.dumps(record), "status": str(record["status"])}
+    if not isinstance(connection, redis.client.Pipeline):
+        with connection.pipeline(transaction=False) as pipe:
+            save_record(pipe, settings, record, queue_key)
+            pipe.execute()
+        return
+    k, job_id, status = keys(settings), record["id"], str(record["status"])
+    fields = {"record": orjson.dumps(record), "status": status}
     if queue_key is not None:
         fields["queue"] = queue_key
-    connection.hset(key, mapping=fields)
-    connection.expire(key, settings.result_ttl)
+    connection.hset(k.job_record(job_id), mapping=fields)
+    connection.expire(k.job_record(job_id), settings.result_ttl)
+    # The owner's jobs, all and by status (``list_jobs``: a page costs a page, whatever the filter), written
+    # with every record, so that a record rewritten after a Redis flush is listed again too.
+    submitted, owner = (record.get("timings") or {}).get("submitted") or time.time(), record["owner"]
+    for other in JobStatus:
+        if other != status:
+            connection.zrem(k.owner_jobs(owner, other), job_id)
+    for index in (k.owner_jobs(owner), k.owner_jobs(owner, status)):
+        connection.zadd(index, {job_id: submitted})
+        connection.zremrangebyscore(index, 0, time.time() - settings.result_ttl)  # their records have expired
+        connection.expire(index, settings.result_ttl)
 
 
 def read_record(connection: redis.Redis, settings: Settings, job_id: str) -> dict | None:

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import socket
+import time
 
 import redis
 from rq.exceptions import NoSuchJobError
@@ -20,8 +21,8 @@ from rq.job import JobStatus as RQStatus
 from rq.registry import StartedJobRegistry
 from rq.timeouts import TimerDeathPenalty
 
-from .queue import generation_queue, keys, library_queue
-from .records import job_interrupted, read_record
+from .queue import dequeued, generation_queue, keys, library_queue, live_workers
+from .records import TERMINAL, JobStatus, has_webhook, job_interrupted, push_event, read_record, save_record
 from .settings import Settings
 
 log = logging.getLogger("tally.worker")
@@ -88,3 +89,59 @@ def _runner(connection: redis.Redis, job: Job, execution_id: str) -> str | None:
         return Execution.fetch(execution_id, job.id, connection).worker_name or job.worker_name
     except ValueError:  # the execution is gone: only the job can say
         return job.worker_name
+
+
+NO_WORKER = {"code": "no_worker", "message": "no worker served this job's model for no_worker_timeout_s; submit it "
+                                            "again when one runs (GET /v1/models shows live workers)"}
+
+
+def fail_jobs_without_worker(connection: redis.Redis, settings: Settings) -> list[str]:
+    """Jobs end: the queued and running jobs of each model that has had no live worker for
+    ``no_worker_timeout_s`` (counted from its last heartbeat, or from the job's submit or start if later)
+    fail with ``no_worker`` and leave its queue, so that no worker starting later runs them. Run by the
+    API (``service.app``), since no worker of that model is there to do it."""
+    k, now, failed = keys(settings), time.time(), []
+    for model in settings.models:
+        if live_workers(connection, settings, model.id):
+            continue
+        last_beat = float(connection.get(k.model_last_beat(model.id)) or 0)
+        queue = generation_queue(connection, settings, model.id)
+        started = StartedJobRegistry(queue=queue, death_penalty_class=TimerDeathPenalty)
+        entries = {job_id: f"{job_id}:{execution_id}"
+                   for job_id, execution_id in started.get_job_and_execution_ids(cleanup=False)}
+        for job_id in [*queue.get_job_ids(), *entries]:
+            record = read_record(connection, settings, job_id)
+            if record is None or record["status"] in TERMINAL:
+                continue
+            timings = record.get("timings") or {}
+            since = max(last_beat, timings.get("submitted") or 0, timings.get("started") or 0)
+            if now - since < settings.no_worker_timeout_s:
+                continue
+            queue.remove(job_id)
+            if job_id in entries:
+                connection.zrem(started.key, entries[job_id])
+            dequeued(connection, settings, model.id, job_id)
+            record.update(status=JobStatus.failed, stage=None, error=NO_WORKER)
+            with connection.pipeline() as pipe:
+                save_record(pipe, settings, record)
+                push_event(pipe, settings, job_id, {"status": JobStatus.failed}, has_webhook(record))
+                pipe.srem(k.owner_active(record["owner"]), job_id)
+                pipe.execute()
+            log.warning("job %s failed: model %s has had no live worker for %.0f s", job_id, model.id, now - since)
+            failed.append(job_id)
+    return failed
+
+
+def upkeep(connection: redis.Redis, settings: Settings, period_s: float) -> None:
+    """What no worker can be relied on for, done by one API process per period: the jobs of models without
+    a live worker end (``fail_jobs_without_worker``), and a token library lost with a Redis flush is indexed
+    again from its store (workers do it only when they start)."""
+    k = keys(settings)
+    if not connection.set(k.upkeep(), os.getpid(), nx=True, px=max(1, int(period_s * 1000))):
+        return  # another API process has it this period
+    fail_jobs_without_worker(connection, settings)
+    if not connection.exists(k.token_library_indexed()):
+        from .tokens import TokenStore
+
+        log.warning("token library indexed again from the store: %d token(s)",
+                    TokenStore.for_settings(settings, connection).reseed())

@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import time
 
+import redis
 from rq.job import Job, get_current_job
 
 from optimization.config import Policy, Stage
-from optimization.errors import InvalidRequest
+from optimization.errors import DegenerateOutput, InvalidRequest
 from optimization.prompts import tokenizer_warnings, with_count
 
 from . import library, objects, stats
@@ -93,11 +94,16 @@ def generate_job(request: dict) -> dict:
         return report.finish(canceled=True, stage=None)
     except InvalidRequest as exc:  # bad input that only the worker could see (e.g. an object the detector lacks)
         return report.finish(error={"code": "invalid_request", "message": str(exc)}, stage=None)
+    except DegenerateOutput as exc:
+        log.error("job %s: %s", job.id, exc)
+        return report.finish(error={"code": "degenerate_image", "message": str(exc)}, stage=None)
     except _out_of_memory() as exc:
         log.error("job %s ran out of memory: %s", job.id, exc)
         _free_memory()
         return report.finish(error={"code": "out_of_memory", "message": "the worker ran out of memory for this job; "
                                     "fewer images or a smaller budget may fit"}, stage=None)
+    except redis.RedisError:
+        raise  # the job store refused a write, not the job's fault: the worker waits, the job is requeued
     except Exception:
         log.exception("job %s failed", job.id)
         return report.finish(error={"code": "internal", "message": "internal error in the worker; it has been logged"},
@@ -149,7 +155,7 @@ def engine_request(rt, job: Job, req: JobRequest, report: _Reporter):
     engine = rt.engine
     k = keys(rt.settings)
     cls = engine.resolve_object(req.prompt, req.object)
-    token = rt.store.token_for(engine, cls, req.count)
+    token = rt.store.token_for(engine, cls, req.count)  # None, or a token this engine can use (``check_token``)
     if token is None and Policy(req.policy).uses_token:  # learned once the job has succeeded (``_store_results``)
         report.learn = (cls, req.count)
     report.update(token={"key": engine.token_key(cls, req.count).id, "library_hit": token is not None,

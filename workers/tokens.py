@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import redis
 
 from optimization.errors import InvalidRequest
-from optimization.token_file import SUFFIX, TokenKey, token_info, write_atomic
+from optimization.token_file import SUFFIX, TokenKey, token_info, validate_token, write_atomic
 
 from .keys import Keys
 from .objects import TOKENS, ObjectStore, store_from_settings
@@ -35,6 +36,17 @@ log = logging.getLogger("tally.tokens")
 
 
 # ------------------------------------------------------------------------------------------ durable layer
+class StoreUnavailable(Exception):
+    """The durable token store refuses a write (read-only, full, no permission); the message says why."""
+
+
+def _checked(data: bytes) -> dict:
+    """``token_info`` of a token file checked whole (layout, finite values) without a model at hand: what the
+    store accepts from any source (an import, a learned token, its directory, its bucket). A model's own
+    limits (classes, widths, norms) are checked where the model is known: the import route, ``token_for``."""
+    return validate_token(data, classes=None, max_count=1_000)
+
+
 class TokenFiles(Protocol):
     """The durable layer: one file per key id. Every method parses the id first (``TokenKey.parse``:
     InvalidRequest for anything else), so an id never names a file or object outside the library."""
@@ -67,12 +79,18 @@ class TokenDirectory:
         return path.read_bytes() if path.is_file() else None
 
     def write(self, key_id: str, data: bytes) -> None:
-        write_atomic(self.path(key_id), data)
+        try:
+            write_atomic(self.path(key_id), data)
+        except OSError as exc:  # read-only, full, no permission: nothing half-written stays (``write_atomic``)
+            raise StoreUnavailable(f"the token directory refuses writes: {exc.strerror or exc}") from None
 
     def remove(self, key_id: str) -> bool:
         path = self.path(key_id)
         existed = path.is_file()
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"the token directory refuses deletes: {exc.strerror or exc}") from None
         return existed
 
     def ids(self) -> list[str]:
@@ -98,12 +116,14 @@ class TokenObjects:
         return self.store.get(self.key(key_id))
 
     def write(self, key_id: str, data: bytes) -> None:
-        self.store.put(self.key(key_id), data, "application/octet-stream")
+        with _store_errors("writes"):
+            self.store.put(self.key(key_id), data, "application/octet-stream")
 
     def remove(self, key_id: str) -> bool:
         key = self.key(key_id)
-        existed = self.store.get(key) is not None
-        self.store.delete(key)
+        with _store_errors("deletes"):
+            existed = self.store.get(key) is not None
+            self.store.delete(key)
         return existed
 
     def ids(self) -> list[str]:
@@ -115,6 +135,16 @@ class TokenObjects:
 
     def location(self, key_id: str) -> str:
         return f"{self.store!r} {self.key(key_id)}"
+
+
+@contextmanager
+def _store_errors(what: str):
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except (BotoCoreError, ClientError) as exc:
+        raise StoreUnavailable(f"the object store refuses {what}: {str(exc)[:200]}") from None
 
 
 def token_files(settings: Settings) -> TokenFiles:
@@ -156,7 +186,7 @@ class TokenStore:
 
     def put(self, data: bytes) -> dict:
         """Store a token file (validated) durably first, then in the Redis index; returns its info."""
-        info = token_info(data)
+        info = _checked(data)
         self.files.write(info["key"], data)
         self._cache(info, data)
         return info
@@ -179,7 +209,11 @@ class TokenStore:
         if data is None:  # flushed Redis: the file is the truth
             data = self.files.read(key_id)
             if data is not None:
-                self._cache(token_info(data), data)
+                try:
+                    self._cache(_checked(data), data)
+                except InvalidRequest as exc:  # a corrupt or non-finite file is never served
+                    log.warning("not serving %s%s from %s: %s", key_id, SUFFIX, self.files, exc)
+                    return None
         return data
 
     def info(self, key_id: str) -> dict | None:
@@ -221,12 +255,13 @@ class TokenStore:
                 data = self.files.read(key_id)
                 if data is None:  # deleted since it was listed
                     continue
-                info = token_info(data)
-            except InvalidRequest as exc:  # a foreign or corrupt file is skipped, never fatal
+                info = _checked(data)
+            except InvalidRequest as exc:  # a foreign, corrupt or non-finite file is skipped, never fatal
                 log.warning("skipping %s%s in %s: %s", key_id, SUFFIX, self.files, exc)
                 continue
             self._cache(info, data)
             n += 1
+        self._index(lambda r: r.set(self.keys.token_library_indexed(), 1))
         return n
 
     # ----------------------------------------------------------------------------- with a loaded model
@@ -235,7 +270,15 @@ class TokenStore:
         from optimization.count_token import CountToken
 
         data = self.get(engine.token_key(cls, count).id)
-        return CountToken.from_bytes(data, expected_model=engine.t2i.fingerprint) if data else None
+        if data is None:
+            return None
+        token = CountToken.from_bytes(data, expected_model=engine.t2i.fingerprint)
+        try:
+            engine.check_token(token)
+        except InvalidRequest as exc:  # stored before the check, or by hand: not used (a miss, learned again)
+            log.warning("library token %s not used: %s", token.key.id, exc)
+            return None
+        return token
 
     def learn(self, engine: CountEngine, cls: str, count: int, config: LibraryConfig, progress=None,
               should_stop=None, retry_after_s: int = 0) -> CountToken | None:

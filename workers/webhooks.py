@@ -140,7 +140,9 @@ class Dispatcher:
                         self._handle(entry_id.decode(), fields)
                 delay = 1.0
             except redis.RedisError as exc:
-                log.warning("webhooks: Redis unreachable (%s); retrying in %.0f s", exc, delay)
+                from .queue import redis_trouble  # (queue imports this module's URL check)
+
+                log.warning("webhooks: %s (%s); retrying in %.0f s", redis_trouble(exc), exc, delay)
                 stop.wait(delay)
                 delay = min(delay * 2, 30.0)
 

@@ -7,8 +7,8 @@ first), publishes the model's fingerprint and classes for the API, keeps a heart
 (their directory, or the object store's ``tokens/``).
 
 Lifecycle: a stale registration of the same name (a killed predecessor) is cleared at start; jobs of dead
-workers are recovered at start and every few seconds (``recovery``); a lost Redis is waited for with
-backoff, never a reason to exit; SIGTERM or Ctrl-C interrupts the running job at its next check, puts it
+workers are recovered at start and every few seconds (``recovery``); a lost, full, read-only or loading Redis
+is waited for with backoff, never a reason to exit; SIGTERM or Ctrl-C interrupts the running job at its next check, puts it
 back at the front of its queue, and exits. Logs: lines on stderr, JSON by default, stamped with the worker,
 its model and the running job's id (``logs``).
 """
@@ -21,6 +21,7 @@ import os
 import socket
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 
 import redis
@@ -30,7 +31,7 @@ from rq.worker import WorkerStatus
 from optimization.config import ModelSpec
 
 from . import batching, logs, webhooks
-from .queue import connect, generation_queue, keys, library_queue
+from .queue import connect, generation_queue, keys, library_queue, redis_trouble
 from .recovery import recover_orphans, worker_alive
 from .settings import Settings
 from .tokens import TokenStore
@@ -106,10 +107,15 @@ def _heartbeat(runtime: WorkerRuntime, name: str, stop: threading.Event) -> None
     k = keys(runtime.settings)
     ttl = max(2, int(runtime.settings.worker_heartbeat_s * 3))
     info = json.dumps({"name": name, "host": socket.gethostname(), "pid": os.getpid()})
+    model_info = json.dumps(describe_model(runtime))
     beats = 0
     while not stop.is_set():
         try:
-            runtime.connection.set(k.worker(runtime.model.id, name), info, ex=ttl)
+            with runtime.connection.pipeline(transaction=False) as pipe:
+                pipe.set(k.worker(runtime.model.id, name), info, ex=ttl)
+                pipe.set(k.model_last_beat(runtime.model.id), repr(time.time()), ex=runtime.settings.result_ttl)
+                pipe.set(k.model_info(runtime.model.id), model_info, nx=True)  # back at once after a Redis flush
+                pipe.execute()
             if beats % 2 == 1:
                 recover_orphans(runtime.connection, runtime.settings, runtime.model.id)
         except redis.RedisError:
@@ -120,12 +126,17 @@ def _heartbeat(runtime: WorkerRuntime, name: str, stop: threading.Event) -> None
         stop.wait(runtime.settings.worker_heartbeat_s)
 
 
-def publish_model_info(runtime: WorkerRuntime) -> None:
+def describe_model(runtime: WorkerRuntime) -> dict:
+    """What the API needs to know of the loaded model (token imports are checked against it)."""
     engine = runtime.engine
-    info = {"id": runtime.model.id, "fingerprint": engine.t2i.fingerprint, "classes": engine.counter.classes,
+    return {"id": runtime.model.id, "fingerprint": engine.t2i.fingerprint, "classes": engine.counter.classes,
             "family": engine.t2i.family, "image_size": engine.t2i.image_size, "max_count": engine.max_count,
-            "dims": {name: int(enc.get_input_embeddings().weight.shape[1]) for name, _, enc in engine.t2i.encoders()}}
-    runtime.connection.set(keys(runtime.settings).model_info(runtime.model.id), json.dumps(info))
+            "dims": {name: int(enc.get_input_embeddings().weight.shape[1]) for name, _, enc in engine.t2i.encoders()},
+            "token_norm_bounds": engine.t2i.token_norm_bounds}
+
+
+def publish_model_info(runtime: WorkerRuntime) -> None:
+    runtime.connection.set(keys(runtime.settings).model_info(runtime.model.id), json.dumps(describe_model(runtime)))
 
 
 def _clear_stale_registration(runtime: WorkerRuntime, name: str) -> None:
@@ -179,8 +190,11 @@ def run_worker(settings: Settings, model_id: str | None = None, burst: bool = Fa
                 runtime.connection.ping()  # work() also returns after losing Redis: tell that from an end
                 if burst or runtime.shutdown.is_set():
                     break
-            except redis.ConnectionError as exc:
-                log.warning("Redis unreachable (%s); retrying in %.0f s", exc, delay)
+            except redis.RedisError as exc:
+                # Unreachable, full, read-only or loading: wait and go on. The job in hand, if its end could
+                # not be written, is still in this worker's started registry: ``_prepare`` requeues it once
+                # Redis takes writes again (the job's own deadline still holds).
+                log.warning("%s (%s); retrying in %.0f s", redis_trouble(exc), exc, delay)
                 runtime.shutdown.wait(delay)
                 delay = min(delay * 2, 30.0)
     finally:

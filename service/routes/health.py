@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import redis
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from workers.metrics import prometheus_text
-from workers.queue import live_workers
+from workers.queue import REDIS_TROUBLE, keys, live_workers, redis_trouble
 
 from ..deps import RedisDep, SettingsDep
 
@@ -20,13 +20,16 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "Redis unreachable or a model without a live worker."}})
-def readyz(settings: SettingsDep, connection: RedisDep) -> JSONResponse:
+@router.get("/readyz", responses={503: {"description": "Redis unreachable or refusing writes (full, read-only, "
+                                                      "loading), or a model without a live worker."}})
+def readyz(request: Request, settings: SettingsDep, connection: RedisDep) -> JSONResponse:
     try:
-        connection.ping()
+        connection.set(keys(settings).readiness_probe(), 1, ex=60)  # a write: a full Redis is not ready
         workers = {m.id: len(live_workers(connection, settings, m.id)) for m in settings.models}
-    except redis.RedisError:
-        return JSONResponse({"code": "redis_unavailable", "message": "Redis is unreachable"}, status_code=503)
+    except redis.RedisError as exc:
+        trouble = redis_trouble(exc)
+        request.app.state.redis_troubles[trouble] += 1
+        return JSONResponse({"code": trouble, "message": REDIS_TROUBLE[trouble]}, status_code=503)
     missing = [m for m, n in workers.items() if n == 0]
     if missing:
         return JSONResponse({"code": "no_worker", "message": f"no live worker for model(s): {', '.join(missing)}",
@@ -35,5 +38,6 @@ def readyz(settings: SettingsDep, connection: RedisDep) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=Response)
-def metrics(settings: SettingsDep, connection: RedisDep) -> Response:
-    return Response(prometheus_text(connection, settings), media_type="text/plain; version=0.0.4")
+def metrics(request: Request, settings: SettingsDep, connection: RedisDep) -> Response:
+    return Response(prometheus_text(connection, settings, request.app.state.redis_troubles),
+                    media_type="text/plain; version=0.0.4")

@@ -36,6 +36,16 @@ def worker(
     run_worker(settings, model, burst=burst, name=name, on_ready=ready)
 
 
+def missing_weights(model) -> str | None:
+    """Why a model's weights cannot be loaded, where that shows without loading them (local paths)."""
+    pipeline, detector = Path(model.pipeline).expanduser(), Path(model.detector).expanduser()
+    if model.pipeline.startswith((".", "/", "~")) and not (pipeline / "model_index.json").is_file():
+        return f"no diffusers pipeline at {pipeline} (model_index.json missing)"
+    if model.detector.startswith((".", "/", "~")) and not detector.is_file():
+        return f"no detector weights at {detector}"
+    return None
+
+
 def _loopback(host: str) -> bool:
     import ipaddress
 
@@ -64,10 +74,13 @@ def up(
     workers_per_model: Annotated[int, typer.Option(min=0)] = 1,
     api_workers: Annotated[Optional[int], typer.Option(
         min=1, show_default=False, help="API processes on the port; default: TALLY_API_WORKERS (2).")] = None,
+    all_or_nothing: Annotated[bool, typer.Option(
+        help="Refuse to start unless every model can be served; default: serve those that can, report the rest.")] = False,
 ) -> None:
     """Start Redis (if none answers), the API and a worker per model, and keep them up (a process that dies
     is restarted with backoff); Ctrl-C or SIGTERM stops what was started within seconds, putting running
-    jobs back in their queues."""
+    jobs back in their queues. A model whose weights are missing, or whose worker cannot start, is reported
+    and left out (its jobs are refused, or fail with no_worker), unless ``--all-or-nothing``."""
     import logging
     import signal
 
@@ -85,14 +98,20 @@ def up(
         _first_admin_key(settings)
     else:
         console.print("auth off (loopback development): set TALLY_AUTH=required to require API keys")
+    missing = {m.id: why for m in settings.models if (why := missing_weights(m))}
+    if missing and (all_or_nothing or len(missing) == len(settings.models)):
+        raise InvalidRequest("; ".join(f"model {m}: {why}" for m, why in missing.items()))
+    models = [m.id for m in settings.models if m.id not in missing]
     with Launcher(settings, env=env) as launcher:
         launcher.ensure_redis()
         launcher.start_api(host, port, workers=api_workers or settings.api_workers)
-        for m in settings.models:
+        for model_id in models:
             for i in range(workers_per_model):
-                launcher.start_worker(m.id, f"{m.id}-{i}")
-        launcher.wait_ready(f"http://{host}:{port}", timeout=300,
-                            models=[m.id for m in settings.models] if workers_per_model else None)
+                launcher.start_worker(model_id, f"{model_id}-{i}")
+        missing |= launcher.wait_ready(f"http://{host}:{port}", timeout=300, models=models if workers_per_model else None,
+                                       all_or_nothing=all_or_nothing)
+        for model_id, why in missing.items():
+            console.print(f"[yellow]not serving model {model_id}[/]: {why}")
         console.print(f"Tally is up: http://{host}:{port}/ (the page; the API reference at /docs)  Ctrl-C stops it")
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         launcher.supervise()
