@@ -11,6 +11,7 @@ its raw per-class scores so the optimizer can differentiate a count (the potenti
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -132,6 +133,7 @@ class Verification:
     target: int
     kinds: list[tuple[tuple, str, str, float]]  # ``detection_kinds`` of the image
     crosscheck: int | None = None  # the independent counter's count, where there is one
+    degenerate: bool = False  # not an image (``degenerate``): never verified, never a closest miss
 
     def _count(self, kind: str) -> int:
         return sum(k == kind for _, k, _, _ in self.kinds)
@@ -159,7 +161,7 @@ class Verification:
 
     @property
     def verified(self) -> bool:
-        return (self.confident == self.target and self.ambiguous == 0 and self.doubtful == 0
+        return (not self.degenerate and self.confident == self.target and self.ambiguous == 0 and self.doubtful == 0
                 and (self.crosscheck is None or self.crosscheck == self.target))
 
     @property
@@ -167,6 +169,8 @@ class Verification:
         """Why the image is not verified (the first check that failed), None if it is."""
         if self.verified:
             return None
+        if self.degenerate:
+            return "degenerate_image"
         if self.confident != self.target:
             return "count_mismatch"
         if self.ambiguous:
@@ -179,6 +183,8 @@ class Verification:
     def miss(self) -> float:
         """How far from verified, doubt counted against the image, so the closest miss is one a person would also
         call close (an ambiguous or unclear shape may be one object more or less)."""
+        if self.degenerate:
+            return math.inf
         crosscheck = abs(self.crosscheck - self.target) if self.crosscheck is not None else 0
         return abs(self.confident - self.target) + self.ambiguous + self.doubtful + crosscheck
 
@@ -192,5 +198,20 @@ class Verification:
                                for box, kind, c, p in self.kinds]}
 
 
-def verify(det: Detections, cls: str, target: int, config: VerifyConfig, crosscheck: int | None = None) -> Verification:
-    return Verification(target=target, kinds=detection_kinds(det, cls, config), crosscheck=crosscheck)
+def verify(det: Detections, cls: str, target: int, config: VerifyConfig, crosscheck: int | None = None,
+           degenerate: bool = False) -> Verification:
+    return Verification(target=target, kinds=detection_kinds(det, cls, config), crosscheck=crosscheck,
+                        degenerate=degenerate)
+
+
+FLAT = 1e-3  # an image whose pixels vary less than this (in 0..1) is one colour: nothing was drawn
+
+
+def degenerate(images: torch.Tensor) -> list[bool]:
+    """Per image of ``[B, 3, H, W]`` in 0..1: not an image at all (a value not finite, or one flat colour,
+    e.g. all black) — what a broken token or model produces, and no detector should be asked about."""
+    import torch
+
+    flat = images.flatten(1)
+    finite = torch.isfinite(flat).all(dim=1)
+    return [bool(not ok or spread < FLAT) for ok, spread in zip(finite, flat.nan_to_num(0.0).std(dim=1))]

@@ -18,6 +18,7 @@ sampler, verification thresholds, cross-check, library prompts, max count) comes
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,12 +28,12 @@ import torch
 
 from .config import Budget, LibraryConfig, ModelSpec, NoiseConfig, Policy, RefineConfig, Stage
 from .count_token import CountToken, TokenKey, place_token
-from .counter import (Counter, Detections, Verification, load_counter, load_crosscheck, resolve, verify,
-                      count as count_of)
-from .errors import InvalidRequest
+from .counter import (Counter, Detections, Verification, degenerate, load_counter, load_crosscheck, resolve,
+                      verify, count as count_of)
+from .errors import DegenerateOutput, InvalidRequest
 from .optimizer import (Canceled, IterationReport, OptimizeResult, calibration_seeds, evaluate_token, gain,
                         library_seeds, optimize, optimize_noise)
-from .pipelines import TextToImage
+from .pipelines import TOKEN_NORM_FACTOR, TextToImage
 from .policy import DEFAULT_POLICY
 from .prompts import object_in_prompt, plural, with_count
 from .semantic import ClipGuard
@@ -276,11 +277,26 @@ class CountEngine:
                 raise InvalidRequest(f"the token was learned for model {token.key.model}, not this model ({expected.model})")
             if (token.key.object, token.key.count) != (cls, count):
                 raise InvalidRequest(f"the token is for {token.key.count} {token.key.object}, not {count} {cls}")
+            self.check_token(token)
         return cls
+
+    def check_token(self, token: CountToken) -> None:
+        """A token this model can use: every vector finite and within the norm its encoder's words have
+        (``TextToImage.token_norm_bounds``); InvalidRequest says which vector is not."""
+        for name, vector in token.vectors.items():
+            bound = self.t2i.token_norm_bounds.get(name)
+            if bound is None:
+                raise InvalidRequest(f"the token has a {name} vector; this model's encoders are "
+                                     f"{', '.join(self.t2i.token_norm_bounds)}")
+            norm = float(vector.float().norm())
+            if not math.isfinite(norm) or norm > bound:
+                raise InvalidRequest(f"the token's {name} vector has norm {norm:.3g}; this model's tokens stay "
+                                     f"below {bound:.3g} ({TOKEN_NORM_FACTOR:g} x its longest word embedding)")
 
     def verify_images(self, images: torch.Tensor, detections: list[Detections], cls: str, target: int) -> list[Verification]:
         cross = [self.crosscheck(im) for im in to_uint8(images)] if self.crosscheck else [None] * len(images)
-        return [verify(d, cls, target, self.counter.config, c) for d, c in zip(detections, cross)]
+        return [verify(d, cls, target, self.counter.config, c, degenerate=bad)
+                for d, c, bad in zip(detections, cross, degenerate(images))]
 
     # ------------------------------------------------------------------------------------------ generate
     def sample(self, prompt: str, cls: str, seeds: list[int]) -> tuple[torch.Tensor, list[dict]]:
@@ -378,7 +394,7 @@ class CountEngine:
         until enough are verified or the budget ends."""
         request, budget, cost = job.request, job.request.budget, job.cost
         start_vectors = request.token.vectors if job.use_token else self.word_vectors(job.init_word)
-        for miss in sorted(job.misses, key=lambda c: c.verification.miss):
+        for miss in sorted((c for c in job.misses if not c.verification.degenerate), key=lambda c: c.verification.miss):
             left_s = job.seconds_left()
             left_it = budget.max_iterations - cost["iterations"]
             if len(job.verified) >= request.num_images or left_s <= 0 or left_it <= 0:
@@ -408,8 +424,11 @@ class CountEngine:
         for stage in ("sampling_seconds", "optimizing_seconds"):
             job.cost[stage] = round(job.cost[stage], 3)
         wanted = job.request.num_images
-        closest = sorted(job.misses, key=lambda c: c.verification.miss)
+        closest = sorted((c for c in job.misses if not c.verification.degenerate), key=lambda c: c.verification.miss)
         chosen = job.verified[:wanted] + closest[:max(0, wanted - len(job.verified))]
+        if not chosen and job.misses:
+            raise DegenerateOutput(f"all {len(job.misses)} candidate images were degenerate (not finite, or one "
+                                   "flat colour): the model or its token is broken")
         key = self.token_key(job.cls, job.count)
         images = [ImageResult(c.image, c.seed, c.verification, job.policy,
                               f"refined:{key.id}" if c.iteration is not None else job.token_id, c.iteration)

@@ -7,3 +7,8 @@ as one (job error ``internal``, CLI exit status 1 with the traceback written to 
 
 class InvalidRequest(ValueError):
     """Bad input; the message says what is wrong and what is allowed."""
+
+
+class DegenerateOutput(RuntimeError):
+    """The model drew nothing usable (every candidate not finite or one flat colour): a broken model or
+    token, not bad input. A job ends failed with ``degenerate_image``."""

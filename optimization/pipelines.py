@@ -28,6 +28,9 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 
+TOKEN_NORM_FACTOR = 100.0
+
+
 class TextToImage:
     """A resident diffusers pipeline, its sampler settings and the count-token slot of each text encoder."""
 
@@ -45,6 +48,11 @@ class TextToImage:
         self._negative = None
         self._live: dict[str, torch.Tensor] | None = None
         self.placeholder_ids = {name: self._install_placeholder(name, tok, enc) for name, tok, enc in self.encoders()}
+        # How long a token vector may be: TOKEN_NORM_FACTOR times the longest word embedding of its encoder.
+        # Optimization moves a token well away from the words (Adam moves each element up to ~lr per
+        # iteration), never orders of magnitude beyond them: such a vector is a broken or hostile file.
+        self.token_norm_bounds = {name: TOKEN_NORM_FACTOR * float(enc.get_input_embeddings().weight.norm(dim=1).max())
+                                  for name, _, enc in self.encoders()}
 
     # ------------------------------------------------------------------------------------------- loading
     @classmethod

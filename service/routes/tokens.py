@@ -89,7 +89,8 @@ def token_file(key: str, settings: SettingsDep, connection: RedisDep) -> Respons
 
 @router.post("", status_code=201, response_model=TokenOut,
              responses={413: {"model": Error}, 422: {"model": Error}},
-             openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}})
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 async def import_token(request: Request, settings: SettingsDep, connection: RedisDep, _: AdminDep) -> TokenOut:
     """Import a token file (the raw safetensors bytes as the body) learned for a configured model.
 
@@ -118,7 +119,7 @@ def _import(settings, connection, data: bytes) -> dict:
     info = published[spec.id]
     try:
         validate_token(data, spec.classes if spec.classes is not None else info.get("classes"), spec.max_count,
-                       dims=info.get("dims"), family=info.get("family"))
+                       dims=info.get("dims"), family=info.get("family"), max_norms=info.get("token_norm_bounds"))
     except InvalidRequest as exc:
         raise ApiError(422, "invalid_token", str(exc)) from None
     return _store(settings, connection).put(data)
