@@ -30,28 +30,37 @@ class BudgetIn(BaseModel):
     max_iterations: int | None = Field(None, gt=0, strict=True, description="Token-refinement iterations.")
 
 
+# Refused in text: control characters (Cc), lone surrogates (Cs), format characters (Cf: bidi overrides such
+# as U+202E, U+FEFF, zero-width joiners) and the line and paragraph separators (Zl, Zp): invisible or
+# reordering, they make a prompt show as something other than what the model reads.
+_REFUSED_CATEGORIES = ("Cc", "Cs", "Cf", "Zl", "Zp")
+
+
 def _no_control_characters(value: str | None, field: str) -> str | None:
-    """Control characters (tab, CR and LF excepted: they are whitespace) and lone surrogates are refused, not
-    stripped: a prompt is stored, echoed and logged as sent, and silently changing it would change its seed's
-    images."""
+    """Control, format and separator characters (tab, CR and LF excepted: they are whitespace) are refused,
+    not stripped: a prompt is stored, echoed and logged as sent, and silently changing it would change its
+    seed's images."""
     if value is None:
         return value
     for i, ch in enumerate(value):
-        if ch not in "\t\n\r" and unicodedata.category(ch) in ("Cc", "Cs"):
-            raise ValueError(f"{field} holds a control character (U+{ord(ch):04X} at {i}); only printable text, "
-                             "spaces, tabs and line breaks are allowed")
+        if ch not in "\t\n\r" and unicodedata.category(ch) in _REFUSED_CATEGORIES:
+            raise ValueError(f"{field} holds an invisible or control character (U+{ord(ch):04X} at {i}); only "
+                             "printable text, spaces, tabs and line breaks are allowed")
     return value
 
 
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: str = Field(min_length=1, description="What to draw; the count is written into it by the count rule. "
-                                                  "Printable text (tabs and line breaks allowed, no other control "
+                                                  "It must name one of the model's objects (GET /v1/models lists "
+                                                  "them; e.g. 'red circles'), unless `object` says which. Printable "
+                                                  "text (tabs and line breaks allowed, no control or invisible "
                                                   "characters), at most max_prompt_length characters.")
     count: int = Field(strict=True, json_schema_extra={"minimum": 1},
                        description="How many objects (1..max_count of the model).")
     object: str | None = Field(None, max_length=100,
-                               description="Object to count; default: the detector class the prompt names.")
+                               description="Object to count, one of the model's objects; default: the one the "
+                                           "prompt names (422 pointing here when it names none).")
     num_images: int = Field(1, strict=True, json_schema_extra={"minimum": 1},
                             description="Verified images wanted (1..max_images).")
     seed: int | None = Field(None, ge=0, lt=2**63, strict=True, description="Same seed, same request: same images.")

@@ -132,6 +132,18 @@ class _Call:
     parse: Callable[[httpx.Response], Any]
     kwargs: dict = field(default_factory=dict)
 
+    @property
+    def retry_on_reset(self) -> bool:
+        """Whether sending it twice is harmless: an idempotent method, or a submit with an idempotency key.
+        A pooled connection the server closed meanwhile fails before any answer: such a call is sent once
+        more, on a fresh connection."""
+        return self.method in ("GET", "HEAD", "OPTIONS", "PUT", "DELETE") or "Idempotency-Key" in (
+            self.kwargs.get("headers") or {})
+
+
+# The connection failed under a request that may have been sent (reset, closed before the answer).
+_RESET = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
 
 def _model(kind: type[T] | Any) -> Callable[[httpx.Response], T]:
     adapter = TypeAdapter(kind)
@@ -301,7 +313,12 @@ class Client(_Base):
 
     def _run(self, call: _Call):
         try:
-            response = self._http.request(call.method, call.path, **call.kwargs)
+            try:
+                response = self._http.request(call.method, call.path, **call.kwargs)
+            except _RESET:
+                if not call.retry_on_reset:
+                    raise
+                response = self._http.request(call.method, call.path, **call.kwargs)
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from None
         if response.is_error:
@@ -424,7 +441,12 @@ class AsyncClient(_Base):
 
     async def _run(self, call: _Call):
         try:
-            response = await self._http.request(call.method, call.path, **call.kwargs)
+            try:
+                response = await self._http.request(call.method, call.path, **call.kwargs)
+            except _RESET:
+                if not call.retry_on_reset:
+                    raise
+                response = await self._http.request(call.method, call.path, **call.kwargs)
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from None
         if response.is_error:
