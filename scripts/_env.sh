@@ -83,6 +83,14 @@ ensure_iproute2() {
     tests/test_multihost.py
 }
 
+ensure_openapi_client_generator() {
+  # A client generator, in a venv of its own: it pins httpx and typer below this project's.
+  local tool="$ROOT/.tools/openapi-python-client"
+  [ -x "$tool/bin/openapi-python-client" ] && return
+  echo "==> installing openapi-python-client in .tools/ (tests/test_client.py generates a client with it)"
+  python3 -m venv "$tool" && "$tool/bin/pip" install -q "openapi-python-client>=0.29,<0.30"
+}
+
 ensure_wrk() {
   command -v wrk >/dev/null || apt_install wrk "the service benchmark's load generator" \
     "tally bench service and tests/test_wrk.py"

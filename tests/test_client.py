@@ -148,3 +148,40 @@ def test_wait_reconnects_after_the_api_restarts_and_sees_each_event_once(service
     assert outcome["job"].status == "succeeded"
     statuses = [e.status for e in events]
     assert statuses.count("queued") == 1 and statuses[-1] == "succeeded", statuses
+
+
+def test_a_client_generated_from_the_openapi_document_knows_which_routes_need_a_key(service, tmp_path):
+    """openapi-python-client (``scripts/test`` installs it in ``.tools/``) reads the security schemes: a route
+    that needs a key takes only its ``AuthenticatedClient``, which sends the key; health probes take any."""
+    import inspect
+    import subprocess
+    import sys
+    import typing
+    from pathlib import Path
+
+    generator = Path(__file__).resolve().parents[1] / ".tools/openapi-python-client/bin/openapi-python-client"
+    (tmp_path / "openapi.json").write_text(httpx.get(f"{service.url}/openapi.json").text)
+    subprocess.run([str(generator), "generate", "--path", "openapi.json", "--output-path", "generated", "--meta", "none"],
+                   cwd=tmp_path, check=True, capture_output=True)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from generated import AuthenticatedClient, Client as PlainClient
+        from generated.api.health import healthz_healthz_get as healthz
+        from generated.api.me import who_am_i_v1_me_get as me
+        from generated.api.tokens import import_token_v1_tokens_post as import_token
+
+        def accepts(route) -> object:
+            return inspect.signature(route.sync_detailed).parameters["client"].annotation
+
+        assert accepts(me) is AuthenticatedClient and accepts(import_token) is AuthenticatedClient
+        assert PlainClient in typing.get_args(accepts(healthz))
+        with AuthenticatedClient(base_url=service.url, token=service.user_key) as authed:
+            answer = me.sync_detailed(client=authed)
+        assert answer.status_code == 200 and answer.parsed.scope == "user"
+        with PlainClient(base_url=service.url) as anonymous:
+            assert healthz.sync_detailed(client=anonymous).status_code == 200
+            assert me.sync_detailed(client=anonymous).status_code == 401  # what the annotation warned of
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in [m for m in sys.modules if m == "generated" or m.startswith("generated.")]:
+            del sys.modules[name]

@@ -8,8 +8,11 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import subprocess
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import numpy as np
 import pytest
 import redis
@@ -35,7 +38,7 @@ JOB = {"prompt": "a photo of red circles", "count": 3, "queue_if_offline": True}
 def reference(t2i):
     """What a worker of the reference model publishes (``workers.worker.publish_model_info``), and its widths."""
     info = {"id": "reference", "fingerprint": t2i.fingerprint, "classes": CLASSES, "family": t2i.family,
-            "image_size": t2i.image_size, "max_count": 12}
+            "image_size": t2i.image_size, "max_count": 12, "token_norm_bounds": t2i.token_norm_bounds}
     return info, {name: encoder.config.hidden_size for name, _, encoder in t2i.encoders()}
 
 
@@ -100,6 +103,8 @@ HOSTILE = {  # name: (file of (fingerprint, dim), fragment of the message)
     "int-dtype": (lambda fp, d: token(fp, d, {PLACEHOLDER: vector(d, 1, np.int32)}), "dtype 'I32'"),
     "f64-dtype": (lambda fp, d: token(fp, d, {PLACEHOLDER: vector(d, 1, np.float64)}), "dtype 'F64'"),
     "nan-vector": (lambda fp, d: token(fp, d, {PLACEHOLDER: vector(d, np.nan)}), "NaN or infinite"),
+    # finite, but far beyond any word embedding: the encoder's output would be meaningless (all-black images)
+    "norm-beyond-the-model": (lambda fp, d: token(fp, d, {PLACEHOLDER: vector(d, 3e38)}), "tokens stay below"),
     "inf-in-f16": (lambda fp, d: token(fp, d, {PLACEHOLDER: vector(d, np.inf, np.float16)}), "NaN or infinite"),
     "inf-in-bf16": (lambda fp, d: raw({"__metadata__": meta(fp), PLACEHOLDER: {
         "dtype": "BF16", "shape": [1, d], "data_offsets": [0, 2 * d]}}, bf16(vector(d, np.inf))), "NaN or infinite"),
@@ -166,12 +171,6 @@ def test_token_checks_with_the_models_encoder_widths(published):
     with pytest.raises(InvalidRequest, match=r"this file holds 'clip_g', 'clip_l', 'extra'"):
         validate_token(token(fingerprint, dim, {"clip_l": vector(dim), "clip_g": vector(dim), "extra": vector(dim)}),
                        CLASSES, 12)
-
-
-def test_the_torch_free_placeholder_is_the_pipelines_one():
-    from optimization import pipelines
-
-    assert PLACEHOLDER == pipelines.PLACEHOLDER
 
 
 # ------------------------------------------------------------------------------------------ body limits
@@ -372,19 +371,22 @@ def test_a_body_that_is_not_utf8_is_422(api, body):
 
 @pytest.mark.parametrize("prompt", ["a photo of red circles\x00", "a photo of \x1b[31mred circles",
                                     "a photo of red\x7f circles", "a photo of red\u0085 circles",
-                                    "a photo of red circles\ud800", "\x08a photo of red circles"])
+                                    "a photo of red circles\ud800", "\x08a photo of red circles",
+                                    # bidi override, byte-order mark, zero-width joiner, line separator
+                                    "a photo of \u202ered circles", "\ufeffa photo of red circles",
+                                    "a photo of red\u200d circles", "a photo of red circles\u2028"])
 def test_control_characters_in_a_prompt_are_refused_saying_so(api, prompt):
     response = api.post("/v1/jobs", content=json.dumps({**JOB, "prompt": prompt}),
                         headers={"Content-Type": "application/json"})
     assert response.status_code == 422 and response.json()["code"] == "invalid_request", response.text
     message = response.json()["message"]
-    assert "prompt holds a control character (U+" in message or (  # a lone surrogate: pydantic's own words
+    assert "prompt holds an invisible or control character (U+" in message or (  # a lone surrogate: pydantic's own words
         "\ud800" in prompt and "prompt: Input should be a valid string" in message), message
 
 
 def test_control_characters_in_an_object_are_refused(api):
     response = api.post("/v1/jobs", json={**JOB, "object": "circle\x00"})
-    assert response.status_code == 422 and "object holds a control character (U+0000" in response.json()["message"]
+    assert response.status_code == 422 and "object holds an invisible or control character (U+0000" in response.json()["message"]
 
 
 def test_tabs_and_line_breaks_in_a_prompt_are_whitespace(api):
@@ -399,6 +401,59 @@ def test_405_names_the_allowed_methods(api):
     response = api.post(f"/v1/jobs/{uuid.uuid4().hex}")
     assert response.status_code == 405 and response.headers["Allow"] == "DELETE, GET"
     assert api.patch("/v1/tokens/circle-3-0123456789abcdef").headers["Allow"] == "DELETE, GET"
+    # a path a route names literally is that resource, not a token key: DELETE /v1/tokens/{key} is not offered
+    assert api.options("/v1/tokens/learning").headers["Allow"] == "GET"
+
+
+@pytest.mark.parametrize("index", ["1.0", "+1", "1_0", "01", " 1"])
+def test_an_image_index_is_digits_only(api, index):
+    job = api.post("/v1/jobs", json=JOB).json()["id"]
+    response = api.get(f"/v1/jobs/{job}/images/{index}")
+    assert response.status_code == 404 and "images are numbered 0, 1" in response.json()["message"], response.text
+
+
+def test_thirty_concurrent_imports_of_different_tokens_all_succeed(settings, published):
+    fingerprint, dim = published
+    files = [token(fingerprint, dim, count=str(c), object=o) for c in range(1, 11) for o in ("circle", "square", "cross")]
+    with serve_api(settings) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        with ThreadPoolExecutor(len(files)) as pool:
+            answers = list(pool.map(lambda data: http.post("/v1/tokens", content=data), files))
+        statuses = [a.status_code for a in answers]
+        assert statuses == [201] * len(files), answers[0].text
+        assert len(http.get("/v1/tokens").json()) == len(files)
+    assert sorted(p.name for p in settings.tokens_path.iterdir() if p.name.startswith(".")) == []  # no leftovers
+
+
+@pytest.fixture
+def small_mount(tmp_path):
+    """A 64 KiB tmpfs: filled up, or remounted read-only, it fails writes as a full or read-only disk does."""
+    mount = tmp_path / "mount"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("trouble", ["read-only", "full"])
+def test_a_token_store_that_refuses_writes_answers_503_store_unavailable(settings, published, small_mount, trouble):
+    fingerprint, dim = published
+    settings = settings.model_copy(update={"token_dir": small_mount})
+    with TestClient(create_app(settings)) as api:
+        assert api.post("/v1/tokens", content=token(fingerprint, dim, count="2")).status_code == 201
+        if trouble == "read-only":
+            subprocess.run(["mount", "-o", "remount,ro", str(small_mount)], check=True)
+        else:
+            (small_mount / "filler").write_bytes(b"\0" * (60 << 10))
+        before = sorted(p.name for p in small_mount.iterdir())
+        response = api.post("/v1/tokens", content=token(fingerprint, dim, count="3"))
+        assert response.status_code == 503 and response.json()["code"] == "store_unavailable", response.text
+        assert ("Read-only" if trouble == "read-only" else "No space") in response.json()["message"]
+        deleted = api.delete(f"/v1/tokens/{api.get('/v1/tokens').json()[0]['key']}")
+        assert deleted.status_code == (503 if trouble == "read-only" else 204), deleted.text
+        assert sorted(p.name for p in small_mount.iterdir()) == (before if trouble == "read-only" else
+                                                                 [n for n in before if n != before[0]])
 
 
 def test_the_openapi_document_states_the_deployments_limits(settings):
@@ -442,3 +497,18 @@ def test_the_openapi_document_holds_under_property_based_testing(settings, publi
         f"- {p}" for p in result["problems"][:20])
     assert result["server_errors"] == result["schema_violations"] == 0 and result["cases"] >= 300, result
 
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/docs/oauth2-redirect"])
+def test_the_docs_pages_allow_only_their_own_inline_scripts_by_hash(api, path):
+    import base64
+    import hashlib
+    import re
+
+    response = api.get(path)
+    policy = response.headers["Content-Security-Policy"]
+    scripts = re.search(r"script-src ([^;]*)", policy)[1]
+    assert "unsafe-inline" not in scripts and "object-src 'none'" in policy
+    inline = re.findall(r"<script>(.*?)</script>", response.text, re.DOTALL)
+    assert sorted(re.findall(r"'sha256-([^']+)'", scripts)) == sorted(
+        base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() for s in inline)

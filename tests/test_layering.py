@@ -42,7 +42,33 @@ def test_production_paths_never_ask_which_model_they_hold(path):
     for name in _imports(ROOT / path):
         if name.startswith("optimization.reference"):
             assert path == "workers/settings.py" and name == "optimization.reference.models", (path, name)
-    assert "is_reference" not in (ROOT / path).read_text()
+    assert _model_id_comparisons(ROOT / path) == [], path
+
+
+MODEL_IDS = {"reference", "reference-web"}
+
+
+def _model_id_comparisons(path: Path) -> list[int]:
+    """Lines that compare anything with a model id, or match on one: a branch on which model is loaded."""
+    def names_a_model(node) -> bool:
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return any(names_a_model(e) for e in node.elts)
+        return isinstance(node, ast.Constant) and node.value in MODEL_IDS
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Compare) and any(names_a_model(o) for o in (node.left, *node.comparators)):
+            found.append(node.lineno)
+        elif isinstance(node, ast.MatchValue) and names_a_model(node.value):
+            found.append(node.lineno)
+    return found
+
+
+def test_the_model_id_rule_finds_a_branch_on_the_model(tmp_path):
+    branch = tmp_path / "branch.py"
+    branch.write_text("def f(spec):\n    if spec.id == 'reference':\n        return 1\n"
+                      "    return spec.id in ('x', 'reference-web')\n")
+    assert _model_id_comparisons(branch) == [2, 4]
 
 
 def test_the_engine_imports_nothing_from_the_reference_world():

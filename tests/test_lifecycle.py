@@ -222,3 +222,44 @@ def test_jobs_survive_a_worker_killed_every_few_seconds_and_a_redis_restart():
     assert kills["kills"] >= 2 and kills["lost"] == 0 and kills["duplicated"] == 0, kills
     restart = redis_restart(jobs=4)
     assert restart["api_status_while_down"] == 503 and restart["lost"] == 0, restart
+
+
+def test_tally_up_serves_the_models_it_can_and_names_the_others_unless_all_or_nothing(tmp_path):
+    from optimization.reference.models import reference_model
+
+    working = reference_model()
+    missing = working.model_copy(update={"id": "missing", "pipeline": str(tmp_path / "no-such-pipeline")})
+    redis_url = f"redis://127.0.0.1:{free_port()}/0"
+    port = free_port()
+    env = {**os.environ, "TALLY_REDIS_URL": redis_url, "TALLY_RUNTIME_DIR": str(tmp_path / "runtime"),
+           "TALLY_TOKEN_DIR": str(tmp_path / "tokens"), "TALLY_WORKER_HEARTBEAT_S": "1",
+           "TALLY_MODELS": json.dumps([working.model_dump(mode="json"), missing.model_dump(mode="json")])}
+    tally = os.path.join(os.path.dirname(sys.executable), "tally")
+
+    strict = subprocess.run([tally, "up", "--port", str(port), "--all-or-nothing"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert strict.returncode == 2 and "model missing: no diffusers pipeline at" in strict.stderr + strict.stdout
+
+    proc = subprocess.Popen([tally, "up", "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                workers = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).json().get("workers", {})
+                if workers.get("reference"):
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "tally up did not serve the reference model"
+            time.sleep(0.5)
+        assert workers == {"reference": 1, "missing": 0}
+        refused = httpx.post(f"http://127.0.0.1:{port}/v1/jobs", json={"prompt": "a photo of red circles", "count": 2,
+                                                                        "model": "missing"})
+        assert refused.status_code == 503 and refused.json()["code"] == "no_worker"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        output = proc.communicate(timeout=40)[0]
+        redis.Redis.from_url(redis_url).shutdown(nosave=True) if _answers(redis_url) else None
+    assert "not serving model missing" in output and "no diffusers pipeline at" in output

@@ -8,12 +8,13 @@ Each scenario starts from a private Redis (AOF, ``appendfsync everysec``), the A
 - ``bola``: another key's job on every job route: how many answers were not 404;
 - ``quota``: one key flooding the queue: another key's median queue wait, flooded vs alone;
 - ``fuzz``: schemathesis over the whole OpenAPI document (``fuzz.fuzz_openapi``): server errors and
-  responses that break the document.
+  responses that break the document;
+- and the bad day's (``bad_day``): ``key_race``, ``redis_full``, ``import_race``, ``no_worker``,
+  ``degenerate_token``, ``list_amplification``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -49,7 +50,7 @@ def _service(workers: int, auth: str = "off", env: dict | None = None):
         launcher.start_api("127.0.0.1", port)
         for i in range(workers):
             launcher.start_worker("reference", f"w{i}")
-        launcher.wait_ready(url, timeout=300, models=["reference"])
+        launcher.wait_ready(url, timeout=300, models=["reference"] if workers else [])  # [] : the API answers
         with httpx.Client(base_url=url, timeout=30) as http:
             yield launcher, http, settings
 
@@ -176,26 +177,17 @@ def bola_and_quota(flood: int = 40) -> dict:
 def fuzz(max_examples: int = 50) -> dict:
     """The API in this process on a private Redis, with a live worker's heartbeat and the reference model's
     info published (as a worker writes them), so every route, token uploads included, is reached in full."""
-    import redis
-
-    from optimization.pipelines import TextToImage
-    from optimization.reference.models import reference_model
     from service.app import create_app
-    from workers.keys import Keys
 
+    from .bad_day import publish_reference
     from .fuzz import fuzz_openapi
 
     root = Path(tempfile.mkdtemp(prefix="tally-bench-fuzz-"))
     settings = Settings(redis_url=f"redis://127.0.0.1:{_port()}/0", runtime_dir=root, token_dir=root / "tokens",
                         auth="off", sse_heartbeat_s=0.05)
-    t2i = TextToImage.from_spec(reference_model())
     with Launcher(settings, log_dir=root / "logs") as launcher:
         launcher.ensure_redis()
-        connection, k = redis.Redis.from_url(settings.redis_url), Keys(settings.redis_prefix)
-        connection.set(k.worker("reference", "fuzz"), json.dumps({"name": "fuzz", "host": "bench", "pid": 0}), ex=3600)
-        connection.set(k.model_info("reference"), json.dumps({
-            "id": "reference", "fingerprint": t2i.fingerprint, "classes": reference_model().classes,
-            "max_count": 12, "dims": {name: enc.config.hidden_size for name, _, enc in t2i.encoders()}}))
+        publish_reference(settings)
         result = fuzz_openapi(create_app(settings), max_examples=max_examples)
     return {**{k: v for k, v in result.items() if k != "problems"}, "problems": result["problems"][:10]}
 
@@ -213,4 +205,7 @@ def run(progress=None) -> dict:
     result.update(bola_and_quota())
     step("fuzz the OpenAPI document")
     result["fuzz"] = fuzz()
+    from . import bad_day
+
+    result.update(bad_day.run(step))
     return result
