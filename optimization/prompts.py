@@ -226,8 +226,8 @@ def object_in_prompt(prompt: str, classes: list[str]) -> str:
     found = [c for c in classes if find_object(words, c) is not None]
     if len(found) != 1:
         what = "no known object" if not found else f"several objects ({', '.join(found)})"
-        raise InvalidRequest(f"object: the prompt names {what}; set object to one of {', '.join(classes)}, or name "
-                             "one of them in the prompt")
+        raise InvalidRequest(f"the prompt names {what}; set object to one of {', '.join(classes)}, or name one of "
+                             "them in the prompt")
     return found[0]
 
 
