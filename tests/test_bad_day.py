@@ -186,6 +186,7 @@ def test_a_full_redis_is_named_survived_by_the_worker_and_strands_no_job(tmp_pat
             ready = service.http.get("/readyz")
             assert ready.status_code == 503 and ready.json()["code"] == "redis_full", ready.text
             assert service.http.get(f"/v1/jobs/{job}").status_code == 200  # reads need no write
+            time.sleep(3)  # the worker's heartbeat lapses meanwhile: still named as the Redis trouble it is
             refused = service.http.post("/v1/jobs", json=JOB)
             assert refused.status_code == 503 and refused.json()["code"] == "redis_full", refused.text
             metrics = service.http.get("/metrics").text

@@ -139,6 +139,8 @@ def require_worker(connection: redis.Redis, settings: Settings, model_id: str) -
     if time.monotonic() - _LIVE_WORKER_SEEN.get(seen, -LIVE_WORKER_CACHE_S) < LIVE_WORKER_CACHE_S:
         return
     if not live_workers(connection, settings, model_id):
+        # Workers' heartbeats lapse while Redis refuses their writes: name that trouble, not a missing worker.
+        connection.set(keys(settings).readiness_probe(), 1, ex=60)
         raise NoWorker(f"no live worker serves model {model_id!r}; retry later, or pass queue_if_offline: true "
                        "to queue the job until one starts")
     _LIVE_WORKER_SEEN[seen] = time.monotonic()

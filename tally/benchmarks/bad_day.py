@@ -101,8 +101,8 @@ def redis_full(jobs: int = 3, full_s: float = 10.0) -> dict:
 
 # ------------------------------------------------------------------------------------------ imports
 def publish_reference(settings: Settings) -> str:
-    """A live worker's heartbeat and the reference model's info in Redis, as a worker writes them (for the
-    API alone); returns the model's fingerprint."""
+    """A live worker's heartbeat for every model and the reference model's info in Redis, as workers write them
+    (for the API alone); returns the reference model's fingerprint."""
     import redis
 
     from optimization.pipelines import TextToImage
@@ -111,7 +111,8 @@ def publish_reference(settings: Settings) -> str:
 
     t2i = TextToImage.from_spec(reference_model())
     connection, k = redis.Redis.from_url(settings.redis_url), Keys(settings.redis_prefix)
-    connection.set(k.worker("reference", "bench"), json.dumps({"name": "bench", "host": "bench", "pid": 0}), ex=3600)
+    for model in settings.models:  # every model looks served (/readyz 200)
+        connection.set(k.worker(model.id, "bench"), json.dumps({"name": "bench", "host": "bench", "pid": 0}), ex=3600)
     connection.set(k.model_info("reference"), json.dumps({
         "id": "reference", "fingerprint": t2i.fingerprint, "classes": reference_model().classes, "max_count": 12,
         "dims": {name: enc.config.hidden_size for name, _, enc in t2i.encoders()},
