@@ -234,3 +234,40 @@ def test_a_500_closes_its_connection_so_the_next_request_gets_a_fresh_one(settin
                 assert http.get("/healthz").status_code == 200  # never ECONNRESET
     finally:
         server.should_exit = True
+
+
+def test_a_read_only_replica_is_named_redis_readonly_and_reads_go_on(settings, redis_url, tmp_path):
+    import shutil
+    import subprocess
+
+    from .conftest import free_port
+
+    port = free_port()
+    primary = redis_url.split("//")[1].split("/")[0].split(":")
+    replica = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--save", "", "--appendonly", "no",
+                                "--dir", str(tmp_path), "--replicaof", *primary], stdout=subprocess.DEVNULL)
+    try:
+        replica_url = f"redis://127.0.0.1:{port}/0"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if redis.Redis.from_url(replica_url).info("replication").get("master_link_status") == "up":
+                    break
+            except redis.ConnectionError:
+                pass
+            time.sleep(0.1)
+        with TestClient(create_app(settings)) as api:
+            job = api.post("/v1/jobs", json=JOB).json()["id"]
+        with TestClient(create_app(settings.model_copy(update={"redis_url": replica_url}))) as api:
+            deadline = time.monotonic() + 5  # the replica has the job once replication caught up
+            while api.get(f"/v1/jobs/{job}").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert api.get(f"/v1/jobs/{job}").status_code == 200
+            refused = api.post("/v1/jobs", json=JOB)
+            assert refused.status_code == 503 and refused.json()["code"] == "redis_readonly", refused.text
+            assert api.get("/readyz").json()["code"] == "redis_readonly"
+            metrics = api.get("/metrics")  # its own figures while Redis refuses writes: the two refusals and this one
+            assert metrics.status_code == 200 and 'tally_api_redis_errors_total{trouble="redis_readonly"} 3.0' in metrics.text
+    finally:
+        replica.terminate()
+        replica.wait()

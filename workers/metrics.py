@@ -4,7 +4,7 @@ worker gauges from RQ and the heartbeats, counters and latency histograms from t
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections import Counter
 
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
@@ -12,7 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
 from . import stats
-from .queue import REDIS_TROUBLE, generation_queue, library_queue, live_workers
+from .queue import REDIS_TROUBLE, generation_queue, library_queue, live_workers, redis_trouble, refuses_writes
 from .records import JobStatus
 from .settings import Settings
 
@@ -91,7 +91,7 @@ def _bound(seconds: float) -> str:
 class _ProcessCollector:
     """What this API process saw but could not write to Redis: its Redis troubles (``queue.REDIS_TROUBLE``)."""
 
-    def __init__(self, troubles: Mapping[str, int]):
+    def __init__(self, troubles: Counter):
         self.troubles = troubles
 
     def collect(self):
@@ -103,8 +103,18 @@ class _ProcessCollector:
         yield c
 
 
-def prometheus_text(connection: redis.Redis, settings: Settings, troubles: Mapping[str, int]) -> bytes:
+def prometheus_text(connection: redis.Redis, settings: Settings, troubles: Counter) -> bytes:
+    """The metrics; while Redis refuses writes (RQ's registries tidy themselves up when counted), this
+    process's own, which then say why."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_ProcessCollector(troubles))
     registry.register(_RedisCollector(connection, settings))
-    return generate_latest(registry)
+    try:
+        return generate_latest(registry)
+    except redis.RedisError as exc:
+        if not refuses_writes(exc):
+            raise
+        troubles[redis_trouble(exc)] += 1
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_ProcessCollector(troubles))
+        return generate_latest(registry)
