@@ -8,8 +8,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from optimization.config import Policy, Stage
-from workers.records import JobStatus as Status
-from workers.webhooks import WebhookEvent
+from workers.statuses import JobStatus as Status
+from workers.statuses import WebhookEvent
 
 
 class Error(BaseModel):
@@ -246,3 +246,14 @@ class JobEvent(BaseModel):
     progress: Progress | None = None
     requeued: bool | None = None
     cancel_requested: bool | None = None
+
+
+class Me(BaseModel):
+    """``GET /v1/me``: the calling key."""
+
+    owner: str = Field(description="Whose jobs this key lists and reads.")
+    scope: Literal["user", "admin"] = Field(description="admin: may also write the token library.")
+    name: str | None = Field(None, description="The key's name (null with auth off).")
+    auth: Literal["required", "off"] = Field(description="off: this deployment checks no key.")
+    webhook_secret: str = Field(description="Verifies this key's webhook deliveries (Standard Webhooks: "
+                                            "HMAC-SHA256 of 'webhook-id.webhook-timestamp.body').")

@@ -6,8 +6,8 @@
 Responses are the API's own pydantic models (``service.schemas``), so the client and the server cannot drift.
 Every failure is a ``ClientError`` — the API's ``{code, message}`` with its HTTP status, as a subclass per
 kind (``NotFound``, ``Invalid``, ``Unauthorized``, ``Forbidden``, ``RateLimited``, ``Conflict``,
-``Unavailable``, ``ServerError``), or ``Unreachable`` when no answer came. ``ClientError`` is an
-``InvalidRequest``, so the CLI shows it as one line with exit status 2.
+``Unavailable``, ``ServerError``), or ``Unreachable`` when no answer came; the CLI shows it as one line
+with its ``exit_status``. Importing this module loads neither Redis's client nor RQ (nor any of the server).
 """
 
 from __future__ import annotations
@@ -25,9 +25,7 @@ import httpx
 from pydantic import TypeAdapter
 
 from optimization.config import Policy
-from optimization.errors import InvalidRequest
-from service.routes.me import Me
-from service.schemas import JobAccepted, JobEvent, JobList, JobOut, LearningTask, ModelOut, TokenOut
+from service.schemas import JobAccepted, JobEvent, JobList, JobOut, LearningTask, Me, ModelOut, TokenOut
 
 __all__ = ["AsyncClient", "Client", "ClientError", "Conflict", "Forbidden", "Invalid", "JobAccepted", "JobEvent",
            "JobOut", "NotFound", "RateLimited", "ServerError", "Unauthorized", "Unavailable", "Unreachable"]
@@ -38,7 +36,7 @@ TERMINAL = ("succeeded", "failed", "canceled")
 
 
 # ------------------------------------------------------------------------------------------------- errors
-class ClientError(InvalidRequest):
+class ClientError(Exception):
     """The API answered an error (``code``, ``message``, HTTP ``status``), or could not be reached (no code).
     ``exit_status`` is the CLI's exit status for it (sysexits.h where one fits)."""
 

@@ -185,3 +185,21 @@ def test_a_client_generated_from_the_openapi_document_knows_which_routes_need_a_
         sys.path.remove(str(tmp_path))
         for name in [m for m in sys.modules if m == "generated" or m.startswith("generated.")]:
             del sys.modules[name]
+
+
+def test_importing_the_client_loads_nothing_of_the_server():
+    import subprocess
+    import sys
+
+    code = ("import sys, tally.client; print(sorted(m for m in ('rq', 'redis', 'fastapi', 'torch', 'orjson', "
+            "'workers.records', 'workers.queue') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_client_errors_are_not_bad_input():
+    from optimization.errors import InvalidRequest
+    from tally.client import ClientError, ServerError
+
+    assert not issubclass(ClientError, InvalidRequest)  # a server's fault or an unreachable API is no bad input
+    assert issubclass(Unreachable, ClientError) and ServerError("x", "internal", 500).exit_status != 2

@@ -23,6 +23,7 @@ from optimization.errors import InvalidRequest
 from optimization.token_file import PLACEHOLDER, validate_token
 from service.app import create_app
 from workers.keys import Keys
+from workers.queue import beat
 
 from .conftest import serve_api
 
@@ -489,8 +490,8 @@ def test_the_openapi_document_holds_under_property_based_testing(settings, publi
     # model's info published, so token uploads reach the full check. Jobs stay queued; an event stream
     # (never of a real job: generated ids are random) would end on its first heartbeat.
     for model in settings.models:
-        redis.Redis.from_url(settings.redis_url).set(Keys(settings.redis_prefix).worker(model.id, "fuzz"),
-                                                     json.dumps({"name": "fuzz", "host": "test", "pid": 0}), ex=600)
+        beat(redis.Redis.from_url(settings.redis_url), settings, model.id, "fuzz",
+             json.dumps({"name": "fuzz", "host": "test", "pid": 0}), 600)
     app = create_app(settings.model_copy(update={"sse_heartbeat_s": 0.05}))
     result = fuzz_openapi(app, max_examples=20)
     assert not result["problems"], f"{len(result['problems'])} distinct problems:\n" + "\n".join(

@@ -76,8 +76,9 @@ class Keys:
     def worker(self, model_id: str, name: str) -> str:
         return f"{self.prefix}:worker:{model_id}:{name}"
 
-    def workers(self, model_id: str) -> str:
-        return f"{self.prefix}:worker:{model_id}:*"
+    def model_workers(self, model_id: str) -> str:
+        """A model's workers, scored by when each one's heartbeat lapses (``queue.live_workers``)."""
+        return f"{self.prefix}:model:{model_id}:workers"
 
     def model_last_beat(self, model_id: str) -> str:
         """When a worker of the model last beat (``recovery.fail_jobs_without_worker``)."""

@@ -4,6 +4,8 @@ a worker listens to its user queue first), and worker liveness. Library tasks th
 
 from __future__ import annotations
 
+import time
+
 import redis
 from rq import Callback, Queue, Retry
 from rq.job import Job
@@ -140,7 +142,25 @@ def dequeued(connection: redis.Redis | redis.client.Pipeline, settings: Settings
     connection.eval(_DEQUEUED, 2, k.queue_owners(model_id), k.queue_owner_counts(model_id), job_id)
 
 
+def beat(connection: redis.Redis | redis.client.Pipeline, settings: Settings, model_id: str, name: str,
+         info: str, ttl: int) -> None:
+    """A worker's heartbeat: its key (``info``: name, host, pid) for ``ttl`` seconds, and its place in the
+    model's index of workers, scored by when the beat lapses (what ``live_workers`` reads)."""
+    k, now = keys(settings), time.time()
+    connection.set(k.worker(model_id, name), info, ex=ttl)
+    connection.zadd(k.model_workers(model_id), {name: now + ttl})
+    connection.zremrangebyscore(k.model_workers(model_id), 0, now)
+    connection.expire(k.model_workers(model_id), ttl)
+
+
+def unregister(connection: redis.Redis, settings: Settings, model_id: str, name: str) -> None:
+    k = keys(settings)
+    connection.delete(k.worker(model_id, name))
+    connection.zrem(k.model_workers(model_id), name)
+
+
 def live_workers(connection: redis.Redis, settings: Settings, model_id: str) -> list[str]:
-    """Names of the workers of a model whose heartbeat has not expired."""
-    return sorted(k.decode().rsplit(":", 1)[-1]
-                  for k in connection.scan_iter(keys(settings).workers(model_id), count=1000))
+    """Names of the workers of a model whose heartbeat has not lapsed: one read of the model's index (a scan
+    of the keyspace would cost as much as the keyspace is large, on every status read)."""
+    lapse = keys(settings).model_workers(model_id)
+    return sorted(n.decode() for n in connection.zrangebyscore(lapse, time.time(), "+inf"))

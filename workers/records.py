@@ -20,7 +20,6 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from enum import StrEnum
 
 import orjson
 import redis
@@ -34,17 +33,7 @@ from . import objects, webhooks
 from .queue import dequeued, enqueue_generation, generation_queue, keys, live_workers
 from .requests import JobRequest
 from .settings import Settings
-
-
-class JobStatus(StrEnum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    canceled = "canceled"
-
-
-TERMINAL = {JobStatus.succeeded, JobStatus.failed, JobStatus.canceled}
+from .statuses import TERMINAL, JobStatus
 
 
 class IdempotencyConflict(Exception):
@@ -189,7 +178,8 @@ def new_record(job_id: str, owner: str, request: JobRequest, submitted: float) -
 def save_record(connection: redis.Redis | redis.client.Pipeline, settings: Settings, record: dict,
                 queue_key: str | None = None) -> None:
     """Write a job's whole record (on a pipeline: queued there), with the result TTL. ``queue_key``: the
-    RQ list the job waits in, once, at submit (``job_record`` finds the queue position there)."""
+    RQ list the job waits in, given once, at submit (``job_record`` finds the queue position there; a new
+    record is in no status index yet)."""
     if not isinstance(connection, redis.client.Pipeline):
         with connection.pipeline(transaction=False) as pipe:
             save_record(pipe, settings, record, queue_key)
@@ -204,7 +194,7 @@ def save_record(connection: redis.Redis | redis.client.Pipeline, settings: Setti
     # The owner's jobs, all and by status (``list_jobs``: a page costs a page, whatever the filter), written
     # with every record, so that a record rewritten after a Redis flush is listed again too.
     submitted, owner = (record.get("timings") or {}).get("submitted") or time.time(), record["owner"]
-    for other in JobStatus:
+    for other in JobStatus if queue_key is None else ():
         if other != status:
             connection.zrem(k.owner_jobs(owner, other), job_id)
     for index in (k.owner_jobs(owner), k.owner_jobs(owner, status)):

@@ -91,6 +91,8 @@ def _runner(connection: redis.Redis, job: Job, execution_id: str) -> str | None:
         return job.worker_name
 
 
+UPKEEP_JOBS = 100  # queued jobs of a model looked at per upkeep period
+
 NO_WORKER = {"code": "no_worker", "message": "no worker served this job's model for no_worker_timeout_s; submit it "
                                             "again when one runs (GET /v1/models shows live workers)"}
 
@@ -102,14 +104,15 @@ def fail_jobs_without_worker(connection: redis.Redis, settings: Settings) -> lis
     API (``service.app``), since no worker of that model is there to do it."""
     k, now, failed = keys(settings), time.time(), []
     for model in settings.models:
-        if live_workers(connection, settings, model.id):
-            continue
         last_beat = float(connection.get(k.model_last_beat(model.id)) or 0)
+        if now - last_beat < settings.no_worker_timeout_s or live_workers(connection, settings, model.id):
+            continue  # no job of this model can be due yet
         queue = generation_queue(connection, settings, model.id)
         started = StartedJobRegistry(queue=queue, death_penalty_class=TimerDeathPenalty)
         entries = {job_id: f"{job_id}:{execution_id}"
                    for job_id, execution_id in started.get_job_and_execution_ids(cleanup=False)}
-        for job_id in [*queue.get_job_ids(), *entries]:
+        # The oldest first, a bounded number per period: the upkeep runs beside the API's requests.
+        for job_id in [*entries, *queue.get_job_ids(0, UPKEEP_JOBS - 1)]:
             record = read_record(connection, settings, job_id)
             if record is None or record["status"] in TERMINAL:
                 continue

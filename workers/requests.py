@@ -19,7 +19,8 @@ from optimization.errors import InvalidRequest
 from optimization.prompts import object_in_prompt, resolve_class
 
 from .settings import Settings
-from .webhooks import DEFAULT_EVENTS, WebhookEvent, check_url
+from .statuses import DEFAULT_EVENTS, WebhookEvent
+from .webhooks import check_url
 
 
 class JobRequest(BaseModel):

@@ -14,6 +14,7 @@ up, so buckets added later still sort in.
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -94,6 +95,23 @@ def seconds_per_job(connection: redis.Redis, settings: Settings, model: str) -> 
     if not count or float(count) == 0:
         return None
     return (float(sampling or 0) + float(refining or 0)) / float(count)
+
+
+_PACE: dict[tuple[str, str, str], tuple[float, int, float | None]] = {}  # (url, prefix, model) -> (until, ...)
+PACE_CACHE_S = 1.0
+
+
+def pace(connection: redis.Redis, settings: Settings, model: str) -> tuple[int, float | None]:
+    """(live workers, seconds per job) of a model, asked of Redis at most once a second per API process:
+    every read of a queued job's record shows an estimate made of them."""
+    from .queue import live_workers
+
+    slot = (settings.redis_url, settings.redis_prefix, model)
+    until, workers, per_job = _PACE.get(slot, (0.0, 0, None))
+    if time.monotonic() >= until:
+        workers, per_job = len(live_workers(connection, settings, model)), seconds_per_job(connection, settings, model)
+        _PACE[slot] = (time.monotonic() + PACE_CACHE_S, workers, per_job)
+    return workers, per_job
 
 
 def estimated_wait(jobs_ahead: int, workers: int, per_job: float | None) -> float | None:

@@ -26,7 +26,6 @@ import secrets
 import socket
 import threading
 import time
-from typing import Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -36,12 +35,10 @@ from optimization.errors import InvalidRequest
 
 from .keys import Keys
 from .settings import Settings
+from .statuses import DEFAULT_EVENTS, WebhookEvent
 
 log = logging.getLogger("tally.webhooks")
 
-WebhookEvent = Literal["start", "progress", "completed"]
-EVENTS: tuple[str, ...] = ("start", "progress", "completed")
-DEFAULT_EVENTS: tuple[str, ...] = ("start", "completed")
 PROGRESS_INTERVAL_S = 0.5  # Replicate throttles its output webhooks the same way
 GROUP = "dispatchers"
 CLAIM_IDLE_MS = 60_000  # an event a dispatcher took this long ago without acknowledging it is taken over

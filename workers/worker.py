@@ -31,7 +31,7 @@ from rq.worker import WorkerStatus
 from optimization.config import ModelSpec
 
 from . import batching, logs, webhooks
-from .queue import connect, generation_queue, keys, library_queue, redis_trouble
+from .queue import beat, connect, generation_queue, keys, library_queue, redis_trouble, unregister
 from .recovery import recover_orphans, worker_alive
 from .settings import Settings
 from .tokens import TokenStore
@@ -112,7 +112,7 @@ def _heartbeat(runtime: WorkerRuntime, name: str, stop: threading.Event) -> None
     while not stop.is_set():
         try:
             with runtime.connection.pipeline(transaction=False) as pipe:
-                pipe.set(k.worker(runtime.model.id, name), info, ex=ttl)
+                beat(pipe, runtime.settings, runtime.model.id, name, info, ttl)
                 pipe.set(k.model_last_beat(runtime.model.id), repr(time.time()), ex=runtime.settings.result_ttl)
                 pipe.set(k.model_info(runtime.model.id), model_info, nx=True)  # back at once after a Redis flush
                 pipe.execute()
@@ -200,7 +200,7 @@ def run_worker(settings: Settings, model_id: str | None = None, burst: bool = Fa
     finally:
         stop.set()
         try:
-            runtime.connection.delete(keys(settings).worker(runtime.model.id, name))
+            unregister(runtime.connection, settings, runtime.model.id, name)
         except redis.RedisError:
             pass
         logs.uninstall(log_handler)

@@ -21,7 +21,7 @@ from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
 from optimization.config import Budget
 from workers import records, stats
-from workers.queue import keys, live_workers
+from workers.queue import keys
 from workers.requests import build_request
 from workers.streams import StreamSlots, key_is_live
 
@@ -126,16 +126,10 @@ async def get_job(job_id: str, request: Request, settings: SettingsDep, connecti
     record = _record(connection, settings, job_id, owner)
     out = _record_out(record, request)
     if record["status"] == records.JobStatus.queued and record["queue_position"] is not None:
-        wait = await run_in_threadpool(_estimated_wait, connection, settings, record)
+        wait = stats.estimated_wait(record["queue_position"] + 1, *stats.pace(connection, settings, record["model"]))
         if wait is not None:
             out.estimated_start = round(time.time() + wait, 1)
     return out
-
-
-def _estimated_wait(connection, settings, record: dict) -> float | None:
-    workers = len(live_workers(connection, settings, record["model"]))
-    per_job = stats.seconds_per_job(connection, settings, record["model"])
-    return stats.estimated_wait(record["queue_position"] + 1, workers, per_job)
 
 
 @router.delete("/{job_id}", response_model=JobOut, responses=NOT_FOUND)

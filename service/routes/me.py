@@ -3,25 +3,14 @@ instead of offering actions that would end in 403."""
 
 from __future__ import annotations
 
-from typing import Literal
-
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
 
 from workers import webhooks
 
 from ..deps import AUTH_ERRORS, CallerDep, RedisDep, SettingsDep
+from ..schemas import Me
 
 router = APIRouter(prefix="/v1/me", tags=["me"], responses=AUTH_ERRORS)
-
-
-class Me(BaseModel):
-    owner: str = Field(description="Whose jobs this key lists and reads.")
-    scope: Literal["user", "admin"] = Field(description="admin: may also write the token library.")
-    name: str | None = Field(None, description="The key's name (null with auth off).")
-    auth: Literal["required", "off"] = Field(description="off: this deployment checks no key.")
-    webhook_secret: str = Field(description="Verifies this key's webhook deliveries (Standard Webhooks: "
-                                            "HMAC-SHA256 of 'webhook-id.webhook-timestamp.body').")
 
 
 @router.get("", response_model=Me)

@@ -108,11 +108,12 @@ def publish_reference(settings: Settings) -> str:
     from optimization.pipelines import TextToImage
     from optimization.reference.models import reference_model
     from workers.keys import Keys
+    from workers.queue import beat
 
     t2i = TextToImage.from_spec(reference_model())
     connection, k = redis.Redis.from_url(settings.redis_url), Keys(settings.redis_prefix)
     for model in settings.models:  # every model looks served (/readyz 200)
-        connection.set(k.worker(model.id, "bench"), json.dumps({"name": "bench", "host": "bench", "pid": 0}), ex=3600)
+        beat(connection, settings, model.id, "bench", json.dumps({"name": "bench", "host": "bench", "pid": 0}), 3600)
     connection.set(k.model_info("reference"), json.dumps({
         "id": "reference", "fingerprint": t2i.fingerprint, "classes": reference_model().classes, "max_count": 12,
         "dims": {name: enc.config.hidden_size for name, _, enc in t2i.encoders()},

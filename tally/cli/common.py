@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from optimization.config import ModelSpec
 from optimization.errors import InvalidRequest
+from tally.client import ClientError
 from workers.logs import quiet_model_loading  # noqa: F401 - the CLI's commands load models too
 from workers.settings import Settings, get_settings
 
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     key for this, 1 a bug (its traceback written to a file the line names)."""
     try:
         code = app(args=argv, prog_name="tally", standalone_mode=False)
-    except InvalidRequest as exc:
+    except (InvalidRequest, ClientError) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise SystemExit(getattr(exc, "exit_status", 2)) from None
     except typer.Abort:
