@@ -181,6 +181,11 @@ def test_the_page_fits_a_360_pixel_phone_screen(browser, service):
             assert box["x"] >= 0 and box["x"] + box["width"] <= 360, (selector, box)
         assert page.locator("#api-key").bounding_box()["width"] >= 120  # a key field one can type into
         assert page.locator("#policy").bounding_box()["width"] >= 120
+        # every policy's name shows whole (its text, plus the select's padding and arrow, fits the select)
+        assert page.evaluate("""() => { const s = document.querySelector('#policy');
+            const c = document.createElement('canvas').getContext('2d'); c.font = getComputedStyle(s).font;
+            const longest = Math.max(...[...s.options].map(o => c.measureText(o.textContent).width));
+            return longest + 48 <= s.getBoundingClientRect().width; }""")
         shot(page, "narrow-360")
         assert not page.problems, page.problems
     finally:
