@@ -489,28 +489,31 @@ class CountEngine:
         """Stated-number calibration: which number written in the library prompts makes this model draw
         ``count`` objects most often, on calibration seeds, no gradients. Ties keep the plain count.
 
-        In slices: one generation batch (a stated number, a prompt, its share of the seeds) at a time, until
-        ``slice_seconds`` have passed (all of it when None); ``counts`` (the detected counts so far, per stated
+        In slices: one generation batch (a stated number, a prompt, its share of the seeds) at a time, stopping
+        before one that would end past ``slice_seconds`` (all of it when None; at least one batch a slice); ``counts`` (the detected counts so far, per stated
         number and prompt) carries it to the next slice. Returns (the calibration once complete, else None;
         the counts)."""
         seeds, counts = calibration_seeds(config), dict(counts or {})
         numbers = range(max(1, count - config.calibration_below),
                         min(self.max_count, count + config.calibration_above) + 1)
-        started = time.perf_counter()
+        started, batch_s = time.perf_counter(), 0.0
         for stated in numbers:
             prompts, init_word = self._token_prompts(cls, count, stated)
             for i, prompt in enumerate(prompts):
                 unit, share = f"{stated}/{i}", seeds[i::len(prompts)]
                 if unit in counts or not share:
                     continue
-                if counts and slice_seconds is not None and time.perf_counter() - started >= slice_seconds:
+                # like the optimizer's slices: stop before a batch that would end past the slice (at the last one's pace)
+                if counts and slice_seconds is not None and time.perf_counter() - started + batch_s > slice_seconds:
                     return None, counts
                 if should_stop and should_stop():
                     raise Canceled()
                 # the untrained token is the word it replaces: each prompt exactly as written
+                began = time.perf_counter()
                 self.t2i.set_token(self.word_vectors(init_word))
                 images = self.t2i.generate(prompt, share)
                 counts[unit] = [count_of(self.counter, d, cls) for d in self.counter.detect(images)]
+                batch_s = time.perf_counter() - began
         tried = {}
         for stated in numbers:
             found = np.array([c for unit, cs in counts.items() if unit.split("/")[0] == str(stated) for c in cs])
