@@ -2,7 +2,8 @@
 
 A key is shown once, when it is created; only its SHA-256 is kept, in Redis (the truth, shared by every API
 replica) and in a snapshot file (``Settings.keys_path``) that re-seeds Redis, so a Redis flush locks nobody
-out; changes merge so that a revocation is final (``KeyStore``). Jobs belong to the key's id (``key:<id>``), so another key's job is simply not found.
+out; changes merge so that a revocation is final (``KeyStore``). Jobs belong to the key's id (``key:<id>``),
+so another key's job is simply not found.
 
 Per request, auth costs one Redis round trip (``admit``): a verified key is remembered in the process for
 ``VERIFIED_CACHE_S`` seconds, and the rate limiter's script (the ``limits`` library's moving window, on the
@@ -125,8 +126,7 @@ class KeyStore:
     def reseed(self) -> int:
         """Bring the file's keys and revocations into Redis (a flushed Redis, changes made while it was
         away); merging never removes a key or lifts a revocation. Returns how many keys Redis knows."""
-        with self._file_lock():
-            records = self._file_records()
+        records = self._file_records()  # whole, as written (``write_atomic``): reading needs no lock
         try:
             self._to_redis(records)
             return self.redis.hlen(self.index)
