@@ -484,13 +484,14 @@ class CountEngine:
             state = part.state
 
     def calibrate(self, cls: str, count: int, config: LibraryConfig = LibraryConfig(), counts: dict | None = None,
-                  slice_seconds: float | None = None, should_stop: Callable[[], bool] | None = None
-                  ) -> tuple[dict | None, dict]:
+                  slice_seconds: float | None = None, should_stop: Callable[[], bool] | None = None,
+                  should_yield: Callable[[], bool] | None = None) -> tuple[dict | None, dict]:
         """Stated-number calibration: which number written in the library prompts makes this model draw
         ``count`` objects most often, on calibration seeds, no gradients. Ties keep the plain count.
 
         In slices: one generation batch (a stated number, a prompt, its share of the seeds) at a time, stopping
-        before one that would end past ``slice_seconds`` (all of it when None; at least one batch a slice); ``counts`` (the detected counts so far, per stated
+        before one that would end past ``slice_seconds``, or once ``should_yield`` says so (all of it when
+        ``slice_seconds`` is None; at least one batch a slice); ``counts`` (the detected counts so far, per stated
         number and prompt) carries it to the next slice. Returns (the calibration once complete, else None;
         the counts)."""
         seeds, counts = calibration_seeds(config), dict(counts or {})
@@ -504,7 +505,8 @@ class CountEngine:
                 if unit in counts or not share:
                     continue
                 # like the optimizer's slices: stop before a batch that would end past the slice (at the last one's pace)
-                if counts and slice_seconds is not None and time.perf_counter() - started + batch_s > slice_seconds:
+                if counts and slice_seconds is not None and (
+                        time.perf_counter() - started + batch_s > slice_seconds or (should_yield and should_yield())):
                     return None, counts
                 if should_stop and should_stop():
                     raise Canceled()
@@ -524,19 +526,21 @@ class CountEngine:
 
     def library_slice(self, cls: str, count: int, config: LibraryConfig = LibraryConfig(), resume: dict | None = None,
                       slice_seconds: float | None = None, progress: Callable[[IterationReport], None] | None = None,
-                      should_stop: Callable[[], bool] | None = None) -> LibrarySlice:
+                      should_stop: Callable[[], bool] | None = None,
+                      should_yield: Callable[[], bool] | None = None) -> LibrarySlice:
         """Library learning in bounded slices of about ``slice_seconds`` (all of it when None), starting from
         ``resume`` (a previous slice's ``state``): (a) the first slices calibrate the stated number, one
         generation batch at a time; (b) later ones learn the gradient token from the calibrated prompt;
         (c) the token is the best validated so far, the untrained token (the calibrated prompt as written)
-        included."""
+        included. ``should_yield``: end the slice at its next step once it says so (a user job waits)."""
         cls = resolve(self.counter, cls)
         self.check_count(count)
         key = self.token_key(cls, count)
         if resume is None or resume.get("calibration") is None:  # (a)
             started = time.perf_counter()
             prior = resume or {"counts": {}, "seconds": 0.0}
-            calibration, counts = self.calibrate(cls, count, config, prior["counts"], slice_seconds, should_stop)
+            calibration, counts = self.calibrate(cls, count, config, prior["counts"], slice_seconds, should_stop,
+                                                 should_yield)
             seconds = prior["seconds"] + time.perf_counter() - started
             stated = calibration["stated"] if calibration else count
             init_word = self._token_prompts(cls, count, stated)[1]
@@ -553,7 +557,7 @@ class CountEngine:
         result = optimize(self.t2i, self.counter, prompts, cls, count, self.word_vectors(init_word), seeds_for, config,
                           validation_seeds=validation, progress=progress, should_stop=should_stop,
                           resume=optimizer_state, slice_seconds=slice_seconds, prior_seconds=resume["seconds"],
-                          semantic=self._semantic_penalty)
+                          semantic=self._semantic_penalty, should_yield=should_yield)
         if optimizer_state is None and result.validation is not None:
             # (c) optimize validated the untrained token, i.e. the calibrated prompt; judge both against the plain one
             plain = self._token_prompts(cls, count, count)[0]

@@ -178,6 +178,7 @@ def optimize(
     slice_seconds: float | None = None,
     prior_seconds: float = 0.0,
     semantic: Semantic | None = None,
+    should_yield: Callable[[], bool] | None = None,
 ) -> OptimizeResult:
     """Optimize a count token towards ``target`` objects of ``cls``.
 
@@ -191,7 +192,9 @@ def optimize(
     by the last iteration, validation included; a slice runs one iteration at least) and returns
     ``result.state``; passing that state back as ``resume`` continues exactly where it stopped
     (token, AdamW moments, best validated token), so background learning never holds a worker for long.
-    ``prior_seconds``: time already spent on the run before it (e.g. calibration), counted in ``max_seconds``.
+    ``should_yield``: with ``slice_seconds``, the slice also ends before the next iteration once it says so (a
+    user job waits for the worker). ``prior_seconds``: time already spent on the run before it (e.g.
+    calibration), counted in ``max_seconds``.
     ``semantic``: a penalty per image against the iteration's prompt (``ClipGuard.penalty``), added to the loss.
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -226,7 +229,8 @@ def optimize(
         validates = library and validation_seeds and (iteration + 1) % config.validate_every == 0
         if (config.max_seconds is not None and prior_s + elapsed >= config.max_seconds) or (
                 slice_seconds is not None and iteration > first
-                and elapsed + step_s + (validation_s if validates else 0.0) > slice_seconds):
+                and (elapsed + step_s + (validation_s if validates else 0.0) > slice_seconds
+                     or (should_yield is not None and should_yield()))):
             break
         iteration_started = time.perf_counter()
         seeds = seeds_for(iteration)

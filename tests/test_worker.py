@@ -117,6 +117,33 @@ def test_library_learning_runs_in_slices_that_let_user_jobs_through(runtime, mon
     assert runtime.store.info(key)["metadata"]["iterations"] == 3
 
 
+def test_a_waiting_user_job_ends_a_long_learning_slice_at_its_next_step(runtime, monkeypatch):
+    from workers import library
+
+    settings = runtime.settings.model_copy(update={
+        "library": runtime.settings.library.model_copy(update={
+            "max_iterations": 2, "seeds_per_iteration": 1, "validation_seeds": 2, "validate_every": 1, "min_gain": -1}),
+        "library_slice_seconds": 600.0})  # all of it in one slice, unless a user job waits
+    runtime.settings = settings
+    key = runtime.engine.token_key("triangle", 4).id
+    assert library.schedule(runtime.connection, settings, "reference", "triangle", 4, key)
+    user_jobs, real = [], library.run_slice
+
+    def a_user_arrives_then_slice(*args):
+        if not user_jobs:
+            user_jobs.append(_submit(runtime, prompt="a photo of red circles", count=2, seed=3,
+                                     budget={"max_candidates": 8}))
+        return real(*args)
+
+    monkeypatch.setattr(library, "run_slice", a_user_arrives_then_slice)
+    _work(runtime)
+    [task] = library.tasks(runtime.connection, settings)
+    # calibration's first batch, the user job, the rest of calibration, the gradient token (2 without the user job)
+    assert task["status"] == "stored" and task["slices"] == 3
+    user = records.job_record(runtime.connection, settings, user_jobs[0], "tester")
+    assert user["status"] == "succeeded" and user["timings"]["started"] < task["updated"]
+
+
 def test_a_token_without_gain_stays_out_of_the_library_and_its_key_is_not_relearned_soon(runtime):
     from workers import library
 

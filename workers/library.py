@@ -1,9 +1,10 @@
 """Background library learning of count tokens.
 
 - **Single flight**: one task per key, however many jobs miss it at once (an atomic lock).
-- **Slices**: a task learns for about ``library_slice_seconds``, saves its optimizer state, and queues its
-  next slice behind whatever user jobs arrived, so a worker busy learning delays a user job by one slice
-  at most. A slice interrupted by a stopping worker is queued again; the saved state loses nothing.
+- **Slices**: a task learns for about ``library_slice_seconds``, or until a user job of its model is queued
+  (checked between iterations and generation batches), saves its optimizer state, and queues its next slice
+  behind the user jobs, so a worker busy learning delays a user job by about one iteration. A slice
+  interrupted by a stopping worker is queued again; the saved state loses nothing.
 - **Visible and cancelable**: each task's progress is a small record (``GET /v1/tokens/learning``);
   canceling sets a flag that the running slice obeys within one iteration.
 - **Hygiene**: only a token whose held-out exact rate beats the base prompt by ``library.min_gain`` enters
@@ -21,7 +22,7 @@ import uuid
 import redis
 from rq import Callback
 
-from .queue import keys, library_queue
+from .queue import generation_queue, keys, library_queue
 from .settings import Settings
 
 log = logging.getLogger("tally.worker")
@@ -68,13 +69,15 @@ def run_slice(rt, model_id: str, cls: str, count: int, key_id: str) -> dict:
     if canceled():
         return conclude(connection, settings, key_id, "canceled")
     state = connection.get(k.library_state(key_id))
+    users = generation_queue(connection, settings, model_id)
     _update(connection, settings, key_id, status="running")
     began = time.monotonic()
     try:
         part = rt.engine.library_slice(
             cls, count, settings.library, resume=LibrarySlice.load_state(state) if state else None,
             slice_seconds=settings.library_slice_seconds,
-            should_stop=lambda: rt.shutdown.is_set() or canceled())
+            should_stop=lambda: rt.shutdown.is_set() or canceled(),
+            should_yield=lambda: len(users) > 0)  # a user job waits: the slice ends at its next step
     except Canceled:
         if canceled():
             return conclude(connection, settings, key_id, "canceled")
