@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -24,6 +25,30 @@ os.environ["TALLY_AUTH"] = "off"  # tests of keys and scopes ask for "required" 
 os.environ["TALLY_RUNTIME_DIR"] = str(_RUNTIME)
 os.environ["YOLO_CONFIG_DIR"] = str(_RUNTIME / "ultralytics")
 _RUNTIME.mkdir(parents=True, exist_ok=True)
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_kept():
+    """An RQ worker run in this process installs its own SIGINT/SIGTERM handlers: put pytest's back, so that a
+    timeout's SIGTERM still stops the run."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for number, handler in saved.items():
+        signal.signal(number, handler)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_stay_in_process(request, monkeypatch):
+    """The unit tier's rule, enforced: no connection (Redis, HTTP, DNS) and no process."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a unit test may not open a connection or start a process")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 def free_port() -> int:

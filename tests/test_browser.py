@@ -121,10 +121,6 @@ def wait_for_images(page, n: int) -> None:
         arg=n, timeout=TIMEOUT_MS)
 
 
-def test_chromium_is_installed():
-    assert CHROMIUM.is_file(), NO_CHROMIUM
-
-
 def test_a_job_submitted_from_the_page_shows_its_progress_then_verified_images(page, service):
     assert page.locator("#model option").all_inner_texts() == ["reference", "reference-web"]  # reference chosen
     assert page.inner_text("#model-info").startswith("1 live worker · ")

@@ -11,6 +11,8 @@ from optimization.reference.captions import (FAITHFUL_NOISE, NUMBER_NAMES, SHAPE
 from optimization.reference.scenes import CLASSES, MAX_COUNT, PLURALS
 from optimization.reference.tokenizer import build_tokenizer_files, load_tokenizer
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("cls", CLASSES)
 def test_each_class_has_its_habitual_count_and_still_every_count(cls):

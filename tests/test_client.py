@@ -61,7 +61,8 @@ def test_async_client_does_the_same_and_reads_models_and_tokens(service):
     models, job, images, seen, tokens, learning = asyncio.run(scenario())
     assert [m.id for m in models] == ["reference", "reference-web"] and "circle" in models[0].classes
     assert job.status == "succeeded" and len(images) == 1 and seen[-1] == "succeeded"
-    assert isinstance(tokens, list) and isinstance(learning, list)
+    assert all(t.model == "reference" for t in tokens)  # the filter reached the server
+    assert all(type(task).__name__ == "LearningTask" for task in learning)  # typed, not raw dicts
 
 
 def test_errors_are_typed_and_carry_the_apis_code_and_message(service):

@@ -79,3 +79,14 @@ def test_the_engine_imports_nothing_from_the_reference_world():
             "print([m for m in sys.modules if m.startswith('optimization.reference')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.unit
+def test_the_unit_tier_refuses_connections_and_processes():
+    import socket
+    import subprocess
+
+    with pytest.raises(AssertionError, match="unit test may not"):
+        socket.create_connection(("127.0.0.1", 6379), timeout=1)
+    with pytest.raises(AssertionError, match="unit test may not"):
+        subprocess.run(["true"])

@@ -1,7 +1,11 @@
 """The rule that names a model's default policy from `tally bench engine`'s figures."""
 
+import pytest
+
 from optimization.config import Policy
 from optimization.policy import MARGIN, MAX_FALSE_VERIFIED, choose_default
+
+pytestmark = pytest.mark.unit
 
 
 def test_a_policy_must_beat_resampling_by_more_than_the_noise():

@@ -7,6 +7,8 @@ from hypothesis import strategies as st
 from optimization.prompts import NUMBER_WORDS, object_in_prompt, plural, with_count
 from optimization.reference import CLASSES
 
+pytestmark = pytest.mark.unit
+
 # ------------------------------------------------------------------------------------ the phrasings
 
 

@@ -3,6 +3,8 @@ import pytest
 
 from optimization.reference.scenes import MAX_COUNT, caption, render_scene
 
+pytestmark = pytest.mark.unit
+
 
 def test_same_seed_renders_identical_scene():
     a, b = render_scene(123), render_scene(123)

@@ -1,0 +1,51 @@
+"""Unit: the conservative verdict on one image's detections (``optimization.counter.verify``)."""
+
+import math
+
+import pytest
+
+from optimization.config import VerifyConfig
+from optimization.counter import Detections, verify
+
+pytestmark = pytest.mark.unit
+CONFIG = VerifyConfig(doubt_classes=["unclear"])
+BOX = (1.0, 1.0, 9.0, 9.0)
+
+
+def detections(*found: tuple[str, float]) -> Detections:
+    return Detections([BOX] * len(found), [p for _, p in found], [c for c, _ in found])
+
+
+def test_exactly_the_target_of_confident_detections_and_nothing_else_verifies():
+    v = verify(detections(("circle", 0.9), ("circle", 0.8), ("square", 0.3)), "circle", 2, CONFIG)
+    assert v.verified and v.reason is None and v.miss == 0 and v.detected_count == 2
+
+
+@pytest.mark.parametrize("found, crosscheck, reason, miss", [
+    ((("circle", 0.9),), None, "count_mismatch", 1),
+    ((("circle", 0.9), ("circle", 0.9), ("circle", 0.9)), None, "count_mismatch", 1),
+    ((("circle", 0.9), ("circle", 0.9), ("circle", 0.4)), None, "ambiguous_detections", 1),  # one more, perhaps
+    ((("circle", 0.9), ("circle", 0.9), ("unclear", 0.2)), None, "unclear_shapes", 1),
+    ((("circle", 0.9), ("circle", 0.9)), 3, "crosscheck_disagrees", 1),
+])
+def test_any_doubt_refuses_the_image_and_says_which(found, crosscheck, reason, miss):
+    v = verify(detections(*found), "circle", 2, CONFIG, crosscheck=crosscheck)
+    assert not v.verified and v.reason == reason and v.miss == miss
+
+
+def test_doubt_below_the_floor_and_other_classes_below_count_confidence_are_ignored():
+    v = verify(detections(("circle", 0.9), ("circle", 0.1), ("unclear", 0.1), ("cross", 0.4)), "circle", 1, CONFIG)
+    assert v.verified and v.other_class == 0
+
+
+def test_a_degenerate_image_is_never_verified_nor_a_closest_miss():
+    v = verify(detections(("circle", 0.9)), "circle", 1, CONFIG, degenerate=True)
+    assert not v.verified and v.reason == "degenerate_image" and v.miss == math.inf
+
+
+def test_the_report_shows_the_confident_count_and_every_doubt_beside_it():
+    report = verify(detections(("circle", 0.9), ("circle", 0.4), ("cross", 0.6)), "circle", 1, CONFIG,
+                    crosscheck=2).to_dict()
+    assert report["detected_count"] == report["confident"] == 1 and len(report["boxes"]) == 1
+    assert (report["ambiguous"], report["other_class"], report["crosscheck_count"]) == (1, 1, 2)
+    assert [d["kind"] for d in report["detections"]] == ["confident", "ambiguous", "other_class"]
