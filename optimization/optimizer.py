@@ -198,86 +198,135 @@ def optimize(
     ``semantic``: a penalty per image against the iteration's prompt (``ClipGuard.penalty``), added to the loss.
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    library = isinstance(config, LibraryConfig)
-    torch.manual_seed(config.seed)
-    start = resume["vectors"] if resume else init
-    params = {k: v.detach().clone().float().to(t2i.device).requires_grad_(True) for k, v in start.items()}
-    anchor = {k: v.detach().clone().float().to(t2i.device) for k, v in init.items()}
-    opt = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=0.0)  # decay would move the token home
-    counting = CountingLoss(counter, cls, target, config, guard, resume["fallback_scale"] if resume else 1.0)
-    started = time.perf_counter()
-    result = OptimizeResult(vectors=init, iterations=0, seconds=0.0)
-    first, best_validation = 0, None
-    if resume:
-        opt.load_state_dict(resume["adam"])
-        first = resume["iteration"]
-        result.vectors, result.validation = resume["best_vectors"], resume["validation"]
-        best_validation = resume["validation"]["token"] if resume["validation"] else None
-    prior_s = resume["seconds"] if resume else prior_seconds  # a budget in seconds covers every slice of a run
-    step_s = validation_s = 0.0  # the last iteration's cost, and the last validation's, to plan slices
-    if resume is None and library and validation_seeds:
-        best_validation = evaluate_token(t2i, counter, prompts, cls, target, params, validation_seeds)
-        validation_s = time.perf_counter() - started
-        result.validation = {"base": best_validation, "token": best_validation, "best_iteration": 0}
-        result.vectors = _detached(params)
-    result.iterations = first
-
-    for iteration in range(first, config.max_iterations):
+    run = _TokenRun.start(t2i, counter, prompts, cls, target, init, config, guard, validation_seeds, resume,
+                          prior_seconds)
+    for iteration in range(run.first, config.max_iterations):
         if should_stop and should_stop():
             raise Canceled()
-        elapsed = time.perf_counter() - started
-        validates = library and validation_seeds and (iteration + 1) % config.validate_every == 0
-        if (config.max_seconds is not None and prior_s + elapsed >= config.max_seconds) or (
-                slice_seconds is not None and iteration > first
-                and (elapsed + step_s + (validation_s if validates else 0.0) > slice_seconds
-                     or (should_yield is not None and should_yield()))):
+        validates = run.library and bool(validation_seeds) and (iteration + 1) % config.validate_every == 0
+        if run.ends_before(iteration, validates, slice_seconds, should_yield):
             break
         iteration_started = time.perf_counter()
         seeds = seeds_for(iteration)
         prompt_now = prompts[iteration % len(prompts)]
-        images = t2i.generate_differentiable(prompt_now, seeds, params)
+        images = t2i.generate_differentiable(prompt_now, seeds, run.params)
         raw = counter.raw(images)
         detections = counter.detections_from_raw(raw, tuple(images.shape[-2:]))
         detected = [count(counter, d, cls) for d in detections]
-
-        if not library and verifier is not None:
-            verdicts = verifier(images.detach().cpu(), detections)
-            for seed, image, verdict in zip(seeds, images, verdicts):
-                if verdict.verified:
-                    result.hit = Hit(seed, image.detach().cpu(), verdict, iteration)
-                    break
-            if result.hit:
-                result.vectors = _detached(params)
-                break
-
-        loss_count, loss, scale = counting(images, raw, detected)
+        if not run.library and verifier is not None and run.found_hit(seeds, images, verifier(
+                images.detach().cpu(), detections), iteration):
+            break
+        loss_count, loss, scale = run.counting(images, raw, detected)
         if semantic is not None:
             loss = loss + semantic(images, prompt_now)
         loss = loss.mean()
         if config.l2_weight:
-            loss = loss + config.l2_weight * sum(((params[k] - anchor[k]) ** 2).sum() for k in params)
-        _step(opt, loss, result, iteration, loss_count, detected, scale, started, progress)
-        step_s = time.perf_counter() - iteration_started
+            loss = loss + config.l2_weight * sum(((run.params[k] - run.anchor[k]) ** 2).sum() for k in run.params)
+        _step(run.opt, loss, run.result, iteration, loss_count, detected, scale, run.started, progress)
+        run.step_s = time.perf_counter() - iteration_started
         if validates:
-            score = evaluate_token(t2i, counter, prompts, cls, target, params, validation_seeds)
-            validation_s = time.perf_counter() - iteration_started - step_s
-            gradient = result.validation.get("gradient")  # the best trained token, kept or not
-            if gradient is None or (score["exact"], -score["mae"]) > (gradient["exact"], -gradient["mae"]):
-                result.validation["gradient"] = score
-            if (score["exact"], -score["mae"]) > (best_validation["exact"], -best_validation["mae"]):
-                best_validation = score
-                result.vectors = _detached(params)
-                result.validation.update(token=score, best_iteration=iteration + 1)
+            run.validate(iteration, validation_seeds)
+            run.validation_s = time.perf_counter() - iteration_started - run.step_s
+    return run.finish()
 
-    if not library and result.hit is None:
-        result.vectors = _detached(params)
-    result.seconds = time.perf_counter() - started + prior_s
-    result.done = result.hit is not None or result.iterations >= config.max_iterations or (
-        config.max_seconds is not None and result.seconds >= config.max_seconds)
-    result.state = {"vectors": _detached(params), "adam": opt.state_dict(), "fallback_scale": counting.fallback_scale,
-                    "iteration": result.iterations, "best_vectors": result.vectors, "validation": result.validation,
-                    "seconds": result.seconds}
-    return result
+
+@dataclass
+class _TokenRun:
+    """One run (or slice) of ``optimize``: its token, AdamW, loss and best validated token, by phase."""
+
+    t2i: TextToImage
+    counter: Counter
+    prompts: list[str]
+    cls: str
+    target: int
+    config: OptimizeConfig
+    params: dict[str, torch.Tensor]
+    anchor: dict[str, torch.Tensor]
+    opt: torch.optim.Optimizer
+    counting: CountingLoss
+    result: OptimizeResult
+    first: int = 0
+    best_validation: dict | None = None
+    prior_s: float = 0.0  # a budget in seconds covers every slice of a run
+    step_s: float = 0.0  # the last iteration's cost, and the last validation's, to plan slices
+    validation_s: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def library(self) -> bool:
+        return isinstance(self.config, LibraryConfig)
+
+    @staticmethod
+    def start(t2i, counter, prompts, cls, target, init, config, guard, validation_seeds, resume,
+              prior_seconds) -> "_TokenRun":
+        torch.manual_seed(config.seed)
+        begin = resume["vectors"] if resume else init
+        params = {k: v.detach().clone().float().to(t2i.device).requires_grad_(True) for k, v in begin.items()}
+        run = _TokenRun(t2i, counter, prompts, cls, target, config, params,
+                        anchor={k: v.detach().clone().float().to(t2i.device) for k, v in init.items()},
+                        # no weight decay: it would pull the token back toward its starting word
+                        opt=torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=0.0),
+                        counting=CountingLoss(counter, cls, target, config, guard,
+                                              resume["fallback_scale"] if resume else 1.0),
+                        result=OptimizeResult(vectors=init, iterations=0, seconds=0.0),
+                        prior_s=resume["seconds"] if resume else prior_seconds)
+        if resume:
+            run.opt.load_state_dict(resume["adam"])
+            run.first = resume["iteration"]
+            run.result.vectors, run.result.validation = resume["best_vectors"], resume["validation"]
+            run.best_validation = resume["validation"]["token"] if resume["validation"] else None
+        elif run.library and validation_seeds:  # the untrained token is the first candidate to keep
+            run.best_validation = evaluate_token(t2i, counter, prompts, cls, target, params, validation_seeds)
+            run.validation_s = time.perf_counter() - run.started
+            run.result.validation = {"base": run.best_validation, "token": run.best_validation, "best_iteration": 0}
+            run.result.vectors = _detached(params)
+        run.result.iterations = run.first
+        return run
+
+    def ends_before(self, iteration: int, validates: bool, slice_seconds: float | None,
+                    should_yield: Callable[[], bool] | None) -> bool:
+        """Out of seconds, or (a slice, past its first iteration) the next one would end past the slice or a
+        user job waits."""
+        elapsed = time.perf_counter() - self.started
+        if self.config.max_seconds is not None and self.prior_s + elapsed >= self.config.max_seconds:
+            return True
+        if slice_seconds is None or iteration == self.first:
+            return False
+        return (elapsed + self.step_s + (self.validation_s if validates else 0.0) > slice_seconds
+                or (should_yield is not None and should_yield()))
+
+    def found_hit(self, seeds: list[int], images: torch.Tensor, verdicts, iteration: int) -> bool:
+        for seed, image, verdict in zip(seeds, images, verdicts):
+            if verdict.verified:
+                self.result.hit = Hit(seed, image.detach().cpu(), verdict, iteration)
+                self.result.vectors = _detached(self.params)
+                return True
+        return False
+
+    def validate(self, iteration: int, validation_seeds: list[int]) -> None:
+        """Held-out score of the token now; kept if it beats the best so far (the untrained token included)."""
+        score = evaluate_token(self.t2i, self.counter, self.prompts, self.cls, self.target, self.params,
+                               validation_seeds)
+        validation = self.result.validation
+        gradient = validation.get("gradient")  # the best trained token, kept or not
+        if gradient is None or (score["exact"], -score["mae"]) > (gradient["exact"], -gradient["mae"]):
+            validation["gradient"] = score
+        if (score["exact"], -score["mae"]) > (self.best_validation["exact"], -self.best_validation["mae"]):
+            self.best_validation = score
+            self.result.vectors = _detached(self.params)
+            validation.update(token=score, best_iteration=iteration + 1)
+
+    def finish(self) -> OptimizeResult:
+        result, config = self.result, self.config
+        if not self.library and result.hit is None:
+            result.vectors = _detached(self.params)
+        result.seconds = time.perf_counter() - self.started + self.prior_s
+        result.done = result.hit is not None or result.iterations >= config.max_iterations or (
+            config.max_seconds is not None and result.seconds >= config.max_seconds)
+        result.state = {"vectors": _detached(self.params), "adam": self.opt.state_dict(),
+                        "fallback_scale": self.counting.fallback_scale, "iteration": result.iterations,
+                        "best_vectors": result.vectors, "validation": result.validation, "seconds": result.seconds}
+        return result
 
 
 def gaussian_shell(latents: torch.Tensor) -> torch.Tensor:
