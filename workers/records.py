@@ -361,21 +361,5 @@ def image_location(connection: redis.Redis, settings: Settings, job_id: str, n: 
     return objects.image_url(connection, settings, job_id, n)
 
 
-def draw_detections(png: bytes, result: dict, scale: int = 4) -> bytes:
-    """The PNG enlarged ``scale`` times with its detections drawn (``?boxes=true``), each in its kind's colour;
-    a record written before detections had kinds draws its boxes as confident."""
-    import io
-
-    from PIL import Image
-
-    from optimization.visualize import draw_kinds
-
-    kinds = [(d["box"], d["kind"], d["object"], d["confidence"]) for d in result.get("detections") or []] or \
-        [(box, "confident", "", None) for box in result["boxes"]]
-    buffer = io.BytesIO()
-    draw_kinds(Image.open(io.BytesIO(png)).convert("RGB"), kinds, scale).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def queue_depth(connection: redis.Redis, settings: Settings, model_id: str) -> int:
     return len(generation_queue(connection, settings, model_id))

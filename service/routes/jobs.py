@@ -256,7 +256,7 @@ def job_image(job_id: str, n: Annotated[int, Path(description="The image's index
         results = _record(connection, settings, job_id, owner)["results"]  # result n is image n
         if n >= len(results):
             raise ApiError(404, "not_found", f"job {job_id!r} has no detections for image {n}")
-        png = records.draw_detections(png, results[n], scale or 4)
+        png = draw_detections(png, results[n], scale or 4)
     elif scale not in (None, 1):
         png = images.enlarge(png, scale)
     body = images.convert(png, image_format)
@@ -265,3 +265,19 @@ def job_image(job_id: str, n: Annotated[int, Path(description="The image's index
     if if_none_match and headers["ETag"] in (tag.strip() for tag in if_none_match.split(",")):
         return Response(status_code=304, headers=headers)
     return Response(body, media_type=images.MEDIA_TYPES[image_format], headers=headers)
+
+
+def draw_detections(png: bytes, result: dict, scale: int = 4) -> bytes:
+    """The PNG enlarged ``scale`` times with its detections drawn (``?boxes=true``), each in its kind's colour;
+    a record written before detections had kinds draws its boxes as confident."""
+    import io
+
+    from PIL import Image
+
+    from optimization.visualize import draw_kinds
+
+    kinds = [(d["box"], d["kind"], d["object"], d["confidence"]) for d in result.get("detections") or []] or \
+        [(box, "confident", "", None) for box in result["boxes"]]
+    buffer = io.BytesIO()
+    draw_kinds(Image.open(io.BytesIO(png)).convert("RGB"), kinds, scale).save(buffer, format="PNG")
+    return buffer.getvalue()
