@@ -119,10 +119,6 @@ def _percentiles(seconds: list[float]) -> dict:
 
 def run(repeats: int = 15, load_seconds: float = 5.0, concurrency: int = 32, api_workers: int = 2,
         learning_jobs: int = 12, progress=None) -> dict:
-    from optimization.config import Budget
-    from optimization.count_token import CountToken
-    from optimization.engine import CountEngine
-
     step = progress or (lambda name: None)
     root = Path(tempfile.mkdtemp(prefix="tally-bench-service-"))
     redis_url = f"redis://127.0.0.1:{_port()}/0"
@@ -150,40 +146,7 @@ def run(repeats: int = 15, load_seconds: float = 5.0, concurrency: int = 32, api
 
         # 1. library hit through the service vs the same work done directly
         step("library-hit latency: service vs direct")
-        engine = CountEngine.from_spec(reference)
-        cls, count = "triangle", 6
-        token = CountToken(engine.token_key(cls, count), engine.word_vectors("of"), "of", {"source": "bench"})
-        assert http.post("/v1/tokens", content=token.to_bytes()).status_code == 201
-        body = {"prompt": "a photo of blue triangles", "count": count, "seed": 123, "policy": "library",
-                "budget": {"max_candidates": 8}}
-        service_s, direct_s, waits, runs, engine_s, pushed = [], [], [], [], [], []
-        client = Client(url, secret, timeout=120)
-        for r in range(repeats + 1):
-            t = time.perf_counter()
-            record = client.wait(client.submit(**body).id)  # the event stream: pushed, not polled
-            service_s.append(time.perf_counter() - t)
-            pushed.append(time.time() - record.timings["finished"])  # worker's finish -> client's final event
-            waits.append(record.timings["started"] - record.timings["submitted"])
-            runs.append(record.timings["finished"] - record.timings["started"])
-            engine_s.append(record.cost.seconds)
-        client.close()
-        # Direct calls after the service ones, not interleaved: this process's torch threads keep spinning
-        # for a while after each call and would slow the worker's next job.
-        for r in range(repeats + 1):
-            t = time.perf_counter()
-            engine.generate(body["prompt"], count, seed=123, policy="library", token=token,
-                            budget=Budget(max_candidates=8))
-            direct_s.append(time.perf_counter() - t)
-        service_med, direct_med = statistics.median(service_s[1:]), statistics.median(direct_s[1:])
-        result.update(cache_hit_ratio=round(service_med / direct_med, 3), cache_hit_service_s=round(service_med, 4),
-                      cache_hit_direct_s=round(direct_med, 4),
-                      cache_hit_overhead_ms=round(1000 * (service_med - direct_med), 1),
-                      # where the time goes: queue wait, the job in the worker, the engine inside it
-                      cache_hit_breakdown_ms={"queue_wait": round(1000 * statistics.median(waits[1:]), 1),
-                                              "job": round(1000 * statistics.median(runs[1:]), 1),
-                                              "engine": round(1000 * statistics.median(engine_s[1:]), 1)},
-                      finish_to_final_ms=_percentiles(pushed[1:]))
-        del engine
+        result.update(_library_hit(url, secret, http, reference, repeats))
 
         # 2. submissions and status reads under load (API + Redis), the worker idle, then busy
         step(f"load (wrk, {concurrency} connections, {load_seconds:g} s a run): submit, status; again, worker busy")
@@ -191,51 +154,11 @@ def run(repeats: int = 15, load_seconds: float = 5.0, concurrency: int = 32, api
 
         # 3. single flight: 20 concurrent jobs of one new key
         step("single flight: 20 concurrent jobs of a new key")
-        ids: list[str] = []
-        lock = threading.Lock()
-
-        def submit(seed: int) -> None:
-            job = httpx.post(f"{url}/v1/jobs", headers=auth, json={"prompt": "a photo of red crosses", "count": 9, "seed": seed,
-                                                      "policy": "library", "budget": {"max_candidates": 8}}).json()["id"]
-            with lock:
-                ids.append(job)
-
-        threads = [threading.Thread(target=submit, args=(s,)) for s in range(20)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        records = []
-        for job in ids:
-            while (record := http.get(f"/v1/jobs/{job}").json())["status"] not in ("succeeded", "failed"):
-                time.sleep(0.1)
-            records.append(record)
-        key = records[0]["token"]["key"]
-        started = redis.Redis.from_url(redis_url).hget(Keys(settings.redis_prefix).metrics(), f"library_tasks_started:{key}")
-        result["single_flight_library_tasks"] = int(started or 0)
+        key = _single_flight(url, auth, http, redis_url, settings, result)
 
         # 4. user jobs while that key's library task is learning (in slices, behind user jobs)
         step("user-job queue wait while a library task learns")
-        waits = []
-        for seed in range(learning_jobs):
-            tasks = {t["key"]: t for t in http.get("/v1/tokens/learning").json()}
-            if tasks.get(key, {}).get("status") not in ("queued", "running"):
-                break  # learning ended: later waits would not measure it
-            job = http.post("/v1/jobs", json={"prompt": "a photo of green squares", "count": 3, "seed": seed,
-                                              "policy": "resample", "budget": {"max_candidates": 8}}).json()["id"]
-            while (record := http.get(f"/v1/jobs/{job}").json())["status"] not in ("succeeded", "failed"):
-                time.sleep(0.05)
-            waits.append(record["timings"]["started"] - record["timings"]["submitted"])
-            time.sleep(0.5)  # let the next slice start
-        task = {t["key"]: t for t in http.get("/v1/tokens/learning").json()}.get(key, {})
-        http.delete(f"/v1/tokens/learning/{key}")
-        ordered = sorted(waits)
-        result["learning_wait"] = {
-            "jobs": len(waits), "slice_seconds": settings.library_slice_seconds,
-            "p50_s": round(statistics.median(waits), 3) if waits else None,
-            "p99_s": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 3) if waits else None,
-            "max_s": round(max(waits), 3) if waits else None,
-            "library_iterations_meanwhile": task.get("iterations"), "library_slices_meanwhile": task.get("slices")}
+        result["learning_wait"] = _learning_wait(http, key, settings, learning_jobs)
 
         # 5. a budget bounds each job's wall time from its start: 16 hopeless jobs submitted together
         step("budget wall time: 16 jobs of max_seconds 20 submitted together")
@@ -256,6 +179,97 @@ def run(repeats: int = 15, load_seconds: float = 5.0, concurrency: int = 32, api
                       batching={"on": on, "off": off})
         http.close()
     return result
+
+
+def _library_hit(url: str, secret: str, http: httpx.Client, reference, repeats: int) -> dict:
+    """A library hit through the service (event stream) against the same engine call made directly."""
+    from optimization.config import Budget
+    from optimization.count_token import CountToken
+    from optimization.engine import CountEngine
+
+    engine = CountEngine.from_spec(reference)
+    cls, count = "triangle", 6
+    token = CountToken(engine.token_key(cls, count), engine.word_vectors("of"), "of", {"source": "bench"})
+    assert http.post("/v1/tokens", content=token.to_bytes()).status_code == 201
+    body = {"prompt": "a photo of blue triangles", "count": count, "seed": 123, "policy": "library",
+            "budget": {"max_candidates": 8}}
+    service_s, direct_s, waits, runs, engine_s, pushed = [], [], [], [], [], []
+    with Client(url, secret, timeout=120) as client:
+        for _ in range(repeats + 1):
+            t = time.perf_counter()
+            record = client.wait(client.submit(**body).id)  # the event stream: pushed, not polled
+            service_s.append(time.perf_counter() - t)
+            pushed.append(time.time() - record.timings["finished"])  # worker's finish -> client's final event
+            waits.append(record.timings["started"] - record.timings["submitted"])
+            runs.append(record.timings["finished"] - record.timings["started"])
+            engine_s.append(record.cost.seconds)
+    # Direct calls after the service ones, not interleaved: this process's torch threads keep spinning
+    # for a while after each call and would slow the worker's next job.
+    for _ in range(repeats + 1):
+        t = time.perf_counter()
+        engine.generate(body["prompt"], count, seed=123, policy="library", token=token, budget=Budget(max_candidates=8))
+        direct_s.append(time.perf_counter() - t)
+    service_med, direct_med = statistics.median(service_s[1:]), statistics.median(direct_s[1:])
+    return {"cache_hit_ratio": round(service_med / direct_med, 3), "cache_hit_service_s": round(service_med, 4),
+            "cache_hit_direct_s": round(direct_med, 4),
+            "cache_hit_overhead_ms": round(1000 * (service_med - direct_med), 1),
+            # where the time goes: queue wait, the job in the worker, the engine inside it
+            "cache_hit_breakdown_ms": {"queue_wait": round(1000 * statistics.median(waits[1:]), 1),
+                                       "job": round(1000 * statistics.median(runs[1:]), 1),
+                                       "engine": round(1000 * statistics.median(engine_s[1:]), 1)},
+            "finish_to_final_ms": _percentiles(pushed[1:])}
+
+
+def _single_flight(url: str, auth: dict, http: httpx.Client, redis_url: str, settings: Settings, result: dict) -> str:
+    """20 concurrent library jobs of one new key: how many learning tasks started (into ``result``); the key."""
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def submit(seed: int) -> None:
+        body = {"prompt": "a photo of red crosses", "count": 9, "seed": seed, "policy": "library",
+                "budget": {"max_candidates": 8}}
+        job = httpx.post(f"{url}/v1/jobs", headers=auth, json=body).json()["id"]
+        with lock:
+            ids.append(job)
+
+    threads = [threading.Thread(target=submit, args=(s,)) for s in range(20)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    records = []
+    for job in ids:
+        while (record := http.get(f"/v1/jobs/{job}").json())["status"] not in ("succeeded", "failed"):
+            time.sleep(0.1)
+        records.append(record)
+    key = records[0]["token"]["key"]
+    started = redis.Redis.from_url(redis_url).hget(Keys(settings.redis_prefix).metrics(),
+                                                   f"library_tasks_started:{key}")
+    result["single_flight_library_tasks"] = int(started or 0)
+    return key
+
+
+def _learning_wait(http: httpx.Client, key: str, settings: Settings, jobs: int) -> dict:
+    """Queue wait of user jobs submitted one at a time while ``key``'s library task learns."""
+    waits = []
+    for seed in range(jobs):
+        tasks = {t["key"]: t for t in http.get("/v1/tokens/learning").json()}
+        if tasks.get(key, {}).get("status") not in ("queued", "running"):
+            break  # learning ended: later waits would not measure it
+        job = http.post("/v1/jobs", json={"prompt": "a photo of green squares", "count": 3, "seed": seed,
+                                          "policy": "resample", "budget": {"max_candidates": 8}}).json()["id"]
+        while (record := http.get(f"/v1/jobs/{job}").json())["status"] not in ("succeeded", "failed"):
+            time.sleep(0.05)
+        waits.append(record["timings"]["started"] - record["timings"]["submitted"])
+        time.sleep(0.5)  # let the next slice start
+    task = {t["key"]: t for t in http.get("/v1/tokens/learning").json()}.get(key, {})
+    http.delete(f"/v1/tokens/learning/{key}")
+    ordered = sorted(waits)
+    return {"jobs": len(waits), "slice_seconds": settings.library_slice_seconds,
+            "p50_s": round(statistics.median(waits), 3) if waits else None,
+            "p99_s": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 3) if waits else None,
+            "max_s": round(max(waits), 3) if waits else None,
+            "library_iterations_meanwhile": task.get("iterations"), "library_slices_meanwhile": task.get("slices")}
 
 
 def _batching(launcher: Launcher, url: str, secret: str, worker: str, jobs: int = 16, lone: int = 7) -> dict:
