@@ -14,6 +14,7 @@ import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
 from .config import ModelSpec, VerifyConfig
@@ -122,6 +123,16 @@ def detection_kinds(det: Detections, cls: str, config: VerifyConfig) -> list[tup
     return out
 
 
+class Reason(StrEnum):
+    """Why an image is not verified: the first check that failed."""
+
+    degenerate_image = "degenerate_image"  # not an image at all (``degenerate``)
+    count_mismatch = "count_mismatch"  # confident detections of the object != the count asked
+    ambiguous_detections = "ambiguous_detections"  # detections of the object in the ambiguous band
+    unclear_shapes = "unclear_shapes"  # shapes the detector calls no clean object (merged, fragment, smear)
+    crosscheck_disagrees = "crosscheck_disagrees"  # the independent counter counts otherwise
+
+
 @dataclass
 class Verification:
     """The verdict on one image: ``verified`` only if every check agrees on exactly ``target`` objects.
@@ -165,19 +176,19 @@ class Verification:
                 and (self.crosscheck is None or self.crosscheck == self.target))
 
     @property
-    def reason(self) -> str | None:
+    def reason(self) -> Reason | None:
         """Why the image is not verified (the first check that failed), None if it is."""
         if self.verified:
             return None
         if self.degenerate:
-            return "degenerate_image"
+            return Reason.degenerate_image
         if self.confident != self.target:
-            return "count_mismatch"
+            return Reason.count_mismatch
         if self.ambiguous:
-            return "ambiguous_detections"
+            return Reason.ambiguous_detections
         if self.doubtful:
-            return "unclear_shapes"
-        return "crosscheck_disagrees"
+            return Reason.unclear_shapes
+        return Reason.crosscheck_disagrees
 
     @property
     def miss(self) -> float:

@@ -8,8 +8,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from optimization.config import Policy, Stage
+from optimization.counter import Reason
 from workers.statuses import JobStatus as Status
-from workers.statuses import WebhookEvent
+from workers.statuses import LearningStatus, WebhookEvent
 
 
 class Error(BaseModel):
@@ -126,7 +127,7 @@ class ImageOut(BaseModel):
     verified: bool
     boxes: list[list[float]] = Field(description="The confident detections' boxes.")
     confidences: list[float]
-    reason: Literal["count_mismatch", "ambiguous_detections", "unclear_shapes", "crosscheck_disagrees"] | None = Field(
+    reason: Reason | None = Field(
         None, description="Why the image is not verified (the first check that failed); null when verified.")
     confident: int | None = Field(None, description="Detections of the object at the verification confidence.")
     ambiguous: int | None = Field(None, description="Detections of the object in the ambiguous confidence band.")
@@ -197,7 +198,7 @@ class LearningTask(BaseModel):
     model: str
     object: str
     count: int
-    status: Literal["queued", "running", "canceling", "canceled", "stored", "no_gain", "failed"]
+    status: LearningStatus
     iterations: int
     max_iterations: int
     slices: int

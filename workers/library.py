@@ -24,6 +24,7 @@ from rq import Callback
 
 from .queue import generation_queue, keys, library_queue
 from .settings import Settings
+from .statuses import LearningStatus
 
 log = logging.getLogger("tally.worker")
 
@@ -38,8 +39,8 @@ def schedule(connection: redis.Redis, settings: Settings, model_id: str, cls: st
     now = time.time()
     with connection.pipeline() as pipe:
         pipe.hset(k.learning(key_id), mapping={
-            "key": key_id, "model": model_id, "object": cls, "count": count, "status": "queued", "iterations": 0,
-            "max_iterations": settings.library.max_iterations, "slices": 0, "validation": "null",
+            "key": key_id, "model": model_id, "object": cls, "count": count, "status": LearningStatus.queued,
+            "iterations": 0, "max_iterations": settings.library.max_iterations, "slices": 0, "validation": "null",
             "created": now, "updated": now})
         pipe.expire(k.learning(key_id), settings.result_ttl)
         pipe.sadd(k.learning_index(), key_id)
@@ -67,10 +68,10 @@ def run_slice(rt, model_id: str, cls: str, count: int, key_id: str) -> dict:
     connection, settings, k = rt.connection, rt.settings, keys(rt.settings)
     canceled = lambda: bool(connection.exists(k.library_cancel(key_id)))  # noqa: E731
     if canceled():
-        return conclude(connection, settings, key_id, "canceled")
+        return conclude(connection, settings, key_id, LearningStatus.canceled)
     state = connection.get(k.library_state(key_id))
     users = generation_queue(connection, settings, model_id)
-    _update(connection, settings, key_id, status="running")
+    _update(connection, settings, key_id, status=LearningStatus.running)
     began = time.monotonic()
     try:
         part = rt.engine.library_slice(
@@ -80,9 +81,9 @@ def run_slice(rt, model_id: str, cls: str, count: int, key_id: str) -> dict:
             should_yield=lambda: len(users) > 0)  # a user job waits: the slice ends at its next step
     except Canceled:
         if canceled():
-            return conclude(connection, settings, key_id, "canceled")
+            return conclude(connection, settings, key_id, LearningStatus.canceled)
         enqueue_slice(connection, settings, model_id, cls, count, key_id, at_front=True)  # the worker is stopping
-        _update(connection, settings, key_id, status="queued")
+        _update(connection, settings, key_id, status=LearningStatus.queued)
         return {"key": key_id, "status": "requeued"}
     validation = part.token.metadata["validation"]
     log.info("library %s: a %s slice took %.1f s", key_id, part.token.metadata["stage"], time.monotonic() - began,
@@ -96,18 +97,19 @@ def run_slice(rt, model_id: str, cls: str, count: int, key_id: str) -> dict:
             pipe.expire(k.library_lock(key_id), settings.library_timeout)
             pipe.execute()
         enqueue_slice(connection, settings, model_id, cls, count, key_id)
-        _update(connection, settings, key_id, status="queued")
+        _update(connection, settings, key_id, status=LearningStatus.queued)
         return {"key": key_id, "status": "continues", "iterations": part.token.metadata["iterations"]}
     if rt.store.admit(part.token, settings.library.min_gain, settings.library_retry_after_s):
-        return conclude(connection, settings, key_id, "stored", gain=part.token.metadata["gain"])
-    return conclude(connection, settings, key_id, "no_gain", gain=part.token.metadata["gain"])
+        return conclude(connection, settings, key_id, LearningStatus.stored, gain=part.token.metadata["gain"])
+    return conclude(connection, settings, key_id, LearningStatus.no_gain, gain=part.token.metadata["gain"])
 
 
 def _update(connection: redis.Redis, settings: Settings, key_id: str, **fields) -> None:
     connection.hset(keys(settings).learning(key_id), mapping={**fields, "updated": time.time()})
 
 
-def conclude(connection: redis.Redis, settings: Settings, key_id: str, status: str, **fields) -> dict:
+def conclude(connection: redis.Redis, settings: Settings, key_id: str, status: LearningStatus,
+             **fields) -> dict:
     """End a task: free its key for the next miss and keep its record for the result TTL."""
     k = keys(settings)
     with connection.pipeline() as pipe:
@@ -143,5 +145,5 @@ def cancel(connection: redis.Redis, settings: Settings, key_id: str) -> bool:
     if not connection.exists(k.library_lock(key_id)):
         return False
     connection.set(k.library_cancel(key_id), 1, ex=settings.library_timeout)
-    _update(connection, settings, key_id, status="canceling")
+    _update(connection, settings, key_id, status=LearningStatus.canceling)
     return True

@@ -76,7 +76,7 @@ def recover_orphans(connection: redis.Redis, settings: Settings, model_id: str, 
                 job_interrupted(connection, settings, job.id, retried)
                 status = (read_record(connection, settings, job.id) or {}).get("status")
             else:
-                status = "queued" if retried else "failed"
+                status = JobStatus.queued if retried else JobStatus.failed
             log.warning("job %s: its worker %s died; now %s", job.id, job.worker_name, status)
             recovered.append(job.id)
     return recovered

@@ -21,6 +21,7 @@ from . import library, objects, stats
 from .queue import dequeued, keys
 from .records import JobStatus, has_webhook, job_ended, job_interrupted, push_event, save_record, worker_record
 from .requests import JobRequest
+from .statuses import LearningStatus
 
 log = logging.getLogger("tally.worker")
 
@@ -221,4 +222,4 @@ def release_library_lock(job: Job, connection, *exc_info) -> None:
     """RQ failure callback (also run for tasks abandoned by a dead worker): the next miss may start another."""
     from .settings import get_settings
 
-    library.conclude(connection, get_settings(), job.meta["key"], "failed")
+    library.conclude(connection, get_settings(), job.meta["key"], LearningStatus.failed)

@@ -35,7 +35,7 @@ from optimization.errors import InvalidRequest
 
 from .keys import Keys
 from .settings import Settings
-from .statuses import DEFAULT_EVENTS, WebhookEvent
+from .statuses import DEFAULT_EVENTS, TERMINAL, JobStatus, WebhookEvent
 
 log = logging.getLogger("tally.webhooks")
 
@@ -92,11 +92,11 @@ def event_type(event: dict) -> WebhookEvent | None:
     """What a job event is to a webhook: ``completed`` (any end), ``progress``, ``start`` (running, before any
     progress); None for the rest (queued, a cancel asked)."""
     status = event.get("status")
-    if status in ("succeeded", "failed", "canceled"):
+    if status in TERMINAL:
         return "completed"
-    if status == "running" and "progress" in event:
+    if status == JobStatus.running and "progress" in event:
         return "progress"
-    if status == "running" and "cancel_requested" not in event:
+    if status == JobStatus.running and "cancel_requested" not in event:
         return "start"
     return None
 
