@@ -149,9 +149,6 @@ def validate_token(data: bytes, classes: Iterable[str] | None, max_count: int,
     the model's are known) and ``family`` ("sd" / "sdxl") pin the layout further; ``max_norms`` (encoder name
     -> longest vector the model accepts, ``TextToImage.token_norm_bounds``) bounds the values. Torch-free (numpy).
     Every failure is InvalidRequest saying what is wrong."""
-    import numpy as np
-    from safetensors import SafetensorError, deserialize
-
     header = read_header(data)
     meta = header.get("__metadata__") or {}
     key = header_key(meta)
@@ -164,7 +161,14 @@ def validate_token(data: bytes, classes: Iterable[str] | None, max_count: int,
     if not 1 <= key.count <= max_count:
         raise InvalidRequest(f"count must be between 1 and {max_count} for this model, got {key.count}")
     header_stated(meta, max_count)
-    specs = {k: v for k, v in header.items() if k != "__metadata__"}
+    encoders = _check_layout({k: v for k, v in header.items() if k != "__metadata__"}, dims, family)
+    _check_values(data, encoders, max_norms)
+    return token_info(data)
+
+
+def _check_layout(specs: dict, dims: Mapping[str, int] | None, family: str | None) -> dict[str, str]:
+    """The header's tensors against the token layouts (and the model's encoders, where known); tensor name ->
+    encoder name."""
     names = set(specs)
     if names == {PLACEHOLDER}:
         encoders = {PLACEHOLDER: "clip_l"}
@@ -188,7 +192,16 @@ def validate_token(data: bytes, classes: Iterable[str] | None, max_count: int,
         if width is not None and shape[1] != width:
             raise InvalidRequest(f"tensor {name!r}: shape {shape}; this model's {encoders[name]} encoder "
                                  f"needs [1, {width}]")
-    try:  # the safetensors parser itself: offsets, sizes, overlaps, the JSON it accepts
+    return encoders
+
+
+def _check_values(data: bytes, encoders: dict[str, str], max_norms: Mapping[str, float] | None) -> None:
+    """The safetensors parser itself (offsets, sizes, overlaps, the JSON it accepts), then every value finite
+    and each vector's norm within the model's bound."""
+    import numpy as np
+    from safetensors import SafetensorError, deserialize
+
+    try:
         tensors = dict(deserialize(data))
     except (SafetensorError, ValueError, TypeError, OverflowError) as exc:
         raise InvalidRequest(f"corrupt token file: {str(exc)[:200]}") from None
@@ -204,7 +217,6 @@ def validate_token(data: bytes, classes: Iterable[str] | None, max_count: int,
         if bound is not None and norm > bound:
             raise InvalidRequest(f"tensor {name!r}: norm {norm:.3g}; this model's tokens stay below {bound:.3g} "
                                  "(a few times its longest word embedding)")
-    return token_info(data)
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> Path:
