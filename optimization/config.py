@@ -32,6 +32,12 @@ class Policy(StrEnum):
         """Whether the policy optimizes after sampling (and so reserves part of a job's seconds for it)."""
         return self in (Policy.refine, Policy.noise)
 
+    @property
+    def batches(self) -> bool:
+        """Whether jobs of the policy share pipeline batches with other jobs (optimization runs alone: it
+        would hold the others' results back)."""
+        return not self.optimizes
+
 
 class Stage(StrEnum):
     """What a running job is doing; the engine's progress events name it."""

@@ -20,8 +20,8 @@ import redis
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from workers import stats
 from workers.auth import ApiKey, RateLimited, admit
-from workers.keys import Keys
 from workers.settings import Settings
 
 from .errors import ApiError
@@ -51,7 +51,7 @@ def reject(connection: redis.Redis, settings: Settings, status: int, code: str, 
             headers: dict | None = None) -> ApiError:
     """An ApiError for a refused caller, counted by reason for /metrics."""
     try:
-        connection.hincrby(Keys(settings.redis_prefix).metrics(), f"rejected:{code}", 1)
+        stats.add(connection, settings, "rejected", 1, code)
     except redis.RedisError:
         pass  # the refusal stands whether or not Redis takes the count (it may be full)
     return ApiError(status, code, message, headers)

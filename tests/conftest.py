@@ -246,15 +246,15 @@ def tally_cli(tmp_path, monkeypatch, capsys, redis_url):
 
 @pytest.fixture
 def runtime(redis_url, tmp_path, t2i, counter, reference_spec, monkeypatch):
-    """A worker's runtime in this process (the session's models, a private key prefix), for an in-process RQ
-    worker."""
+    """A worker's job runner in this process (the session's models, a private key prefix), for an in-process
+    RQ worker."""
     import uuid
 
     import redis
 
     from optimization.counter import load_crosscheck
     from optimization.engine import CountEngine
-    from workers import worker
+    from workers.runtime import runner
     from workers.settings import Settings
     from workers.tokens import TokenStore
 
@@ -262,6 +262,6 @@ def runtime(redis_url, tmp_path, t2i, counter, reference_spec, monkeypatch):
                         token_dir=tmp_path / "tokens")
     connection = redis.Redis.from_url(redis_url)
     engine = CountEngine(t2i, counter, reference_spec, load_crosscheck(reference_spec.crosscheck), settings.refine)
-    rt = worker.WorkerRuntime(settings, reference_spec, connection, engine, TokenStore.for_settings(settings, connection))
-    monkeypatch.setattr(worker, "_runtime", rt)
+    rt = runner.JobRunner(settings, reference_spec, connection, engine, TokenStore.for_settings(settings, connection))
+    monkeypatch.setattr(runner, "_current", rt)
     return rt

@@ -3,16 +3,16 @@ queued behind its job into one batch; each keeps its own seeds, budget, outcome 
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 
 from optimization.config import Budget
 from optimization.engine import CountEngine, GenerationRequest
 from optimization.errors import InvalidRequest
-from workers import records, worker
+from workers import records
 from workers.queue import generation_queue
 from workers.requests import build_request
+from workers.runtime.process import TallyWorker
 
 from .test_worker import _submit
 
@@ -66,10 +66,7 @@ def test_a_worker_runs_queued_jobs_in_one_batch_and_completes_each(runtime):
     refine = _submit(runtime, prompt="a photo of red circles", count=3, seed=4, policy="refine",
                      budget={"max_candidates": 8, "max_iterations": 1})
     # The user queue only: the refine job's miss schedules library learning, which is not under test here.
-    tally_worker = worker.TallyWorker([generation_queue(runtime.connection, runtime.settings, "reference")],
-                                      connection=runtime.connection)
-    tally_worker.shutdown = threading.Event()
-    tally_worker.work(burst=True, with_scheduler=False)
+    TallyWorker.serving(runtime, [generation_queue(runtime.connection, runtime.settings, "reference")]).work(burst=True, with_scheduler=False)
 
     got = {j: records.job_record(runtime.connection, runtime.settings, j, "tester") for j in [*jobs, bad, refine]}
     for j in jobs:

@@ -37,7 +37,7 @@ JOB = {"prompt": "a photo of red circles", "count": 3, "queue_if_offline": True}
 
 @pytest.fixture(scope="session")
 def reference(t2i):
-    """What a worker of the reference model publishes (``workers.worker.publish_model_info``), and its widths."""
+    """What a worker of the reference model publishes (``workers.runtime.process.publish_model_info``), and its widths."""
     info = {"id": "reference", "fingerprint": t2i.fingerprint, "classes": CLASSES, "family": t2i.family,
             "image_size": t2i.image_size, "max_count": 12, "token_norm_bounds": t2i.token_norm_bounds}
     return info, {name: encoder.config.hidden_size for name, _, encoder in t2i.encoders()}

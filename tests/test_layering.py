@@ -34,6 +34,15 @@ def test_imports_flow_service_workers_optimization(package, forbidden):
             assert name.split(".")[0] not in forbidden, f"{path.relative_to(ROOT)} imports {name}"
 
 
+def test_only_the_worker_process_imports_the_worker_runtime():
+    """``workers/runtime`` runs inside ``tally worker``; the data layer (``workers/*.py``) and the API share
+    what is above it and never reach into it (the CLI's ``tally worker`` starts it)."""
+    users = [p for d in ("workers", "service", "tally") for p in (ROOT / d).rglob("*.py")
+             if "workers.runtime" in {n[:len("workers.runtime")] for n in _imports(p)}
+             and p.parent != ROOT / "workers" / "runtime"]
+    assert [str(p.relative_to(ROOT)) for p in users] == ["tally/cli/serve.py"]
+
+
 @pytest.mark.parametrize("path", ["optimization/engine.py", "optimization/pipelines.py", "optimization/optimizer.py",
                                   "optimization/counter.py", "optimization/yolo.py", *[
                                       str(p.relative_to(ROOT)) for d in ("workers", "service")

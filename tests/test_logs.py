@@ -10,9 +10,10 @@ import re
 
 import pytest
 
-from workers import logs, records, worker
+from workers import logs, records
 from workers.queue import generation_queue
 from workers.requests import build_request
+from workers.runtime.process import TallyWorker
 from workers.settings import Settings
 
 
@@ -30,16 +31,15 @@ def test_every_line_a_worker_logs_during_a_job_is_json_and_carries_the_job_id(ru
     submitted = [records.submit(runtime.connection, runtime.settings, build_request(
         runtime.settings, prompt="a photo of green triangles", count=4, seed=seed, policy="resample",
         budget={"max_candidates": 2}), owner="tester").job_id for seed in (1, 2)]
-    runner = worker.TallyWorker([generation_queue(runtime.connection, runtime.settings, "reference")],
-                                connection=runtime.connection, name="w-logs")
-    runner.shutdown = runtime.shutdown
-    runner.work(burst=True, with_scheduler=False, logging_level="INFO")
+    worker = TallyWorker.serving(runtime, [generation_queue(runtime.connection, runtime.settings, "reference")],
+                                 name="w-logs")
+    worker.work(burst=True, with_scheduler=False, logging_level="INFO")
 
     lines = [json.loads(line) for line in log_lines()]  # every line is one JSON object
     assert lines and all(line["worker"] == "w-logs" and line["model"] == "reference" and line["level"] and
                          line["logger"] and line["time"] for line in lines)
     assert {line["job_id"] for line in lines if "job_id" in line} == set(submitted)
-    announced = re.compile(r"workers\.tasks\.\w+\(.*\) \(\w+\)$")  # RQ's word that it dequeued a job, just before it
+    announced = re.compile(r"workers\.runtime\.tasks\.\w+\(.*\) \(\w+\)$")  # RQ's word that it dequeued a job, just before it
     stamped = [n for n, line in enumerate(lines) if "job_id" in line]
     assert all("job_id" in line or announced.search(line["message"])  # nothing unstamped while jobs ran
                for line in lines[stamped[0]:stamped[-1] + 1])

@@ -15,7 +15,8 @@ import yaml
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from workers import worker
+from workers.runtime import runner
+from workers.runtime.process import TallyWorker
 from workers.keys import Keys
 from workers.queue import generation_queue
 from workers.settings import Settings
@@ -58,20 +59,19 @@ def finished_job(settings, api, t2i, counter, reference_spec):
 
     connection = redis.Redis.from_url(settings.redis_url)
     engine = CountEngine(t2i, counter, reference_spec, load_crosscheck(reference_spec.crosscheck), settings.refine)
-    previous = worker._runtime
-    worker._runtime = worker.WorkerRuntime(settings, reference_spec, connection, engine,
-                                           TokenStore.for_settings(settings, connection))
+    previous = runner._current
+    runner._current = job_runner = runner.JobRunner(settings, reference_spec, connection, engine,
+                                                    TokenStore.for_settings(settings, connection))
     response = api.post("/v1/jobs", json={"prompt": "a photo of red circles", "count": 6, "num_images": 2, "seed": 1,
                                           "policy": "refine", "budget": {"max_candidates": 2, "max_iterations": 1},
                                           "queue_if_offline": True})
     assert response.status_code == 202, response.text
     before = _families(api.get("/metrics").text)
-    runner = worker.TallyWorker([generation_queue(connection, settings, "reference")], connection=connection)
-    runner.shutdown = worker._runtime.shutdown
     try:
-        runner.work(burst=True, with_scheduler=False, logging_level="WARNING")
+        TallyWorker.serving(job_runner, [generation_queue(connection, settings, "reference")]).work(
+            burst=True, with_scheduler=False, logging_level="WARNING")
     finally:
-        worker._runtime = previous
+        runner._current = previous
     record = api.get(f"/v1/jobs/{response.json()['id']}").json()
     assert record["status"] == "succeeded" and record["cost"]["iterations"] > 0, record  # it refined: every stage
     return before, _families(api.get("/metrics").text), record

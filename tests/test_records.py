@@ -13,13 +13,10 @@ import redis
 from rq import SimpleWorker
 from rq.job import Job
 
-from optimization.engine import CountEngine
-from workers import records, worker
+from workers import records
 from workers.queue import generation_queue, keys, library_queue
 from workers.recovery import recover_orphans
 from workers.requests import build_request
-from workers.settings import Settings
-from workers.tokens import TokenStore
 
 BODY = {"prompt": "a photo of red circles", "count": 2, "budget": {"max_candidates": 8}}
 
@@ -41,16 +38,9 @@ def _round_trips(connection: redis.Redis, call) -> int:
 
 
 @pytest.fixture
-def runtime(redis_url, tmp_path, t2i, counter, reference_spec, monkeypatch):
-    from optimization.counter import load_crosscheck
-
-    settings = Settings(redis_url=redis_url, redis_prefix=f"r{uuid.uuid4().hex[:8]}", runtime_dir=tmp_path,
-                        token_dir=tmp_path / "tokens", job_retries=2)
-    connection = redis.Redis.from_url(redis_url)
-    engine = CountEngine(t2i, counter, reference_spec, load_crosscheck(reference_spec.crosscheck), settings.refine)
-    rt = worker.WorkerRuntime(settings, reference_spec, connection, engine, TokenStore.for_settings(settings, connection))
-    monkeypatch.setattr(worker, "_runtime", rt)
-    return rt
+def runtime(runtime):
+    runtime.settings = runtime.settings.model_copy(update={"job_retries": 2})
+    return runtime
 
 
 def _submit(rt, owner: str = "tester", **body) -> str:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from optimization.reference.scenes import MAX_COUNT, caption, render_scene
+from optimization.reference.scenes import MAX_COUNT, render_scene
 
 pytestmark = pytest.mark.unit
 

@@ -87,6 +87,7 @@ def test_only_a_job_that_succeeds_starts_library_learning(runtime):
 
 def test_library_learning_runs_in_slices_that_let_user_jobs_through(runtime, monkeypatch):
     from workers import library
+    from workers.runtime import slices
 
     settings = runtime.settings.model_copy(update={
         "library": runtime.settings.library.model_copy(update={
@@ -96,7 +97,7 @@ def test_library_learning_runs_in_slices_that_let_user_jobs_through(runtime, mon
     key = runtime.engine.token_key("triangle", 4).id
     assert library.schedule(runtime.connection, settings, "reference", "triangle", 4, key)
     assert not library.schedule(runtime.connection, settings, "reference", "triangle", 4, key)  # single flight
-    user_jobs, real = [], library.run_slice
+    user_jobs, real = [], slices.run_slice
 
     def slice_then_a_user_arrives(*args):
         out = real(*args)
@@ -105,7 +106,7 @@ def test_library_learning_runs_in_slices_that_let_user_jobs_through(runtime, mon
                                      budget={"max_candidates": 8}))
         return out
 
-    monkeypatch.setattr(library, "run_slice", slice_then_a_user_arrives)
+    monkeypatch.setattr(slices, "run_slice", slice_then_a_user_arrives)
     _work(runtime)
     [task] = library.tasks(runtime.connection, settings)
     config, engine = settings.library, runtime.engine
@@ -119,6 +120,7 @@ def test_library_learning_runs_in_slices_that_let_user_jobs_through(runtime, mon
 
 def test_a_waiting_user_job_ends_a_long_learning_slice_at_its_next_step(runtime, monkeypatch):
     from workers import library
+    from workers.runtime import slices
 
     settings = runtime.settings.model_copy(update={
         "library": runtime.settings.library.model_copy(update={
@@ -127,7 +129,7 @@ def test_a_waiting_user_job_ends_a_long_learning_slice_at_its_next_step(runtime,
     runtime.settings = settings
     key = runtime.engine.token_key("triangle", 4).id
     assert library.schedule(runtime.connection, settings, "reference", "triangle", 4, key)
-    user_jobs, real = [], library.run_slice
+    user_jobs, real = [], slices.run_slice
 
     def a_user_arrives_then_slice(*args):
         if not user_jobs:
@@ -135,7 +137,7 @@ def test_a_waiting_user_job_ends_a_long_learning_slice_at_its_next_step(runtime,
                                      budget={"max_candidates": 8}))
         return real(*args)
 
-    monkeypatch.setattr(library, "run_slice", a_user_arrives_then_slice)
+    monkeypatch.setattr(slices, "run_slice", a_user_arrives_then_slice)
     _work(runtime)
     [task] = library.tasks(runtime.connection, settings)
     # calibration's first batch, the user job, the rest of calibration, the gradient token (2 without the user job)

@@ -1,7 +1,7 @@
 """Background library learning of count tokens.
 
 - **Single flight**: one task per key, however many jobs miss it at once (an atomic lock).
-- **Slices**: a task learns for about ``library_slice_seconds``, or until a user job of its model is queued
+- **Slices** (``runtime.slices``, in a worker): a task learns for about ``library_slice_seconds``, or until a user job of its model is queued
   (checked between iterations and generation batches), saves its optimizer state, and queues its next slice
   behind the user jobs, so a worker busy learning delays a user job by about one iteration. A slice
   interrupted by a stopping worker is queued again; the saved state loses nothing.
@@ -22,7 +22,8 @@ import uuid
 import redis
 from rq import Callback
 
-from .queue import generation_queue, keys, library_queue
+from . import stats
+from .queue import keys, library_queue
 from .settings import Settings
 from .statuses import LearningStatus
 
@@ -44,8 +45,8 @@ def schedule(connection: redis.Redis, settings: Settings, model_id: str, cls: st
             "created": now, "updated": now})
         pipe.expire(k.learning(key_id), settings.result_ttl)
         pipe.sadd(k.learning_index(), key_id)
-        pipe.hincrby(k.metrics(), "library_tasks_started", 1)
-        pipe.hincrby(k.metrics(), f"library_tasks_started:{key_id}", 1)
+        stats.add(pipe, settings, "library_tasks_started")
+        stats.add(pipe, settings, "library_tasks_started", 1, key_id)
         pipe.execute()
     enqueue_slice(connection, settings, model_id, cls, count, key_id)
     return True
@@ -54,57 +55,13 @@ def schedule(connection: redis.Redis, settings: Settings, model_id: str, cls: st
 def enqueue_slice(connection: redis.Redis, settings: Settings, model_id: str, cls: str, count: int, key_id: str,
                   at_front: bool = False) -> None:
     library_queue(connection, settings, model_id).enqueue_call(
-        "workers.tasks.library_job", kwargs={"model_id": model_id, "cls": cls, "count": count, "key_id": key_id},
+        "workers.runtime.tasks.library_job", kwargs={"model_id": model_id, "cls": cls, "count": count, "key_id": key_id},
         job_id=f"library-{key_id}-{uuid.uuid4().hex[:8]}", timeout=settings.library_timeout,
         result_ttl=settings.result_ttl, failure_ttl=settings.result_ttl, at_front=at_front,
-        on_failure=Callback("workers.tasks.release_library_lock"), meta={"key": key_id, "kind": "library"})
+        on_failure=Callback("workers.runtime.tasks.release_library_lock"), meta={"key": key_id, "kind": "library"})
 
 
-def run_slice(rt, model_id: str, cls: str, count: int, key_id: str) -> dict:
-    """One slice of a library task, in a worker: resume, learn, then queue the next slice or conclude."""
-    from optimization.engine import LibrarySlice
-    from optimization.optimizer import Canceled
-
-    connection, settings, k = rt.connection, rt.settings, keys(rt.settings)
-    canceled = lambda: bool(connection.exists(k.library_cancel(key_id)))  # noqa: E731
-    if canceled():
-        return conclude(connection, settings, key_id, LearningStatus.canceled)
-    state = connection.get(k.library_state(key_id))
-    users = generation_queue(connection, settings, model_id)
-    _update(connection, settings, key_id, status=LearningStatus.running)
-    began = time.monotonic()
-    try:
-        part = rt.engine.library_slice(
-            cls, count, settings.library, resume=LibrarySlice.load_state(state) if state else None,
-            slice_seconds=settings.library_slice_seconds,
-            should_stop=lambda: rt.shutdown.is_set() or canceled(),
-            should_yield=lambda: len(users) > 0)  # a user job waits: the slice ends at its next step
-    except Canceled:
-        if canceled():
-            return conclude(connection, settings, key_id, LearningStatus.canceled)
-        enqueue_slice(connection, settings, model_id, cls, count, key_id, at_front=True)  # the worker is stopping
-        _update(connection, settings, key_id, status=LearningStatus.queued)
-        return {"key": key_id, "status": "requeued"}
-    validation = part.token.metadata["validation"]
-    log.info("library %s: a %s slice took %.1f s", key_id, part.token.metadata["stage"], time.monotonic() - began,
-             extra={"key": key_id, "stage": part.token.metadata["stage"],
-                    "seconds": round(time.monotonic() - began, 2)})
-    connection.hincrby(k.learning(key_id), "slices", 1)
-    _update(connection, settings, key_id, iterations=part.token.metadata["iterations"], validation=json.dumps(validation))
-    if not part.done:
-        with connection.pipeline() as pipe:
-            pipe.set(k.library_state(key_id), part.state_bytes(), ex=settings.library_timeout)
-            pipe.expire(k.library_lock(key_id), settings.library_timeout)
-            pipe.execute()
-        enqueue_slice(connection, settings, model_id, cls, count, key_id)
-        _update(connection, settings, key_id, status=LearningStatus.queued)
-        return {"key": key_id, "status": "continues", "iterations": part.token.metadata["iterations"]}
-    if rt.store.admit(part.token, settings.library.min_gain, settings.library_retry_after_s):
-        return conclude(connection, settings, key_id, LearningStatus.stored, gain=part.token.metadata["gain"])
-    return conclude(connection, settings, key_id, LearningStatus.no_gain, gain=part.token.metadata["gain"])
-
-
-def _update(connection: redis.Redis, settings: Settings, key_id: str, **fields) -> None:
+def update(connection: redis.Redis, settings: Settings, key_id: str, **fields) -> None:
     connection.hset(keys(settings).learning(key_id), mapping={**fields, "updated": time.time()})
 
 
@@ -145,5 +102,5 @@ def cancel(connection: redis.Redis, settings: Settings, key_id: str) -> bool:
     if not connection.exists(k.library_lock(key_id)):
         return False
     connection.set(k.library_cancel(key_id), 1, ex=settings.library_timeout)
-    _update(connection, settings, key_id, status=LearningStatus.canceling)
+    update(connection, settings, key_id, status=LearningStatus.canceling)
     return True

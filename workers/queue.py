@@ -127,10 +127,10 @@ def enqueue_generation(connection: redis.Redis, settings: Settings, request: Job
     queue = generation_queue(connection, settings, request.model)
     k = keys(settings)
     job = queue.enqueue_call(
-        "workers.tasks.generate_job", kwargs={"request": request.model_dump(mode="json")}, job_id=job_id,
+        "workers.runtime.tasks.generate_job", kwargs={"request": request.model_dump(mode="json")}, job_id=job_id,
         timeout=settings.job_timeout, result_ttl=settings.result_ttl, failure_ttl=settings.result_ttl,
         ttl=settings.result_ttl, meta=meta, retry=Retry(max=settings.job_retries) if settings.job_retries else None,
-        on_failure=Callback("workers.tasks.generation_failed"), pipeline=pipeline)
+        on_failure=Callback("workers.runtime.tasks.generation_failed"), pipeline=pipeline)
     pipeline.eval(_FAIR_INSERT, 3, queue.key, k.queue_owners(request.model), k.queue_owner_counts(request.model),
                   job_id, meta["owner"], settings.result_ttl)
     return job

@@ -29,7 +29,7 @@ from rq.queue import Queue
 
 from optimization.config import ModelSpec
 
-from . import objects, webhooks
+from . import objects, stats, webhooks
 from .queue import dequeued, enqueue_generation, generation_queue, keys, live_workers
 from .requests import JobRequest
 from .settings import Settings
@@ -89,7 +89,7 @@ def submit(connection: redis.Redis, settings: Settings, request: JobRequest, own
         push_event(pipe, settings, job_id, {"status": JobStatus.queued})
         pipe.sadd(k.owner_active(owner), job_id)
         pipe.expire(k.owner_active(owner), settings.result_ttl)
-        pipe.hincrby(k.metrics(), "jobs_submitted", 1)
+        stats.add(pipe, settings, "jobs_submitted")
         pipe.execute()
     return Submitted(job_id, created=True)
 

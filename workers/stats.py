@@ -4,7 +4,8 @@ numbers. Each writer pays one pipelined round trip; the happy path of the API pa
 
 They live in the metrics hash (``Keys.metrics``) beside the older plain counters, one field per labelled
 series, its labels joined by ``:`` after the figure's name (the first label may itself hold a ``:``, so
-fields are split from the right). This module is the only one that builds or reads these field names.
+fields are split from the right). This module is the only one that writes counters (``add`` for the others'
+plain ones) or builds or reads these field names.
 
 A latency histogram is kept Prometheus-style but not cumulative: an observation adds one to the first bucket
 whose bound it does not exceed (``+Inf`` past the last), and to its sum and count; ``read`` adds the buckets
@@ -131,6 +132,16 @@ def record_library_lookup(connection: redis.Redis, settings: Settings, model: st
         if scheduled:
             pipe.hincrby(metrics, _field("learning_scheduled", model), 1)
         pipe.execute()
+
+
+def add(target, settings: Settings, figure: str, amount: int | float = 1, *labels) -> None:
+    """Add ``amount`` to a counter: a plain one (``jobs_submitted``, ``engine_seconds`` ...) or, with
+    ``labels``, a series of ``FIGURES``. ``target`` is a connection, or a pipeline its caller executes."""
+    name, metrics = _field(figure, *labels), Keys(settings.redis_prefix).metrics()
+    if isinstance(amount, float):
+        target.hincrbyfloat(metrics, name, amount)
+    else:
+        target.hincrby(metrics, name, amount)
 
 
 def count_http_error(connection: redis.Redis, settings: Settings, status: int, code: str) -> None:

@@ -33,6 +33,7 @@ import redis
 
 from optimization.errors import InvalidRequest
 
+from . import stats
 from .keys import Keys
 from .settings import Settings
 from .statuses import DEFAULT_EVENTS, TERMINAL, JobStatus, WebhookEvent
@@ -198,7 +199,7 @@ class Dispatcher:
         try:
             response = self.http.post(delivery["url"], content=body, headers=headers)
             if response.is_success:
-                self.connection.hincrby(self.keys.metrics(), "webhooks_delivered", 1)
+                stats.add(self.connection, self.settings, "webhooks_delivered")
                 return
             why = f"status {response.status_code}"
         except httpx.HTTPError as exc:
@@ -206,7 +207,7 @@ class Dispatcher:
         if delivery["attempt"] >= self.settings.webhook_max_attempts:
             log.warning("webhook %s to %s given up after %d attempts (%s)", delivery["id"], delivery["url"],
                         delivery["attempt"], why)
-            self.connection.hincrby(self.keys.metrics(), "webhooks_failed", 1)
+            stats.add(self.connection, self.settings, "webhooks_failed")
             return
         due = time.time() + min(2.0 ** (delivery["attempt"] - 1), 300.0)  # 1, 2, 4 ... s, at most 5 min
         retry = {**delivery, "attempt": delivery["attempt"] + 1}

@@ -23,7 +23,7 @@ def worker(
     name: Annotated[Optional[str], typer.Option(help="Worker name (unique per host).")] = None,
 ) -> None:
     """Load one model's pipeline and detector once and serve its queues (user jobs before library tasks)."""
-    from workers.worker import run_worker
+    from workers.runtime.process import run_worker
 
     settings = prepare()
     settings.model(model)  # an unknown id is one line before anything loads

@@ -2,25 +2,20 @@
 up to ``batch_size``) and runs their sampling in shared pipeline batches (``CountEngine.generate_many``).
 
 Each taken job is first registered as started by this worker (RQ's started registry, so a worker that dies
-now has its jobs recovered like any other), then all run together, each with its own seeds, budget,
-cancellation and progress; RQ then completes them one by one, ``generate_job`` finding its outcome ready.
-Jobs whose policy refines their token run alone: refinement does not share a batch, and would hold the
-others' results back.
+now has its jobs recovered like any other), then all run together (``JobRunner.run_together``), each with its own seeds,
+budget, cancellation and progress; RQ then completes them one by one, ``generate_job`` finding its outcome ready.
+Jobs whose policy optimizes run alone (``Policy.batches``).
 """
 
 from __future__ import annotations
-
-import logging
 
 from rq.job import Job
 from rq.queue import Queue
 
 from optimization.config import Policy
 
-from .requests import JobRequest
-
-log = logging.getLogger("tally.worker")
-GENERATE = "workers.tasks.generate_job"
+from ..requests import JobRequest
+from .tasks import GENERATE
 
 
 def batchable(job: Job) -> bool:
@@ -28,7 +23,7 @@ def batchable(job: Job) -> bool:
         request = JobRequest.model_validate(job.kwargs["request"])
     except Exception:  # noqa: BLE001 - not ours to judge here: it runs alone and fails there
         return False
-    return job.func_name == GENERATE and request.policy in (Policy.resample, Policy.library)
+    return job.func_name == GENERATE and Policy(request.policy).batches
 
 
 def take_companions(worker, queue: Queue, limit: int) -> list[tuple[Job, object]]:
@@ -48,24 +43,6 @@ def take_companions(worker, queue: Queue, limit: int) -> list[tuple[Job, object]
         claim(worker, job)
         taken.append((job, worker.prepare_execution(job)))
     return taken
-
-
-def run_together(runtime, jobs: list[Job]) -> None:
-    """Start every job, run them in shared batches, and leave each outcome in ``runtime.batched``."""
-    from .tasks import engine_request, start_job
-
-    entries = []
-    for job in jobs:
-        req = JobRequest.model_validate(job.kwargs["request"])
-        report = start_job(runtime, job, req)
-        try:
-            entries.append((job, report, engine_request(runtime, job, req, report)))
-        except Exception as exc:  # noqa: BLE001 - that job's outcome, raised when RQ runs it
-            runtime.batched[job.id] = (report, exc)
-    outcomes = runtime.engine.generate_many([request for _, _, request in entries], runtime.settings.batch_size)
-    for (job, report, _), outcome in zip(entries, outcomes):
-        runtime.batched[job.id] = (report, outcome)
-    log.info("ran %d jobs in shared batches", len(jobs))
 
 
 def claim(worker, job: Job) -> None:
