@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from optimization.config import Budget
-from optimization.engine import CountEngine, GenerationRequest
+from optimization.engine import CountEngine
+from optimization.job import GenerationRequest
 from optimization.errors import InvalidRequest
 from workers import records
 from workers.queue import generation_queue

@@ -6,6 +6,7 @@ import torch
 from optimization.config import Budget, LibraryConfig
 from optimization.count_token import CountToken
 from optimization.engine import CountEngine
+from optimization.library import learn_token
 
 SHIFT = 2  # the shifted model draws the count of the number two below the one written
 
@@ -31,7 +32,7 @@ CALIBRATION = LibraryConfig(calibration_seeds=16, calibration_below=1, calibrati
 
 @pytest.fixture(scope="module")
 def learned(undercounting_engine) -> CountToken:
-    return undercounting_engine.learn_library_token("circle", 5, CALIBRATION)
+    return learn_token(undercounting_engine, "circle", 5, CALIBRATION)
 
 
 def test_calibration_picks_a_stated_number_that_beats_the_plain_one(learned):
@@ -65,6 +66,6 @@ def test_the_library_token_states_the_calibrated_number_and_records_both_validat
 
 
 def test_a_budget_in_seconds_covers_calibration_and_every_slice(undercounting_engine):
-    token = undercounting_engine.learn_library_token(
-        "circle", 5, CALIBRATION.model_copy(update={"max_iterations": 50, "max_seconds": 0.5}))
+    token = learn_token(
+        undercounting_engine, "circle", 5, CALIBRATION.model_copy(update={"max_iterations": 50, "max_seconds": 0.5}))
     assert token.metadata["iterations"] <= 1  # calibration alone spent the budget: one iteration at most follows

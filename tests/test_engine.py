@@ -9,7 +9,9 @@ from pydantic import ValidationError
 from optimization.config import Budget, LibraryConfig
 from optimization.count_token import CountToken, TokenKey
 from optimization.counter import load_crosscheck, potential, verify
-from optimization.engine import CANDIDATE_BATCH, CountEngine
+from optimization.engine import CountEngine
+from optimization.job import CANDIDATE_BATCH
+from optimization.library import learn_token
 from optimization.optimizer import Canceled
 from optimization.reference.crosscheck import crosscheck_count
 from optimization.reference.scenes import render_scene
@@ -151,7 +153,7 @@ def test_optimizing_policies_leave_their_reserve_of_the_seconds_to_optimization(
 @pytest.mark.parametrize("policy", ["resample", "refine"])
 def test_a_deadline_bounds_the_wall_time_whatever_the_budget_left(hopeless, policy):
     # What a batch shared with other jobs, or a retry, leaves of a job's wall time: its deadline ends it.
-    from optimization.engine import GenerationRequest
+    from optimization.job import GenerationRequest
 
     budget = Budget(max_seconds=600, max_candidates=10_000, max_iterations=10_000)
     began = time.time()
@@ -206,7 +208,7 @@ def test_token_for_another_model_or_key_is_refused(engine):
 
 def test_library_learning_validates_on_disjoint_seeds_and_keeps_the_best(engine):
     config = LibraryConfig(max_iterations=2, seeds_per_iteration=2, validation_seeds=4, validate_every=1, calibration_seeds=4)
-    token = engine.learn_library_token("triangle", 4, config)
+    token = learn_token(engine, "triangle", 4, config)
     validation = token.metadata["validation"]
     assert validation["base"]["n"] == 4 and validation["best_iteration"] in (0, 1, 2)
     candidates = (validation["calibration"], validation["gradient"])  # the untrained token, the trained ones

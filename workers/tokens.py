@@ -283,7 +283,9 @@ class TokenStore:
     def learn(self, engine: CountEngine, cls: str, count: int, config: LibraryConfig, progress=None,
               should_stop=None, retry_after_s: int = 0) -> CountToken | None:
         """Learn the library token of (engine's model, cls, count); stored (and returned) only if it helps."""
-        token = engine.learn_library_token(cls, count, config, progress=progress, should_stop=should_stop)
+        from optimization.library import learn_token
+
+        token = learn_token(engine, cls, count, config, progress=progress, should_stop=should_stop)
         return token if self.admit(token, config.min_gain, retry_after_s) else None
 
     def admit(self, token: CountToken, min_gain: float, retry_after_s: int = 0) -> bool:

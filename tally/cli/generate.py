@@ -115,6 +115,7 @@ def optimize(
     """Learn a count token: a reusable library token, or a refinement on one seed of one prompt."""
     from optimization.count_token import CountToken, place_token
     from optimization.counter import resolve
+    from optimization.library import learn_token
     from optimization.prompts import plural, with_count
 
     if mode not in ("library", "refine"):
@@ -132,7 +133,7 @@ def optimize(
                 "max_iterations": iterations, "seeds_per_iteration": seeds_per_iteration,
                 "validation_seeds": validation_seeds, "seed": seed, "lr": lr or DEFAULTS.library.lr,
                 "min_gain": min_gain})
-            token = engine.learn_library_token(cls, count, config, progress=lambda r: update(r.iteration))
+            token = learn_token(engine, cls, count, config, progress=lambda r: update(r.iteration))
             summary = token.metadata
             if out is None:  # the library's door: only a token that beats the base enters
                 stored = token_store().admit(token, config.min_gain)

@@ -168,7 +168,7 @@ class JobRunner:
     def _engine_request(self, job: Job, req: JobRequest, report: Reporter):
         """The library lookup (a miss is learned once the job has succeeded), the record's token and warnings,
         and what the engine is asked."""
-        from optimization.engine import GenerationRequest
+        from optimization.job import GenerationRequest
 
         engine, cancel_key = self.engine, keys(self.settings).job_cancel(job.id)
         cls = engine.resolve_object(req.prompt, req.object)

@@ -15,7 +15,7 @@ log = logging.getLogger("tally.worker")
 
 def run_slice(runner, model_id: str, cls: str, count: int, key_id: str) -> dict:
     """One slice of a library task, in a worker: resume, learn, then queue the next slice or conclude."""
-    from optimization.engine import LibrarySlice
+    from optimization.library import LibrarySlice, library_slice
     from optimization.optimizer import Canceled
 
     connection, settings, k = runner.connection, runner.settings, keys(runner.settings)
@@ -27,8 +27,8 @@ def run_slice(runner, model_id: str, cls: str, count: int, key_id: str) -> dict:
     update(connection, settings, key_id, status=LearningStatus.running)
     began = time.monotonic()
     try:
-        part = runner.engine.library_slice(
-            cls, count, settings.library, resume=LibrarySlice.load_state(state) if state else None,
+        part = library_slice(
+            runner.engine, cls, count, settings.library, resume=LibrarySlice.load_state(state) if state else None,
             slice_seconds=settings.library_slice_seconds,
             should_stop=lambda: runner.shutdown.is_set() or canceled(),
             should_yield=lambda: len(users) > 0)  # a user job waits: the slice ends at its next step
