@@ -177,7 +177,7 @@ class JobUnsuccessful(InvalidRequest):
 def _report(client, final, out: Optional[Path], json_path) -> None:
     """What ``submit`` and ``get`` print of a job: warnings, each image with its counts and why it is not
     verified, the cost; the images saved into ``out`` as <job>-<n>.png and <job>-<n>-boxes.png."""
-    from tally.client import TERMINAL
+    from workers.statuses import TERMINAL
 
     write_json(final.model_dump(mode="json"), json_path)
     for warning in final.warnings:
@@ -292,7 +292,8 @@ def get(
     json_path: JsonOption = None,
 ) -> None:
     """A job's record (a detached one, say): its images with their counts, and them saved with --out."""
-    from tally.client import TERMINAL, Client
+    from tally.client import Client
+    from workers.statuses import TERMINAL
 
     with Client(url, api_key=api_key) as client:
         job = client.get(job_id)
