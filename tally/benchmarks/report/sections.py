@@ -1,196 +1,17 @@
-"""``tally report``: one page (HTML and markdown) from the JSONs ``tally bench`` wrote, its figures as PNGs
-beside it.
-
-Every benchmark is a section, every figure comes with the table of its numbers, and a benchmark without a
-JSON says which command writes one. ``tally bench NAME`` writes ``NAME.json`` for the default model and
-``NAME-MODEL.json`` for another (``result_path``); the report reads them all. Fields are read with care: a
-JSON from an older run that lacks some shows what it has.
-"""
+"""One builder per benchmark: the figures and tables of its section, read with care from its JSONs."""
 
 from __future__ import annotations
 
 import datetime
 import json
-import re
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from .plots import Panel, plot_panels
+from ..plots import Panel
+from .model import Figure, Result, Section, Table, slug, fmt
 
-DEFAULT_FOLDER = Path("out/bench")
-
-
-@dataclass(frozen=True)
-class Benchmark:
-    title: str
-    command: str  # the command that writes its JSON
-    about: str
-
-
-BENCHMARKS = {
-    "detector": Benchmark("Detector", "tally bench detector",
-                          "Exact count of the detector on fresh rendered scenes, clean and degraded like generations."),
-    "base": Benchmark("Base pipeline", "tally bench base",
-                      "Count accuracy of each model's base pipeline (no count token), counted by the detector."),
-    "engine": Benchmark("Policies", "tally bench engine --quick",
-                        "Every policy on the same jobs at the same budget: exact images by count, verified within "
-                        "the budget, seconds per verified image."),
-    "optimize": Benchmark("Library tokens and refinement", "tally bench optimize --quick",
-                          "Library tokens against the base prompt on held-out seeds (never used in learning or "
-                          "validation); refinement on near-miss seeds."),
-    "iteration": Benchmark("Optimization iteration", "tally bench iteration",
-                           "Seconds per optimization iteration against its floor, one forward and backward of the "
-                           "same generation."),
-    "service": Benchmark("Service", "tally bench service",
-                         "Latency and throughput of the service (private Redis, API and worker): library hits "
-                         "against direct engine calls, submissions and status reads under load, user jobs "
-                         "waiting behind library learning."),
-    "faults": Benchmark("Faults and abuse", "tally bench faults",
-                        "Worker kills, SIGTERM, a Redis restart, cross-key access, a flooding key and a fuzzed "
-                        "API, each on private processes."),
-}
-
-
-def result_path(folder: Path, name: str, model: str | None = None) -> Path:
-    """Where ``tally bench NAME`` keeps its result: ``NAME.json`` for the default model (``model`` None),
-    ``NAME-MODEL.json`` for another."""
-    return folder / (f"{name}-{_slug(model)}.json" if model else f"{name}.json")
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
-
-
-# --- loading -------------------------------------------------------------------------------------------
-
-@dataclass
-class Result:
-    label: str  # the model it ran on; "" when the benchmark has none (service, faults)
-    path: Path
-    data: dict
-
-
-def load_results(folder: Path, name: str) -> tuple[list[Result], list[str]]:
-    """Every result of one benchmark in the folder (all models), and a line for each file it cannot read."""
-    results, problems = [], []
-    for path in sorted(folder.glob(f"{name}*.json")):
-        if path.stem == name:
-            model = ""
-        elif path.stem.startswith(f"{name}-"):
-            model = path.stem.removeprefix(f"{name}-")
-        else:
-            continue
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            problems.append(f"{path}: not readable as JSON ({exc})")
-            continue
-        if not isinstance(data, dict):
-            problems.append(f"{path}: not a benchmark result (a JSON object)")
-            continue
-        label = str(data.get("model") or model)
-        if label in {r.label for r in results}:
-            label = path.stem  # the same model twice (a copy under another name): keep both apart
-        results.append(Result(label, path, data))
-    return results, problems
-
-
-# --- what the page holds -------------------------------------------------------------------------------
-
-@dataclass
-class Table:
-    columns: list[str]
-    rows: list[list]  # raw values; ``fmt`` formats them on the page
-    caption: str = ""
-
-    def numeric(self, column: int) -> bool:
-        """Whether a column holds numbers only (aligned right)."""
-        values = [row[column] for row in self.rows if row[column] is not None]
-        return bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-
-
-@dataclass
-class Figure:
-    file: str  # a PNG beside the page
-    caption: str
-    table: Table | None = None
-
-
-@dataclass
-class Section:
-    name: str
-    benchmark: Benchmark
-    missing: str = ""  # the JSON the section lacks ("" when it has results)
-    unreadable: bool = False  # the JSON is there but could not be read (see problems)
-    command: str = ""  # the command that writes it
-    sources: list[tuple[str, str]] = field(default_factory=list)  # (JSON read, when it was written)
-    notes: list[str] = field(default_factory=list)
-    figures: list[Figure] = field(default_factory=list)
-    tables: list[Table] = field(default_factory=list)
-    pictures: list[Figure] = field(default_factory=list)  # pictures the benchmark drew itself
-    problems: list[str] = field(default_factory=list)
-
-    def figure(self, out: Path, file: str, caption: str, panels: list[Panel], title: str, table: Table) -> None:
-        """A figure of the panels that have data, with its table; the table alone when none has."""
-        panels = [p for p in panels if p.has_data()]
-        if not panels:
-            self.tables.append(table)
-            return
-        plot_panels(panels, out / file, title)
-        self.figures.append(Figure(file, caption, table))
-
-
-@dataclass
-class Report:
-    folder: Path
-    out: Path
-    sections: list[Section]
-    files: list[Path]  # what was written: the pages and every PNG
-
-    @property
-    def missing(self) -> list[str]:
-        return [s.name for s in self.sections if s.missing]
-
-
-def fmt(value) -> str:
-    """A table cell: None as a dash, rates and seconds to 4 significant digits, large numbers with commas."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}" if abs(value) >= 10_000 else str(value)
-    if isinstance(value, float):
-        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-    return str(value)
-
-
-# --- building the sections -----------------------------------------------------------------------------
-
-def build_report(folder: Path, out: Path) -> Report:
-    """Read every benchmark's JSONs in ``folder`` and write the figures (and copies of the benchmarks' own
-    pictures) into ``out``; the pages are rendered from the returned report."""
-    out.mkdir(parents=True, exist_ok=True)
-    sections = []
-    for name, benchmark in BENCHMARKS.items():
-        results, problems = load_results(folder, name)
-        section = Section(name, benchmark, problems=problems)
-        if not results:
-            section.missing = str(result_path(folder, name))
-            section.unreadable = bool(problems)
-            section.command = benchmark.command + ("" if folder == DEFAULT_FOLDER else f" --out {folder}")
-        else:
-            section.sources = [(str(r.path), _modified(r.path)) for r in results]
-            BUILDERS[name](section, results, out)
-            _copy_pictures(section, results, folder, out)
-        sections.append(section)
-    files = [out / f.file for s in sections for f in s.figures + s.pictures]
-    return Report(folder, out, sections, files)
-
-
-def _modified(path: Path) -> str:
+def modified(path: Path) -> str:
     return datetime.datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
 
 
@@ -438,7 +259,7 @@ def _flatten(data: dict, prefix: str = "") -> Iterator[tuple[str, object]]:
             yield f"{prefix}{key}", value
 
 
-def _copy_pictures(section: Section, results: list[Result], folder: Path, out: Path) -> None:
+def copy_pictures(section: Section, results: list[Result], folder: Path, out: Path) -> None:
     """The benchmark's own pictures (sample grids, refinement strips), copied beside the page; looked for
     where the JSON says, then in the results' folder (it may have moved)."""
     for r in results:
@@ -447,7 +268,7 @@ def _copy_pictures(section: Section, results: list[Result], folder: Path, out: P
             if found is None:
                 section.problems.append(f"picture not found: {listed}")
                 continue
-            name = f"{section.name}-{_slug(r.label)}-{found.name}" if r.label else f"{section.name}-{found.name}"
+            name = f"{section.name}-{slug(r.label)}-{found.name}" if r.label else f"{section.name}-{found.name}"
             shutil.copyfile(found, out / name)
             section.pictures.append(Figure(name, f"{found.name}, drawn by {section.benchmark.command}"
                                            + (f" ({r.label})" if r.label else "")))
@@ -455,132 +276,3 @@ def _copy_pictures(section: Section, results: list[Result], folder: Path, out: P
 
 BUILDERS = {"detector": _detector, "base": _base, "engine": _engine, "optimize": _optimize,
             "iteration": _iteration, "service": _service, "faults": _faults}
-
-
-# --- the pages -----------------------------------------------------------------------------------------
-
-HTML = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>Tally benchmarks</title>
-<style>
-body { font-family: system-ui, sans-serif; max-width: 1180px; margin: 2em auto; padding: 0 1em; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; }
-td.num { text-align: right; }
-th { background: #f2f2f2; }
-caption { caption-side: top; text-align: left; color: #555; padding-bottom: 0.3em; }
-figure { margin: 1em 0 0.3em; } img { max-width: 100%; }
-figcaption { color: #555; font-size: 0.9em; }
-.missing { background: #fff6e0; padding: 0.5em 0.8em; border-left: 4px solid #e0a000; }
-.problem { color: #a00; } .sources { color: #666; font-size: 0.85em; }
-</style>
-</head>
-<body>
-{%- macro render_table(t) %}
-<table>
-{%- if t.caption %}<caption>{{ t.caption }}</caption>{% endif %}
-<tr>{% for c in t.columns %}<th>{{ c }}</th>{% endfor %}</tr>
-{%- for row in t.rows %}
-<tr>{% for v in row %}<td{% if t.numeric(loop.index0) %} class="num"{% endif %}>{{ v | fmt }}</td>{% endfor %}</tr>
-{%- endfor %}
-</table>
-{%- endmacro %}
-<h1>Tally benchmarks</h1>
-<p>From <code>{{ report.folder }}</code>, rendered {{ now }}.</p>
-<ul>
-{%- for s in report.sections %}
-<li><a href="#{{ s.name }}">{{ s.benchmark.title }}</a>{% if s.missing %} (not run yet){% endif %}</li>
-{%- endfor %}
-</ul>
-{%- for s in report.sections %}
-<section id="{{ s.name }}">
-<h2>{{ s.benchmark.title }}</h2>
-<p>{{ s.benchmark.about }}</p>
-{%- if s.missing %}
-{%- if s.unreadable %}
-<p class="missing"><code>{{ s.missing }}</code> could not be read:
-run <code>{{ s.command }}</code> to write it again.</p>
-{%- else %}
-<p class="missing">No <code>{{ s.missing }}</code> yet: run <code>{{ s.command }}</code> to write it.</p>
-{%- endif %}
-{%- endif %}
-{%- for p in s.problems %}
-<p class="problem">{{ p }}</p>
-{%- endfor %}
-{%- if s.sources %}
-<p class="sources">From
-{%- for path, when in s.sources %} <code>{{ path }}</code> ({{ when }}){% if not loop.last %},{% endif %}{% endfor %}</p>
-{%- endif %}
-{%- for n in s.notes %}
-<p>{{ n }}</p>
-{%- endfor %}
-{%- for f in s.figures %}
-<figure><img src="{{ f.file }}" alt="{{ f.caption }}"><figcaption>{{ f.caption }}</figcaption></figure>
-{%- if f.table %}{{ render_table(f.table) }}{% endif %}
-{%- endfor %}
-{%- for t in s.tables %}{{ render_table(t) }}{% endfor %}
-{%- for f in s.pictures %}
-<figure><img src="{{ f.file }}" alt="{{ f.caption }}"><figcaption>{{ f.caption }}</figcaption></figure>
-{%- endfor %}
-</section>
-{%- endfor %}
-</body>
-</html>
-"""
-
-
-def render_html(report: Report) -> str:
-    """The page, every value escaped (jinja2's autoescape)."""
-    import jinja2
-
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    env.filters["fmt"] = fmt
-    return env.from_string(HTML).render(report=report, now=_now())
-
-
-def _now() -> str:
-    return datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-
-
-def _markdown_table(t: Table) -> list[str]:
-    def cell(v) -> str:
-        return fmt(v).replace("|", "\\|").replace("\n", " ")
-
-    lines = [f"*{t.caption}*", ""] if t.caption else []
-    lines += ["| " + " | ".join(cell(c) for c in t.columns) + " |",
-              "|" + "|".join("---:" if t.numeric(i) else "---" for i in range(len(t.columns))) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in t.rows]
-    return lines + [""]
-
-
-def render_markdown(report: Report) -> str:
-    lines = ["# Tally benchmarks", "", f"From `{report.folder}`, rendered {_now()}.", ""]
-    for s in report.sections:
-        lines += [f"## {s.benchmark.title}", "", s.benchmark.about, ""]
-        if s.missing and s.unreadable:
-            lines += [f"`{s.missing}` could not be read: run `{s.command}` to write it again.", ""]
-        elif s.missing:
-            lines += [f"No `{s.missing}` yet: run `{s.command}` to write it.", ""]
-        lines += [f"**Problem:** {p}\n" for p in s.problems]
-        if s.sources:
-            lines += ["From " + ", ".join(f"`{path}` ({when})" for path, when in s.sources), ""]
-        lines += [f"{n}\n" for n in s.notes]
-        for f in s.figures:
-            lines += [f"![{f.caption}]({f.file})", "", f"*{f.caption}*", ""]
-            lines += _markdown_table(f.table) if f.table else []
-        for t in s.tables:
-            lines += _markdown_table(t)
-        for f in s.pictures:
-            lines += [f"![{f.caption}]({f.file})", ""]
-    return "\n".join(lines)
-
-
-def write_report(folder: Path, out: Path) -> Report:
-    """Figures, ``index.html`` and ``report.md`` in ``out`` from the JSONs in ``folder``."""
-    report = build_report(folder, out)
-    (out / "index.html").write_text(render_html(report))
-    (out / "report.md").write_text(render_markdown(report))
-    report.files = [out / "index.html", out / "report.md", *report.files]
-    return report
