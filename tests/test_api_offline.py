@@ -122,11 +122,11 @@ def test_the_schema_lists_the_image_formats(api):
 @pytest.mark.parametrize("boxes", [False, True])
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_the_image_route_serves_each_format_with_its_media_type(api, monkeypatch, fmt, boxes):
-    """The stored image comes from a stand-in for ``records.image_png`` (no worker, nothing written to Redis)."""
-    from workers import records
+    """The stored image comes from a stand-in for ``user_jobs.image_png`` (no worker, nothing written to Redis)."""
+    from workers import records, user_jobs
 
     png = _png()
-    monkeypatch.setattr(records, "image_png", lambda connection, settings, job_id, n, owner: png)
+    monkeypatch.setattr(user_jobs, "image_png", lambda connection, settings, job_id, n, owner: png)
     monkeypatch.setattr(records, "job_record",
                         lambda connection, settings, job_id, owner: {"results": [{"boxes": [[2, 2, 10, 10]]}]})
     params = {"boxes": boxes} | ({} if fmt == "png" else {"format": fmt})

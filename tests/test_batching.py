@@ -10,7 +10,7 @@ from optimization.config import Budget
 from optimization.engine import CountEngine
 from optimization.job import GenerationRequest
 from optimization.errors import InvalidRequest
-from workers import records
+from workers import records, user_jobs
 from workers.queue import generation_queue
 from workers.requests import build_request
 from workers.runtime.process import TallyWorker
@@ -62,7 +62,7 @@ def test_a_worker_runs_queued_jobs_in_one_batch_and_completes_each(runtime):
                     budget={"max_candidates": 8}) for s in range(4)]
     # An object only the worker can refuse (a model whose classes the API does not know): that job fails alone.
     unknown = runtime.settings.model_copy(update={"models": [runtime.model.model_copy(update={"classes": None})]})
-    bad = records.submit(runtime.connection, runtime.settings, build_request(
+    bad = user_jobs.submit(runtime.connection, runtime.settings, build_request(
         unknown, prompt="a photo of red hexagons", count=2, policy="resample"), "tester").job_id
     refine = _submit(runtime, prompt="a photo of red circles", count=3, seed=4, policy="refine",
                      budget={"max_candidates": 8, "max_iterations": 1})

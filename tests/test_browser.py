@@ -321,9 +321,9 @@ def _token_file(service: Service, tmp_path: Path, obj: str, count: int) -> Path:
     import torch
 
     from optimization.count_token import CountToken, TokenKey
-    from workers import records
+    from workers.queue import model_info
 
-    info = records.model_info(service.redis, service.settings, "reference")
+    info = model_info(service.redis, service.settings, "reference")
     vectors = {name: torch.full((dim,), 0.01) for name, dim in info["dims"].items()}
     metadata = {"mode": "library", "iterations": 12, "gain": 0.25,
                 "validation": {"base": {"exact": 0.25, "mae": 0.9}, "token": {"exact": 0.5, "mae": 0.6},

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from workers import logs, records
+from workers import logs, user_jobs
 from workers.queue import generation_queue
 from workers.requests import build_request
 from workers.runtime.process import TallyWorker
@@ -28,7 +28,7 @@ def log_lines():
 
 
 def test_every_line_a_worker_logs_during_a_job_is_json_and_carries_the_job_id(runtime, log_lines):
-    submitted = [records.submit(runtime.connection, runtime.settings, build_request(
+    submitted = [user_jobs.submit(runtime.connection, runtime.settings, build_request(
         runtime.settings, prompt="a photo of green triangles", count=4, seed=seed, policy="resample",
         budget={"max_candidates": 2}), owner="tester").job_id for seed in (1, 2)]
     worker = TallyWorker.serving(runtime, [generation_queue(runtime.connection, runtime.settings, "reference")],

@@ -13,7 +13,7 @@ import redis
 from rq import SimpleWorker
 from rq.job import Job
 
-from workers import records
+from workers import records, user_jobs
 from workers.queue import generation_queue, keys, library_queue
 from workers.recovery import recover_orphans
 from workers.requests import build_request
@@ -45,7 +45,7 @@ def runtime(runtime):
 
 def _submit(rt, owner: str = "tester", **body) -> str:
     request = build_request(rt.settings, **{**BODY, **body})
-    return records.submit(rt.connection, rt.settings, request, owner).job_id
+    return user_jobs.submit(rt.connection, rt.settings, request, owner).job_id
 
 
 def _work(rt, max_jobs: int | None = None) -> None:
@@ -77,8 +77,8 @@ def test_a_status_read_is_one_round_trip_on_one_key(runtime):
 def test_a_submit_is_one_round_trip_and_no_job_is_ever_queued_without_its_record(runtime):
     counting = redis.Redis.from_url(runtime.settings.redis_url, connection_class=CountingConnection)
     request = build_request(runtime.settings, **BODY)
-    records.submit(counting, runtime.settings, request, "tester")  # asks the server's version once
-    assert _round_trips(counting, lambda: records.submit(counting, runtime.settings, request, "tester")) == 1
+    user_jobs.submit(counting, runtime.settings, request, "tester")  # asks the server's version once
+    assert _round_trips(counting, lambda: user_jobs.submit(counting, runtime.settings, request, "tester")) == 1
 
     queue = generation_queue(runtime.connection, runtime.settings, "reference")
     done, seen, orphans = threading.Event(), set(), []
@@ -118,7 +118,7 @@ def test_a_jobs_record_follows_it_from_queued_to_succeeded(runtime, api):
 
 def test_a_canceled_queued_job_reads_canceled_and_never_runs(runtime):
     first, second = _submit(runtime), _submit(runtime)
-    canceled = records.cancel(runtime.connection, runtime.settings, first, "tester")
+    canceled = user_jobs.cancel(runtime.connection, runtime.settings, first, "tester")
     assert canceled["status"] == "canceled" and canceled["queue_position"] is None
     assert _record(runtime, second)["queue_position"] == 0  # it moved up
     assert runtime.connection.hgetall(keys(runtime.settings).queue_owner_counts("reference")) == {b"tester": b"1"}
@@ -134,7 +134,7 @@ def test_a_canceled_running_job_stops_and_reads_canceled(runtime):
         deadline = time.monotonic() + 120
         while _record(runtime, job)["status"] != "running" and time.monotonic() < deadline:
             time.sleep(0.02)
-        records.cancel(runtime.connection, runtime.settings, job, "tester")
+        user_jobs.cancel(runtime.connection, runtime.settings, job, "tester")
 
     canceler = threading.Thread(target=cancel_once_running)
     canceler.start()

@@ -7,14 +7,14 @@ import logging
 from rq import SimpleWorker
 
 from optimization.engine import CountEngine
-from workers import records
+from workers import records, user_jobs
 from workers.queue import generation_queue, library_queue
 from workers.requests import build_request
 
 
 def _submit(rt, **body) -> str:
     request = build_request(rt.settings, **body)
-    return records.submit(rt.connection, rt.settings, request, owner="tester").job_id
+    return user_jobs.submit(rt.connection, rt.settings, request, owner="tester").job_id
 
 
 def _engine_fails_once(monkeypatch, error: BaseException) -> None:
@@ -54,7 +54,7 @@ def test_a_bug_in_the_engine_fails_the_job_as_internal_and_the_worker_serves_the
 def test_bad_input_only_the_worker_can_see_fails_the_job_as_invalid_request(runtime):
     # A model whose classes are not configured leaves the object to the worker.
     settings = runtime.settings.model_copy(update={"models": [runtime.model.model_copy(update={"classes": None})]})
-    job = records.submit(runtime.connection, runtime.settings,
+    job = user_jobs.submit(runtime.connection, runtime.settings,
                          build_request(settings, prompt="a photo of red hexagons", count=2), "tester").job_id
     _work(runtime)
     record = records.job_record(runtime.connection, runtime.settings, job, "tester")
@@ -209,7 +209,7 @@ def test_a_corrupt_or_foreign_file_in_the_token_folder_is_skipped_at_start(runti
 def test_nothing_a_finished_job_leaves_in_redis_lives_for_ever(runtime):
     job = _submit(runtime, prompt="a photo of red circles", count=2, seed=1, num_images=2, budget={"max_candidates": 8},
                   idempotency_key=None)
-    records.submit(runtime.connection, runtime.settings, build_request(runtime.settings, prompt="a photo of red circles",
+    user_jobs.submit(runtime.connection, runtime.settings, build_request(runtime.settings, prompt="a photo of red circles",
                    count=2, idempotency_key="k1"), "tester", idempotency_key="k1")
     _work(runtime)
     prefix = runtime.settings.redis_prefix
@@ -225,7 +225,7 @@ def test_nothing_a_finished_job_leaves_in_redis_lives_for_ever(runtime):
 def test_owners_alternate_in_the_queue_so_a_flood_does_not_starve_another_key(runtime):
     def submit(owner: str, seed: int) -> str:
         request = build_request(runtime.settings, prompt="a photo of red circles", count=2, seed=seed)
-        return records.submit(runtime.connection, runtime.settings, request, owner).job_id
+        return user_jobs.submit(runtime.connection, runtime.settings, request, owner).job_id
 
     flood = [submit("flooder", s) for s in range(5)]
     polite = [submit("polite", s) for s in range(2)]

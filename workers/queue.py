@@ -1,14 +1,18 @@
 """Queues (RQ): one per configured model for user jobs, one per model for library learning (lower priority:
-a worker listens to its user queue first), and worker liveness. Library tasks themselves: ``library``.
+a worker listens to its user queue first), worker liveness, and what the workers published of their model.
+Library tasks themselves: ``library``.
 """
 
 from __future__ import annotations
 
+import json
 import time
 
 import redis
 from rq import Callback, Queue, Retry
 from rq.job import Job
+
+from optimization.config import ModelSpec
 
 from .keys import Keys
 from .requests import JobRequest
@@ -164,3 +168,21 @@ def live_workers(connection: redis.Redis, settings: Settings, model_id: str) -> 
     of the keyspace would cost as much as the keyspace is large, on every status read)."""
     lapse = keys(settings).model_workers(model_id)
     return sorted(n.decode() for n in connection.zrangebyscore(lapse, time.time(), "+inf"))
+
+
+def queue_depth(connection: redis.Redis, settings: Settings, model_id: str) -> int:
+    return len(generation_queue(connection, settings, model_id))
+
+
+def model_info(connection: redis.Redis, settings: Settings, model_id: str) -> dict | None:
+    """What the model's workers published at start (fingerprint, detector classes ...); None before any did."""
+    raw = connection.get(keys(settings).model_info(model_id))
+    return json.loads(raw) if raw else None
+
+
+def model_classes(connection: redis.Redis, settings: Settings, spec: ModelSpec) -> list[str] | None:
+    """The model's detector classes: from its configuration, else as its workers published them."""
+    if spec.classes is not None:
+        return spec.classes
+    info = model_info(connection, settings, spec.id)
+    return info["classes"] if info else None

@@ -20,8 +20,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
 from optimization.config import Budget
-from workers import records, stats
-from workers.queue import keys
+from workers import records, stats, user_jobs
+from workers.queue import keys, model_classes
 from workers.requests import build_request
 from workers.streams import StreamSlots, key_is_live
 
@@ -35,7 +35,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_ERRORS)
 NOT_FOUND = {404: {"model": Error, "description": "No such job for this caller."}}
 STREAM_ID = re.compile(r"(\d{1,20})-(\d{1,20})")
 JOB_ID = re.compile(r"[0-9a-f]{32}")
-IMAGE_INDEX = re.compile(r"0|[1-9][0-9]{0,3}")  # uuid4().hex, as records.submit makes them
+IMAGE_INDEX = re.compile(r"0|[1-9][0-9]{0,3}")  # uuid4().hex, as user_jobs.submit makes them
 
 
 def _job_id(job_id: str) -> str:
@@ -72,23 +72,23 @@ async def create_job(body: JobCreate, request: Request, response: Response, sett
     build = partial(build_request, settings, prompt=body.prompt, count=body.count, object_=body.object,
                     num_images=body.num_images, seed=body.seed, model=body.model, policy=body.policy,
                     budget=body.budget.model_dump() if body.budget else None,
-                    classes_of=lambda spec: records.model_classes(connection, settings, spec),
+                    classes_of=lambda spec: model_classes(connection, settings, spec),
                     idempotency_key=idempotency_key,
                     max_budget=Budget(**caller.key.max_budget) if caller.key and caller.key.max_budget else None,
                     webhook=body.webhook, webhook_events_filter=body.webhook_events_filter)
     req = await run_in_threadpool(build) if body.webhook else build()  # a webhook's host is resolved: off the loop
     limit = caller.key.max_active_jobs if caller.key and caller.key.max_active_jobs else settings.max_active_jobs
-    if records.active_jobs(connection, settings, caller.owner, limit) >= limit:
+    if user_jobs.active_jobs(connection, settings, caller.owner, limit) >= limit:
         raise reject(connection, settings, 429, "quota_active_jobs", f"this key has {limit} jobs queued or "
                      "running, its limit; retry when one ends", headers={"Retry-After": "10"})
     if not body.queue_if_offline:
         try:
-            records.require_worker(connection, settings, req.model)
-        except records.NoWorker as exc:
+            user_jobs.require_worker(connection, settings, req.model)
+        except user_jobs.NoWorker as exc:
             raise ApiError(503, "no_worker", str(exc), headers={"Retry-After": "30"}) from None
     try:
-        submitted = records.submit(connection, settings, req, caller.owner, idempotency_key)
-    except records.IdempotencyConflict as exc:
+        submitted = user_jobs.submit(connection, settings, req, caller.owner, idempotency_key)
+    except user_jobs.IdempotencyConflict as exc:
         raise ApiError(409, "idempotency_conflict", str(exc)) from None
     links = job_links(request, submitted.job_id)
     response.headers["Location"] = links["self"]
@@ -105,7 +105,7 @@ def list_jobs(request: Request, settings: SettingsDep, connection: RedisDep, own
 
     Scope: any key; lists that key's jobs only.
     """
-    found, next_cursor = records.list_jobs(connection, settings, owner, status, float(cursor) if cursor else None, limit)
+    found, next_cursor = user_jobs.list_jobs(connection, settings, owner, status, float(cursor) if cursor else None, limit)
     return JobList(jobs=[_record_out(r, request) for r in found],
                    next_cursor=repr(next_cursor) if next_cursor is not None else None)
 
@@ -138,7 +138,7 @@ def cancel_job(job_id: str, request: Request, settings: SettingsDep, connection:
     true, and the job's status becomes ``canceled`` when it stops).
 
     Scope: the key that created the job (another key's job is 404)."""
-    record = records.cancel(connection, settings, _job_id(job_id), owner)
+    record = user_jobs.cancel(connection, settings, _job_id(job_id), owner)
     if record is None:
         raise ApiError(404, "not_found", f"no job {job_id!r}")
     return _record_out(record, request).model_copy(update={"cancel_requested": record["status"] in (
@@ -246,10 +246,10 @@ def job_image(job_id: str, n: Annotated[int, Path(description="The image's index
     if not IMAGE_INDEX.fullmatch(request.path_params["n"]):  # the number's lax parsing takes "1.0", "+1", "1_0"
         raise ApiError(404, "not_found", f"no image {request.path_params['n'][:20]!r}: images are numbered 0, 1, ...")
     if not boxes and scale in (None, 1) and image_format == "png" and 0 <= n < settings.max_images:
-        location = records.image_location(connection, settings, job_id, n, owner)  # with store_presign only
+        location = user_jobs.image_location(connection, settings, job_id, n, owner)  # with store_presign only
         if location is not None:
             return RedirectResponse(location, status_code=307)
-    png = records.image_png(connection, settings, job_id, n, owner) if 0 <= n < settings.max_images else None
+    png = user_jobs.image_png(connection, settings, job_id, n, owner) if 0 <= n < settings.max_images else None
     if png is None:
         raise ApiError(404, "not_found", f"job {job_id!r} has no image {n} (or it expired)")
     if boxes:

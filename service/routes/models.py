@@ -6,8 +6,8 @@ import re
 
 from fastapi import APIRouter, Depends
 
-from workers import records, stats
-from workers.queue import live_workers
+from workers import stats
+from workers.queue import live_workers, model_info, queue_depth
 
 from ..deps import AUTH_ERRORS, RedisDep, SettingsDep, get_caller
 from ..schemas import ModelOut
@@ -36,8 +36,8 @@ def list_models(settings: SettingsDep, connection: RedisDep) -> list[ModelOut]:
     Scope: any key."""
     out = []
     for m in settings.models:
-        info = records.model_info(connection, settings, m.id) or {}
-        workers, depth = live_workers(connection, settings, m.id), records.queue_depth(connection, settings, m.id)
+        info = model_info(connection, settings, m.id) or {}
+        workers, depth = live_workers(connection, settings, m.id), queue_depth(connection, settings, m.id)
         out.append(ModelOut(id=m.id, pipeline=public_source(m.pipeline), detector=public_source(m.detector),
                             device=m.device, fingerprint=info.get("fingerprint"),
                             classes=m.classes or info.get("classes"), max_count=m.max_count,

@@ -10,7 +10,8 @@ from fastapi.responses import Response
 
 from optimization.errors import InvalidRequest
 from optimization.token_file import token_info, validate_token
-from workers import library, records
+from workers import library
+from workers.queue import model_info
 from workers.tokens import TokenStore
 
 from ..deps import AUTH_ERRORS, AdminDep, RedisDep, SettingsDep, get_caller
@@ -38,7 +39,7 @@ def list_tokens(request: Request, settings: SettingsDep, connection: RedisDep,
     Scope: any key."""
     fingerprint = model
     if model is not None and any(m.id == model for m in settings.models):
-        info = records.model_info(connection, settings, model)
+        info = model_info(connection, settings, model)
         fingerprint = info["fingerprint"] if info else "unknown"
     return [_out(i, request) for i in _store(settings, connection).list(fingerprint, object, count)]
 
@@ -110,7 +111,7 @@ def _import(settings, connection, data: bytes) -> dict:
         claimed = token_info(data)
     except InvalidRequest as exc:
         raise ApiError(422, "invalid_token", str(exc)) from None
-    published = {m.id: i for m in settings.models if (i := records.model_info(connection, settings, m.id)) is not None}
+    published = {m.id: i for m in settings.models if (i := model_info(connection, settings, m.id)) is not None}
     spec = next((m for m in settings.models if published.get(m.id, {}).get("fingerprint") == claimed["model"]), None)
     if spec is None:
         serves = ", ".join(f"{k} ({i['fingerprint']})" for k, i in published.items())

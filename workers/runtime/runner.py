@@ -23,10 +23,11 @@ from optimization.prompts import tokenizer_warnings, with_count
 
 from .. import library, logs, objects, stats
 from ..queue import connect, dequeued, keys
-from ..records import JobStatus, has_webhook, job_ended, push_event, save_record, worker_record
+from ..records import JobStatus, has_webhook, push_event, save_record, worker_record
 from ..requests import JobRequest
 from ..settings import Settings
 from ..tokens import TokenStore
+from ..user_jobs import job_ended
 
 log = logging.getLogger("tally.worker")
 
