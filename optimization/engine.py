@@ -33,7 +33,8 @@ from .count_token import CountToken, TokenKey
 from .counter import Counter, Detections, Verification, degenerate, load_counter, load_crosscheck, resolve, verify
 from .errors import DegenerateOutput, InvalidRequest
 from .job import CANDIDATE_BATCH, Candidate, EngineResult, GenerationRequest, ImageResult, JobState
-from .optimizer import Canceled, IterationReport, OptimizeResult, optimize, optimize_noise
+from .noise import optimize_noise
+from .optimizer import Canceled, IterationReport, OptimizeResult, optimize
 from .pipelines import TOKEN_NORM_FACTOR, TextToImage
 from .policy import DEFAULT_POLICY
 from .prompts import object_in_prompt, plural

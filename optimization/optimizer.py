@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .config import LibraryConfig, NoiseConfig, OptimizeConfig
+from .config import LibraryConfig, OptimizeConfig
+from .count_loss import CountingLoss, Guard, detector_guard
 from .counter import Counter, Detections, Verification, count
 from .pipelines import TextToImage
 from .seeds import LIBRARY_TRAIN, LIBRARY_VALIDATION
@@ -70,82 +71,10 @@ class OptimizeResult:
 
 
 Verifier = Callable[[torch.Tensor, list[Detections]], list[Verification]]
-Guard = Callable[[torch.Tensor, torch.Tensor, int, torch.Tensor], torch.Tensor]
 Semantic = Callable[[torch.Tensor, str], torch.Tensor]  # (images, prompt) -> penalty per image, e.g. ClipGuard
 
 
-def count_loss(potential: torch.Tensor, detected: list[int], target: int, fallback_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """|potential / scale - target| per image, with the paper's dynamic scale; zero detections use the fallback."""
-    counts = torch.tensor(detected, dtype=potential.dtype, device=potential.device)
-    scale = torch.where(counts > 0, potential.detach() / counts.clamp(min=1),
-                        torch.full_like(counts, fallback_scale)).clamp(min=1e-6)
-    return (potential / scale - target).abs(), scale
-
-
-def jitter(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One random change a counter should not care about, differentiable: a shift of up to 3 px (edges
-    replicated), a horizontal flip, a zoom of up to ±12% and, half the time, a light blur."""
-    import torch.nn.functional as F
-
-    h, w = images.shape[-2:]
-    draw = lambda: float(torch.rand((), generator=generator))  # noqa: E731
-    size = max(8, round(h * (1 + 0.24 * (draw() - 0.5))))
-    out = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-    pad = max(0, h - size) // 2 + 3
-    out = F.pad(out, (pad, pad, pad, pad), mode="replicate")
-    top, left = (int(v) for v in torch.randint(0, out.shape[-1] - h + 1, (2,), generator=generator))
-    out = out[..., top:top + h, left:left + w]
-    if draw() < 0.5:
-        out = out.flip(-1)
-    if draw() < 0.5:
-        kernel = torch.tensor([1.0, 2.0, 1.0], device=images.device)
-        kernel = (kernel[:, None] * kernel[None, :] / 16).expand(images.shape[1], 1, 3, 3)
-        out = F.conv2d(F.pad(out, (1, 1, 1, 1), mode="replicate"), kernel, groups=images.shape[1])
-    return out
-
-
-def class_potential(counter: Counter, images: torch.Tensor, scores: torch.Tensor, cls_index: int, samples: int,
-                    generator: torch.Generator) -> torch.Tensor:
-    """The paper's potential of the class, ``[B]``: from the image's own scores, or (``samples`` > 0) averaged
-    over that many ``jitter``ed copies (expectation over transformation)."""
-    if samples <= 0:
-        return scores[:, cls_index].sum(-1)
-    copies = [counter.class_scores(counter.raw(jitter(images, generator)))[:, cls_index].sum(-1) for _ in range(samples)]
-    return torch.stack(copies).mean(0)
-
-
-def detector_guard(images: torch.Tensor, scores: torch.Tensor, cls_index: int, scale: torch.Tensor) -> torch.Tensor:
-    """Artefact guard from the detector itself, in object units: uncertain mass of the class (s(1-s) peaks at
-    0.5, where fragments and smears score) plus every other class's mass (stray objects of another kind)."""
-    mine = scores[:, cls_index]
-    uncertain = (mine * (1 - mine)).sum(-1)
-    others = scores.sum(1).sum(-1) - mine.sum(-1)
-    return (uncertain + others) / scale
-
-
-class CountingLoss:
-    """Step 4 of an iteration, shared by token and noise optimization: the count loss with the paper's dynamic
-    scale (the potential, or its expectation over transformation) plus the guard, per image; it remembers the
-    last scale for images where nothing is detected."""
-
-    def __init__(self, counter: Counter, cls: str, target: int, config: OptimizeConfig, guard: Guard,
-                 fallback_scale: float = 1.0):
-        self.counter, self.cls_index, self.target = counter, counter.classes.index(cls), target
-        self.config, self.guard, self.fallback_scale = config, guard, fallback_scale
-        self.generator = torch.Generator().manual_seed(config.seed)
-
-    def __call__(self, images: torch.Tensor, raw: torch.Tensor, detected: list[int]):
-        """(count loss, count loss + guard, scale), each per image."""
-        scores = self.counter.class_scores(raw)
-        potential = class_potential(self.counter, images, scores, self.cls_index, self.config.eot_samples,
-                                    self.generator)
-        loss_count, scale = count_loss(potential, detected, self.target, self.fallback_scale)
-        if any(detected):
-            self.fallback_scale = float(scale[torch.tensor(detected) > 0].mean())
-        return loss_count, loss_count + self.config.guard_weight * self.guard(images, scores, self.cls_index, scale), scale
-
-
-def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, result: "OptimizeResult", iteration: int,
+def step(opt: torch.optim.Optimizer, loss: torch.Tensor, result: "OptimizeResult", iteration: int,
           loss_count: torch.Tensor, detected: list[int], scale: torch.Tensor, started: float,
           progress: Callable[["IterationReport"], None] | None) -> None:
     """Step 5: the optimizer step, then the iteration's report (history and progress)."""
@@ -222,7 +151,7 @@ def optimize(
         loss = loss.mean()
         if config.l2_weight:
             loss = loss + config.l2_weight * sum(((run.params[k] - run.anchor[k]) ** 2).sum() for k in run.params)
-        _step(run.opt, loss, run.result, iteration, loss_count, detected, scale, run.started, progress)
+        step(run.opt, loss, run.result, iteration, loss_count, detected, scale, run.started, progress)
         run.step_s = time.perf_counter() - iteration_started
         if validates:
             run.validate(iteration, validation_seeds)
@@ -327,55 +256,6 @@ class _TokenRun:
                         "fallback_scale": self.counting.fallback_scale, "iteration": result.iterations,
                         "best_vectors": result.vectors, "validation": result.validation, "seconds": result.seconds}
         return result
-
-
-def gaussian_shell(latents: torch.Tensor) -> torch.Tensor:
-    """Per image, (|z|^2 / d - 1)^2: zero where a standard Gaussian's norm lies, so optimized noise stays noise the
-    denoiser knows (ReNO keeps the norm the same way) instead of drifting to what only fools the counter."""
-    d = latents[0].numel()
-    return (latents.pow(2).flatten(1).sum(1) / d - 1).pow(2)
-
-
-def optimize_noise(
-    t2i: TextToImage,
-    counter: Counter,
-    prompt: str,
-    cls: str,
-    target: int,
-    seed: int,
-    config: NoiseConfig,
-    verifier: Verifier,
-    guard: Guard = detector_guard,
-    progress: Callable[[IterationReport], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> OptimizeResult:
-    """Optimize the initial noise of one seed towards ``target`` objects of ``cls`` (ReNO-style), stopping at the
-    first verified image. The prompt is generated as the pipeline holds it (a library token stays in its slot);
-    the loss is the count loss of ``optimize`` plus its guard plus ``norm_weight`` x ``gaussian_shell``."""
-    torch.manual_seed(config.seed)
-    latents = t2i.initial_latents([seed]).to(t2i.device).requires_grad_(True)
-    opt = torch.optim.AdamW([latents], lr=config.lr, weight_decay=0.0)
-    counting = CountingLoss(counter, cls, target, config, guard)
-    started = time.perf_counter()
-    result = OptimizeResult(vectors={}, iterations=0, seconds=0.0)
-    for iteration in range(config.max_iterations):
-        if should_stop and should_stop():
-            raise Canceled()
-        if config.max_seconds is not None and time.perf_counter() - started >= config.max_seconds:
-            break
-        images = t2i.generate_differentiable(prompt, [seed], latents=latents)
-        raw = counter.raw(images)
-        detections = counter.detections_from_raw(raw, tuple(images.shape[-2:]))
-        detected = [count(counter, d, cls) for d in detections]
-        verdict = verifier(images.detach().cpu(), detections)[0]
-        if verdict.verified:
-            result.hit = Hit(seed, images[0].detach().cpu(), verdict, iteration)
-            break
-        loss_count, loss, scale = counting(images, raw, detected)
-        loss = (loss + config.norm_weight * gaussian_shell(latents)).mean()
-        _step(opt, loss, result, iteration, loss_count, detected, scale, started, progress)
-    result.seconds = time.perf_counter() - started
-    return result
 
 
 def _detached(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -96,7 +96,7 @@ def test_misses_rank_doubt_against_the_image():
 
 
 def test_the_jittered_potential_keeps_the_count_and_its_gradient_reaches_the_image(counter):
-    from optimization.optimizer import class_potential, jitter
+    from optimization.count_loss import class_potential, jitter
 
     scene = render_scene(FRESH + 77, count=5, cls="circle", colour="red")
     images = _tensor([scene.image]).requires_grad_(True)

@@ -68,7 +68,7 @@ def test_sdxl_token_file_holds_clip_l_and_clip_g(tiny_sdxl, tmp_path):
 
 def test_tiny_sdxl_initial_latents_reproduce_the_seeds_images_and_noise_optimization_moves_them(tiny_sdxl, counter):
     from optimization.config import NoiseConfig
-    from optimization.optimizer import gaussian_shell, optimize_noise
+    from optimization.noise import gaussian_shell, optimize_noise
 
     t2i = tiny_sdxl
     seeded = t2i.generate("a photo of 3 red circles", [4, 5])

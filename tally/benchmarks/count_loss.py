@@ -14,7 +14,7 @@ import numpy as np
 from optimization.config import NoiseConfig
 from optimization.counter import Verification
 from optimization.engine import CountEngine
-from optimization.optimizer import optimize_noise
+from optimization.noise import optimize_noise
 from optimization.prompts import with_count
 from optimization.seeds import BENCH_ENGINE
 from optimization.visualize import to_uint8
