@@ -100,7 +100,7 @@ def test_the_page_escapes_what_the_results_say(tally_cli, tmp_path):
 def bench_folder(t2i, counter, reference_spec, tmp_path_factory):
     """Real results of the model benchmarks at tiny sizes (about 20 s), named as ``tally bench`` names them.
     The service and fault benchmarks run private processes for minutes, so theirs are written in their
-    shape (``tally/benchmarks/service.py``, ``faults.py``) with the README's figures."""
+    shape (``tally/benchmarks/service/``, ``faults.py``) with the README's figures."""
     from optimization.config import Budget, Policy
     from optimization.count_token import CountToken
     from optimization.counter import load_crosscheck

@@ -309,10 +309,11 @@ def test_a_failed_delivery_is_retried_under_the_same_id_until_it_is_taken(servic
 
 
 def test_the_service_bench_measures_budget_overruns_and_webhook_deliveries(service):
-    from tally.benchmarks.service import _budget_wall, _webhooks
+    from tally.benchmarks.service.jobs import budget_wall
+    from tally.benchmarks.service.webhooks import webhook_phase
 
-    wall = _budget_wall(service.url, "", jobs=2, max_seconds=3)
+    wall = budget_wall(service.url, "", jobs=2, max_seconds=3)
     assert wall["jobs"] == 2 and -3 < wall["p50_over_s"] <= wall["max_over_s"]  # the bound: test_engine's deadline test
-    hooks = _webhooks(service.url, "", jobs=2)
+    hooks = webhook_phase(service.url, "", jobs=2)
     assert hooks["delivered"] == 2 and hooks["duplicates"] == 0 and hooks["attempts"] > 2  # 503s were retried
     assert 0 < hooks["p50_ms"] < 2000
