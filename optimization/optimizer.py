@@ -145,12 +145,8 @@ def optimize(
         if not run.library and verifier is not None and run.found_hit(seeds, images, verifier(
                 images.detach().cpu(), detections), iteration):
             break
-        loss_count, loss, scale = run.counting(images, raw, detected)
-        if semantic is not None:
-            loss = loss + semantic(images, prompt_now)
-        loss = loss.mean()
-        if config.l2_weight:
-            loss = loss + config.l2_weight * sum(((run.params[k] - run.anchor[k]) ** 2).sum() for k in run.params)
+        penalty = (lambda im: semantic(im, prompt_now)) if semantic is not None else None
+        loss_count, loss, scale = run.loss(images, raw, detected, penalty)
         step(run.opt, loss, run.result, iteration, loss_count, detected, scale, run.started, progress)
         run.step_s = time.perf_counter() - iteration_started
         if validates:
@@ -184,6 +180,18 @@ class _TokenRun:
     @property
     def library(self) -> bool:
         return isinstance(self.config, LibraryConfig)
+
+    def loss(self, images: torch.Tensor, raw: torch.Tensor, detected: list[int],
+             semantic: Callable[[torch.Tensor], torch.Tensor] | None):
+        """Step 4: (count loss per image, the loss to step on, scale): the counting loss and its guard, the
+        semantic penalty, the L2 pull to the initial embedding."""
+        loss_count, loss, scale = self.counting(images, raw, detected)
+        if semantic is not None:
+            loss = loss + semantic(images)
+        loss = loss.mean()
+        if self.config.l2_weight:
+            loss = loss + self.config.l2_weight * sum(((self.params[k] - self.anchor[k]) ** 2).sum() for k in self.params)
+        return loss_count, loss, scale
 
     @staticmethod
     def start(t2i, counter, prompts, cls, target, init, config, guard, validation_seeds, resume,

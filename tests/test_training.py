@@ -104,7 +104,7 @@ def test_train_t2i_web_variant_starts_from_the_reference_unet_and_knows_number_w
 def test_an_interrupted_training_resumes_where_it_stopped_and_ends_as_an_uninterrupted_one(tmp_path):
     from safetensors.torch import load_file
 
-    from optimization.reference.t2i import AutoencoderTrainConfig, train_autoencoder
+    from optimization.reference.autoencoder import AutoencoderTrainConfig, train_autoencoder
 
     cfg = AutoencoderTrainConfig(scenes=16, steps=4, batch=2, checkpoint_every=2)
     train_autoencoder(tmp_path / "whole", tmp_path / "run-whole", cfg)

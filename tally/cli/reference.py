@@ -92,14 +92,14 @@ def train_autoencoder(
     resume: Annotated[bool, typer.Option("--resume", help=RESUME_HELP)] = False,
     out: Annotated[Optional[Path], typer.Option(help="AutoencoderKL folder; default: the shipped one.")] = None,
 ) -> None:
-    """Train the autoencoder both reference generators share (``optimization.reference.t2i``).
+    """Train the autoencoder both reference generators share (``optimization.reference.autoencoder``).
 
     Unset options take the defaults that made the shipped weights; ``train-t2i`` then uses it, frozen.
     """
     from dataclasses import replace
 
     from optimization.reference import AUTOENCODER_PATH
-    from optimization.reference.t2i import AutoencoderTrainConfig, train_autoencoder
+    from optimization.reference.autoencoder import AutoencoderTrainConfig, train_autoencoder
 
     settings = prepare()
     out = (out or AUTOENCODER_PATH).resolve()
