@@ -17,7 +17,8 @@ from fastapi_offline import FastAPIOffline
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from workers.auth import KeyStore, Limiter
+from workers.auth import KeyStore
+from workers.rate_limit import Limiter
 from workers.queue import connect, connect_async
 from workers.recovery import upkeep
 from workers.settings import Settings, get_settings

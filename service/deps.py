@@ -21,7 +21,8 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from workers import stats
-from workers.auth import ApiKey, RateLimited, admit
+from workers.auth import ApiKey, admit
+from workers.rate_limit import RateLimited
 from workers.settings import Settings
 
 from .errors import ApiError

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from optimization.errors import InvalidRequest
 from workers import stats
 from workers.queue import REDIS_TROUBLE, redis_trouble
-from workers.tokens import StoreUnavailable
+from workers.token_files import StoreUnavailable
 
 log = logging.getLogger("tally.api")
 

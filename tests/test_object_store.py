@@ -26,7 +26,8 @@ from service.app import create_app
 from workers.keys import Keys
 from workers.objects import S3Store, store_from_settings
 from workers.settings import Settings
-from workers.tokens import TokenObjects, TokenStore
+from workers.token_files import TokenObjects
+from workers.tokens import TokenStore
 
 from .conftest import free_port, launch_service
 

@@ -100,7 +100,7 @@ class Keys:
         return f"{self.prefix}:api-keys"
 
     def rate_window(self, key_id: str) -> str:
-        """An API key's recent request times (``auth.Limiter``'s moving window)."""
+        """An API key's recent request times (``rate_limit.Limiter``'s moving window)."""
         return f"{self.prefix}:rate:{key_id}"
 
     def open_streams(self, owner: str) -> str:

@@ -5,7 +5,7 @@ truth: a local directory (``<dir>/<key id>.safetensors``, the default) or, with 
 store (``<prefix>/tokens/<key id>.safetensors``), which every host shares. Redis holds the index and a cache
 of the bytes, so every API replica lists the same library. Every write goes to the durable layer first,
 then to Redis, so a token learned or imported by any process is listed at once; workers re-seed Redis from
-the durable layer at start, so a Redis flush (or a fresh host) loses no learned token. A key id is parsed
+the durable layer (``token_files``) at start, so a Redis flush (or a fresh host) loses no learned token. A key id is parsed
 before it names a file or an object, so no id reaches outside ``tokens/``. Torch-free (the API uses it):
 metadata comes from the safetensors header (``optimization.token_file``).
 """
@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import redis
 
 from optimization.errors import InvalidRequest
-from optimization.token_file import SUFFIX, TokenKey, token_info, validate_token, write_atomic
+from optimization.token_file import SUFFIX, TokenKey, token_info
 
 from .keys import Keys
-from .objects import TOKENS, ObjectStore, store_from_settings
 from .settings import Settings
+from .token_files import TokenDirectory, TokenFiles, checked, files_for
 
 if TYPE_CHECKING:
     from optimization.config import LibraryConfig
@@ -33,124 +32,6 @@ if TYPE_CHECKING:
     from optimization.engine import CountEngine
 
 log = logging.getLogger("tally.tokens")
-
-
-# ------------------------------------------------------------------------------------------ durable layer
-class StoreUnavailable(Exception):
-    """The durable token store refuses a write (read-only, full, no permission); the message says why."""
-
-
-def _checked(data: bytes) -> dict:
-    """``token_info`` of a token file checked whole (layout, finite values) without a model at hand: what the
-    store accepts from any source (an import, a learned token, its directory, its bucket). A model's own
-    limits (classes, widths, norms) are checked where the model is known: the import route, ``token_for``."""
-    return validate_token(data, classes=None, max_count=1_000)
-
-
-class TokenFiles(Protocol):
-    """The durable layer: one file per key id. Every method parses the id first (``TokenKey.parse``:
-    InvalidRequest for anything else), so an id never names a file or object outside the library."""
-
-    def read(self, key_id: str) -> bytes | None: ...
-
-    def write(self, key_id: str, data: bytes) -> None: ...
-
-    def remove(self, key_id: str) -> bool:
-        """Delete the file; whether there was one."""
-
-    def ids(self) -> list[str]:
-        """The names of the files there (not yet validated: a foreign name fails ``read``)."""
-
-    def location(self, key_id: str) -> str:
-        """Where the key's file is, for people (a path, or the store and object key)."""
-
-
-class TokenDirectory:
-    """A local directory (the default; shared across hosts only through a shared volume)."""
-
-    def __init__(self, directory: Path):
-        self.directory = Path(directory)
-
-    def path(self, key_id: str) -> Path:
-        return self.directory / TokenKey.parse(key_id).filename
-
-    def read(self, key_id: str) -> bytes | None:
-        path = self.path(key_id)
-        return path.read_bytes() if path.is_file() else None
-
-    def write(self, key_id: str, data: bytes) -> None:
-        try:
-            write_atomic(self.path(key_id), data)
-        except OSError as exc:  # read-only, full, no permission: nothing half-written stays (``write_atomic``)
-            raise StoreUnavailable(f"the token directory refuses writes: {exc.strerror or exc}") from None
-
-    def remove(self, key_id: str) -> bool:
-        path = self.path(key_id)
-        existed = path.is_file()
-        try:
-            path.unlink(missing_ok=True)
-        except OSError as exc:
-            raise StoreUnavailable(f"the token directory refuses deletes: {exc.strerror or exc}") from None
-        return existed
-
-    def ids(self) -> list[str]:
-        return sorted(p.name.removesuffix(SUFFIX) for p in self.directory.glob(f"*{SUFFIX}"))
-
-    def __str__(self) -> str:
-        return str(self.directory)
-
-    def location(self, key_id: str) -> str:
-        return str(self.path(key_id))
-
-
-class TokenObjects:
-    """The object store's ``tokens/`` (``TALLY_STORE``): one library for every host. A put is atomic there."""
-
-    def __init__(self, store: ObjectStore):
-        self.store = store
-
-    def key(self, key_id: str) -> str:
-        return TOKENS + TokenKey.parse(key_id).filename
-
-    def read(self, key_id: str) -> bytes | None:
-        return self.store.get(self.key(key_id))
-
-    def write(self, key_id: str, data: bytes) -> None:
-        with _store_errors("writes"):
-            self.store.put(self.key(key_id), data, "application/octet-stream")
-
-    def remove(self, key_id: str) -> bool:
-        key = self.key(key_id)
-        with _store_errors("deletes"):
-            existed = self.store.get(key) is not None
-            self.store.delete(key)
-        return existed
-
-    def ids(self) -> list[str]:
-        names = (k[len(TOKENS):] for k in self.store.list(TOKENS))
-        return [n.removesuffix(SUFFIX) for n in names if n.endswith(SUFFIX) and "/" not in n]
-
-    def __str__(self) -> str:
-        return f"{self.store!r} {TOKENS}"
-
-    def location(self, key_id: str) -> str:
-        return f"{self.store!r} {self.key(key_id)}"
-
-
-@contextmanager
-def _store_errors(what: str):
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        yield
-    except (BotoCoreError, ClientError) as exc:
-        raise StoreUnavailable(f"the object store refuses {what}: {str(exc)[:200]}") from None
-
-
-def token_files(settings: Settings) -> TokenFiles:
-    """The configured durable layer: the object store's ``tokens/`` with ``TALLY_STORE``, else ``tokens_path``."""
-    store = store_from_settings(settings)
-    return TokenObjects(store) if store is not None else TokenDirectory(settings.tokens_path)
 
 
 # ------------------------------------------------------------------------------------------------ store
@@ -169,7 +50,7 @@ class TokenStore:
 
     @classmethod
     def for_settings(cls, settings: Settings, connection: redis.Redis, redis_optional: bool = False) -> "TokenStore":
-        return cls(connection, token_files(settings), Keys(settings.redis_prefix), redis_optional)
+        return cls(connection, files_for(settings), Keys(settings.redis_prefix), redis_optional)
 
     def _index(self, operation, default=None):
         """Run a Redis operation; where Redis is optional and away, warn once and work on files alone."""
@@ -186,7 +67,7 @@ class TokenStore:
 
     def put(self, data: bytes) -> dict:
         """Store a token file (validated) durably first, then in the Redis index; returns its info."""
-        info = _checked(data)
+        info = checked(data)
         self.files.write(info["key"], data)
         self._cache(info, data)
         return info
@@ -210,7 +91,7 @@ class TokenStore:
             data = self.files.read(key_id)
             if data is not None:
                 try:
-                    self._cache(_checked(data), data)
+                    self._cache(checked(data), data)
                 except InvalidRequest as exc:  # a corrupt or non-finite file is never served
                     log.warning("not serving %s%s from %s: %s", key_id, SUFFIX, self.files, exc)
                     return None
@@ -255,7 +136,7 @@ class TokenStore:
                 data = self.files.read(key_id)
                 if data is None:  # deleted since it was listed
                     continue
-                info = _checked(data)
+                info = checked(data)
             except InvalidRequest as exc:  # a foreign, corrupt or non-finite file is skipped, never fatal
                 log.warning("skipping %s%s in %s: %s", key_id, SUFFIX, self.files, exc)
                 continue
