@@ -144,14 +144,9 @@ def serve_api(settings):
         thread.join(timeout=10)
 
 
-@dataclass
-class Service:
-    """A running service: private Redis, the API (uvicorn) and worker ``w1``, all real processes."""
+class JobsOverHttp:
+    """A test's view of a running API (``http``, an httpx client): submit a job, read it, wait for it."""
 
-    url: str
-    settings: object  # workers.settings.Settings
-    launcher: object  # tally.launcher.Launcher
-    redis: object  # redis.Redis
     http: object  # httpx.Client
 
     def submit(self, **body) -> str:
@@ -164,12 +159,21 @@ class Service:
 
     def wait(self, job_id: str, timeout: float = 180, until=("succeeded", "failed", "canceled")) -> dict:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            record = self.record(job_id)
-            if record["status"] in until:
-                return record
+        while (record := self.record(job_id))["status"] not in until:
+            assert time.monotonic() < deadline, f"job {job_id} is still {record['status']} after {timeout} s"
             time.sleep(0.2)
-        raise AssertionError(f"job {job_id} still {record['status']} after {timeout} s")
+        return record
+
+
+@dataclass
+class Service(JobsOverHttp):
+    """A running service: private Redis, the API (uvicorn) and worker ``w1``, all real processes."""
+
+    url: str
+    settings: object  # workers.settings.Settings
+    launcher: object  # tally.launcher.Launcher
+    redis: object  # redis.Redis
+    http: object  # httpx.Client
 
     def start_worker(self, name: str = "w1") -> None:
         self.launcher.start_worker("reference", name)

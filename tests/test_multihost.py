@@ -26,6 +26,7 @@ from workers.records import decode_events
 from workers.settings import Settings
 
 from . import netns
+from .conftest import JobsOverHttp
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +51,7 @@ def _wait_until(predicate, timeout: float, message: str, every: float = 0.2):
 
 
 @dataclass
-class Cluster:
+class Cluster(JobsOverHttp):
     """The running test hosts, seen from this process (a client on their LAN)."""
 
     workers: dict[str, netns.HostLauncher]  # host role -> the launcher of its worker
@@ -61,21 +62,6 @@ class Cluster:
     bucket: str
 
     # ------------------------------------------------------------------------------------------- jobs
-    def submit(self, **body) -> str:
-        response = self.http.post("/v1/jobs", json=body)
-        assert response.status_code == 202, response.text
-        return response.json()["id"]
-
-    def record(self, job_id: str) -> dict:
-        return self.http.get(f"/v1/jobs/{job_id}").json()
-
-    def wait(self, job_id: str, timeout: float = 120, until=("succeeded", "failed", "canceled")) -> dict:
-        deadline = time.monotonic() + timeout
-        while (record := self.record(job_id))["status"] not in until:
-            assert time.monotonic() < deadline, f"job {job_id} is still {record['status']} after {timeout} s"
-            time.sleep(0.2)
-        return record
-
     def events(self, job_id: str) -> list[dict]:
         return [event for _, event in decode_events(self.redis.xrange(KEYS.job_events(job_id)))]
 
