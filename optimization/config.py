@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+GENERATION_BATCH = 16  # images per pipeline call: the engine's, and the worker's across queued jobs
+
 
 class Policy(StrEnum):
     """How the engine looks for verified images (see ``engine`` and ``policy``)."""

@@ -28,11 +28,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .config import Budget, ModelSpec, NoiseConfig, Policy, RefineConfig, Stage
+from .config import GENERATION_BATCH, Budget, ModelSpec, NoiseConfig, Policy, RefineConfig, Stage
 from .count_token import CountToken, TokenKey
 from .counter import Counter, Detections, Verification, degenerate, load_counter, load_crosscheck, resolve, verify
 from .errors import DegenerateOutput, InvalidRequest
-from .job import CANDIDATE_BATCH, Candidate, EngineResult, GenerationRequest, ImageResult, JobState
+from .job import Candidate, EngineResult, GenerationRequest, ImageResult, JobState
 from .noise import optimize_noise
 from .optimizer import Canceled, IterationReport, OptimizeResult, optimize
 from .pipelines import TOKEN_NORM_FACTOR, TextToImage
@@ -149,7 +149,7 @@ class CountEngine:
         return outcome
 
     def generate_many(self, requests: list[GenerationRequest],
-                      batch_size: int = 2 * CANDIDATE_BATCH) -> list[EngineResult | Exception]:
+                      batch_size: int = GENERATION_BATCH) -> list[EngineResult | Exception]:
         """Several requests sharing the pipeline's batches (cross-job batching): candidates of requests with the
         same conditioning token are generated together, up to ``batch_size`` images per call, each verified
         against its own object and count; every request keeps its own seeds, budget, cancellation, progress
@@ -177,7 +177,7 @@ class CountEngine:
 
     def _sample_together(self, jobs: list[JobState], batch_size: int) -> None:
         """Stage 3: sample candidates in batches and verify each conservatively, until each job has its
-        verified images or its budget ends (one batch at least). Alone, a job takes ``CANDIDATE_BATCH``
+        verified images or its budget ends (one batch at least). Alone, a job takes ``job.CANDIDATE_BATCH``
         candidates a batch; several share a batch fairly (at least one candidate each per batch)."""
         image_seconds = 0.0  # the last batch's seconds per image: a job near its deadline takes what fits
         while True:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelSpec
+from .config import GENERATION_BATCH, ModelSpec
 from .errors import InvalidRequest
 from .token_file import PLACEHOLDER
 
@@ -181,7 +181,7 @@ class TextToImage:
         return out.images.float()
 
     @torch.no_grad()
-    def generate(self, prompt: str, seeds: list[int], batch_size: int = 16) -> torch.Tensor:
+    def generate(self, prompt: str, seeds: list[int], batch_size: int = GENERATION_BATCH) -> torch.Tensor:
         """Images ``[len(seeds), 3, H, W]`` in [0, 1] on the CPU; each depends only on prompt, token and seed."""
         cond = self.encode(prompt)
         return torch.cat([self._call(cond, seeds[i:i + batch_size]).cpu() for i in range(0, len(seeds), batch_size)])

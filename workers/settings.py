@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from optimization.config import Budget, LibraryConfig, ModelSpec, NoiseConfig, Policy, RefineConfig
+from optimization.config import GENERATION_BATCH, Budget, LibraryConfig, ModelSpec, NoiseConfig, Policy, RefineConfig
 from optimization.errors import InvalidRequest
 from optimization.policy import DEFAULT_POLICY
 from optimization.reference.models import reference_models
@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     no_worker_timeout_s: float = Field(300.0, gt=0, description=(
         "A job whose model has had no live worker this long fails with no_worker (queued with queue_if_offline, "
         "or running when its worker died with no other to take it over): jobs end."))
-    batch_size: int = Field(16, ge=1, description=(
+    batch_size: int = Field(GENERATION_BATCH, ge=1, description=(
         "Images per pipeline call shared by queued jobs of one model (cross-job batching); a worker takes up to "
         "this many queued resample/library jobs together. 1: each job alone."))
     sse_heartbeat_s: float = Field(15.0, gt=0, description="An idle event stream sends a comment this often.")
