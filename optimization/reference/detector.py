@@ -218,7 +218,9 @@ def train_detector(
         raise InvalidRequest(f"nothing to resume: no {last}")
     model = YOLO(str(last) if resume else str(start_from) if start_from else "yolov8n.yaml")
     if on_epoch:
-        model.add_callback("on_fit_epoch_end", lambda trainer: on_epoch(trainer.epoch + 1, trainer.epochs))
+        # ultralytics fires this once more after the last epoch (its final validation): the bar stops at the total
+        model.add_callback("on_fit_epoch_end",
+                           lambda trainer: on_epoch(min(trainer.epoch + 1, trainer.epochs), trainer.epochs))
     if resume:
         model.train(resume=True)
     else:
