@@ -12,9 +12,9 @@ The product promises verified images, not magic tokens. ``generate`` reads in th
 5. return verified images first, then the closest misses marked ``verified: false``.
 
 Policies: ``resample`` (base prompt), ``library`` (the cached token for (model, object, count) when there
-is one), ``refine`` (library, plus token refinement), ``noise`` (library, plus noise optimization). Library
-tokens are learned by ``library`` (calibration, then the gradient token, in slices). The default is the model's ``default_policy``, else
-``policy.DEFAULT_POLICY`` (the winner of ``tally bench engine``). Everything particular to a model (its
+is one), ``refine`` (library, plus token refinement), ``noise`` (library, plus noise optimization).
+Library tokens are learned by ``library`` (calibration, then the gradient token, in slices). The default is
+the model's ``default_policy``, else ``policy.DEFAULT_POLICY`` (the winner of ``tally bench engine``). Everything particular to a model (its
 sampler, verification thresholds, cross-check, library prompts, max count) comes from its ``ModelSpec``.
 """
 

@@ -97,7 +97,8 @@ def calibrate(engine: CountEngine, cls: str, count: int, config: LibraryConfig =
 
 
 def library_slice(engine: CountEngine, cls: str, count: int, config: LibraryConfig = LibraryConfig(),
-                  resume: dict | None = None, slice_seconds: float | None = None, progress: Callable[[IterationReport], None] | None = None,
+                  resume: dict | None = None, slice_seconds: float | None = None,
+                  progress: Callable[[IterationReport], None] | None = None,
                   should_stop: Callable[[], bool] | None = None,
                   should_yield: Callable[[], bool] | None = None) -> LibrarySlice:
     """Library learning in bounded slices of about ``slice_seconds`` (all of it when None), starting from

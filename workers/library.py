@@ -61,7 +61,7 @@ def enqueue_slice(connection: redis.Redis, settings: Settings, model_id: str, cl
         on_failure=Callback("workers.runtime.tasks.release_library_lock"), meta={"key": key_id, "kind": "library"})
 
 
-def update(connection: redis.Redis, settings: Settings, key_id: str, **fields) -> None:
+def update_task(connection: redis.Redis, settings: Settings, key_id: str, **fields) -> None:
     connection.hset(keys(settings).learning(key_id), mapping={**fields, "updated": time.time()})
 
 
@@ -102,5 +102,5 @@ def cancel(connection: redis.Redis, settings: Settings, key_id: str) -> bool:
     if not connection.exists(k.library_lock(key_id)):
         return False
     connection.set(k.library_cancel(key_id), 1, ex=settings.library_timeout)
-    update(connection, settings, key_id, status=LearningStatus.canceling)
+    update_task(connection, settings, key_id, status=LearningStatus.canceling)
     return True

@@ -6,7 +6,7 @@ import json
 import logging
 import time
 
-from ..library import conclude, enqueue_slice, update
+from ..library import conclude, enqueue_slice, update_task
 from ..queue import generation_queue, keys
 from ..statuses import LearningStatus
 
@@ -24,7 +24,7 @@ def run_slice(runner, model_id: str, cls: str, count: int, key_id: str) -> dict:
         return conclude(connection, settings, key_id, LearningStatus.canceled)
     state = connection.get(k.library_state(key_id))
     users = generation_queue(connection, settings, model_id)
-    update(connection, settings, key_id, status=LearningStatus.running)
+    update_task(connection, settings, key_id, status=LearningStatus.running)
     began = time.monotonic()
     try:
         part = library_slice(
@@ -36,21 +36,22 @@ def run_slice(runner, model_id: str, cls: str, count: int, key_id: str) -> dict:
         if canceled():
             return conclude(connection, settings, key_id, LearningStatus.canceled)
         enqueue_slice(connection, settings, model_id, cls, count, key_id, at_front=True)  # the worker is stopping
-        update(connection, settings, key_id, status=LearningStatus.queued)
+        update_task(connection, settings, key_id, status=LearningStatus.queued)
         return {"key": key_id, "status": "requeued"}
     validation = part.token.metadata["validation"]
     log.info("library %s: a %s slice took %.1f s", key_id, part.token.metadata["stage"], time.monotonic() - began,
              extra={"key": key_id, "stage": part.token.metadata["stage"],
                     "seconds": round(time.monotonic() - began, 2)})
     connection.hincrby(k.learning(key_id), "slices", 1)
-    update(connection, settings, key_id, iterations=part.token.metadata["iterations"], validation=json.dumps(validation))
+    update_task(connection, settings, key_id, iterations=part.token.metadata["iterations"],
+                validation=json.dumps(validation))
     if not part.done:
         with connection.pipeline() as pipe:
             pipe.set(k.library_state(key_id), part.state_bytes(), ex=settings.library_timeout)
             pipe.expire(k.library_lock(key_id), settings.library_timeout)
             pipe.execute()
         enqueue_slice(connection, settings, model_id, cls, count, key_id)
-        update(connection, settings, key_id, status=LearningStatus.queued)
+        update_task(connection, settings, key_id, status=LearningStatus.queued)
         return {"key": key_id, "status": "continues", "iterations": part.token.metadata["iterations"]}
     if runner.store.admit(part.token, settings.library.min_gain, settings.library_retry_after_s):
         return conclude(connection, settings, key_id, LearningStatus.stored, gain=part.token.metadata["gain"])
