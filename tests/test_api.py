@@ -11,6 +11,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from workers.records import read_record
 from workers.settings import Settings
 
 from .conftest import free_port
@@ -94,7 +95,8 @@ def test_a_valid_request_is_queued_with_its_object_resolved_from_configuration(a
     assert record["queue_position"] == 0 and record["estimated_start"] is None  # no worker, nothing measured
     queue = generation_queue(redis.Redis.from_url(settings.redis_url), settings, "reference")
     assert queue.get_job_ids() == [job_id]
-    assert queue.fetch_job(job_id).kwargs["request"]["budget"] == settings.default_budget.model_dump()
+    stored = read_record(redis.Redis.from_url(settings.redis_url), settings, job_id)
+    assert stored["request"]["budget"] == settings.default_budget.model_dump()
 
 
 def test_a_job_for_a_model_without_a_live_worker_is_refused_not_left_waiting(api, settings):

@@ -12,8 +12,7 @@ import uuid
 import httpx
 import pytest
 import redis
-from rq.job import Job
-
+from workers.records import read_record
 from workers.settings import Settings
 
 from .conftest import free_port, serve_api
@@ -58,7 +57,7 @@ def test_tally_url_from_the_environment_is_used_without_url(tally_cli):
                     status=69)
 
 
-def test_detach_queues_the_request_as_given_under_the_api_key(tally_cli, api, redis_url, tmp_path):
+def test_detach_queues_the_request_as_given_under_the_api_key(tally_cli, api, api_settings, redis_url, tmp_path):
     result = tally_cli("submit", "--url", api, "--detach", *PROMPT, "--model", "reference", "--policy", "refine",
                        "--budget-seconds", "5", "--budget-candidates", "8", "--num-images", "2", "--seed", "11",
                        "--api-key", "k1", "--queue-if-offline", "--json", str(tmp_path / "accepted.json"))
@@ -77,7 +76,7 @@ def test_detach_queues_the_request_as_given_under_the_api_key(tally_cli, api, re
     assert httpx.get(f"{api}/v1/jobs/{job_id}", timeout=5).status_code == 404
     assert httpx.get(f"{api}/v1/jobs/{job_id}", headers={"X-API-Key": "k2"}, timeout=5).status_code == 404
 
-    request = Job.fetch(job_id, connection=redis.Redis.from_url(redis_url)).meta["request"]
+    request = read_record(redis.Redis.from_url(redis_url), api_settings, job_id)["request"]
     assert request["budget"]["max_seconds"] == 5 and request["budget"]["max_candidates"] == 8
     assert request["num_images"] == 2 and request["seed"] == 11 and request["policy"] == "refine"
 

@@ -194,10 +194,11 @@ def test_a_job_that_fails_past_its_handlers_reads_failed(runtime):
     runtime.settings = runtime.settings.model_copy(update={"job_retries": 0})
     job = _submit(runtime)
     rq_job = Job.fetch(job, connection=runtime.connection)
-    assert rq_job.kwargs["request"]["count"] == 2
-    rq_job.kwargs = {"request": {"prompt": 1}}  # generate_job raises before its own handlers
-    rq_job.save()
-    _work(runtime)
+    assert rq_job.args == () and rq_job.kwargs == {}  # RQ carries only the id: the request is the record's
+    stored = records.read_record(runtime.connection, runtime.settings, job)
+    assert stored["request"]["count"] == 2
+    records.save_record(runtime.connection, runtime.settings, {**stored, "request": {"prompt": 1}})
+    _work(runtime)  # the runner cannot read that request: it raises before the job's own handlers
     record = _record(runtime, job)
     assert record["status"] == "failed" and record["error"]["code"] == "internal"
     assert _events(runtime, job)[-1]["status"] == "failed"

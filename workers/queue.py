@@ -127,11 +127,12 @@ def enqueue_generation(connection: redis.Redis, settings: Settings, request: Job
                        pipeline: redis.client.Pipeline) -> Job:
     """Queue a generation job on ``pipeline``, a transaction (``MULTI`` already begun) that the caller
     executes: the RQ job (a valid RQ job, as ``enqueue_call`` writes it), its place in the queue and its
-    owner's line, in the caller's one round trip."""
+    owner's line, in the caller's one round trip. The RQ job carries only its id: the request lives in the
+    job's record (``records``), once."""
     queue = generation_queue(connection, settings, request.model)
     k = keys(settings)
     job = queue.enqueue_call(
-        "workers.runtime.tasks.generate_job", kwargs={"request": request.model_dump(mode="json")}, job_id=job_id,
+        "workers.runtime.tasks.generate_job", job_id=job_id,
         timeout=settings.job_timeout, result_ttl=settings.result_ttl, failure_ttl=settings.result_ttl,
         ttl=settings.result_ttl, meta=meta, retry=Retry(max=settings.job_retries) if settings.job_retries else None,
         on_failure=Callback("workers.runtime.tasks.generation_failed"), pipeline=pipeline)

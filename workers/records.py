@@ -86,14 +86,11 @@ def read_record(connection: redis.Redis, settings: Settings, job_id: str) -> dic
     return orjson.loads(raw) if raw is not None else None
 
 
-def worker_record(connection: redis.Redis, settings: Settings, job: Job) -> dict:
-    """The record a worker starts from: the stored one, else (a job queued before records were kept, or
-    whose record was lost) one rebuilt from what RQ keeps of the job."""
-    record = read_record(connection, settings, job.id)
-    if record is None:
-        meta = job.meta
-        record = new_record(job.id, meta["owner"], JobRequest.model_validate(meta["request"]),
-                            (meta.get("timings") or {}).get("submitted", time.time()))
+def worker_record(connection: redis.Redis, settings: Settings, job_id: str) -> dict:
+    """The record a worker runs a job from (its request is there, and only there)."""
+    record = read_record(connection, settings, job_id)
+    if record is None:  # it expires with the job: only a Redis that evicts keys loses one alone
+        raise LookupError(f"job {job_id} has no record (expired or evicted): nothing to run")
     return record
 
 

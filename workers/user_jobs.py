@@ -52,7 +52,7 @@ def submit(connection: redis.Redis, settings: Settings, request: JobRequest, own
             return Submitted(previous["job"], created=False)
     now = time.time()
     record = new_record(job_id, owner, request, now)
-    meta = {"owner": owner, "model": request.model, "request": record["request"]}  # what RQ keeps of it
+    meta = {"owner": owner}  # whose job it is, for fair dispatch and reads; the request is the record's
     with connection.pipeline() as pipe:
         pipe.multi()
         job = enqueue_generation(connection, settings, request, meta, job_id, pipe)

@@ -14,16 +14,18 @@ from rq.queue import Queue
 
 from optimization.config import Policy
 
-from ..requests import JobRequest
+from ..records import read_record
 from .tasks import GENERATE
 
 
-def batchable(job: Job) -> bool:
+def batchable(job: Job, connection, settings) -> bool:
+    """A generation job whose policy shares batches (its record says which)."""
+    if job.func_name != GENERATE:
+        return False
     try:
-        request = JobRequest.model_validate(job.kwargs["request"])
+        return Policy(read_record(connection, settings, job.id)["request"]["policy"]).batches
     except Exception:  # noqa: BLE001 - not ours to judge here: it runs alone and fails there
         return False
-    return job.func_name == GENERATE and Policy(request.policy).batches
 
 
 def take_companions(worker, queue: Queue, limit: int) -> list[tuple[Job, object]]:
@@ -38,7 +40,8 @@ def take_companions(worker, queue: Queue, limit: int) -> list[tuple[Job, object]
             job = Job.fetch(job_id.decode(), connection=worker.connection)
         except Exception:  # noqa: BLE001 - gone or unreadable: RQ's own dequeue deals with it
             break
-        if not batchable(job) or worker.connection.lrem(queue.key, 1, job.id) != 1:
+        if (not batchable(job, worker.connection, worker.runner.settings)
+                or worker.connection.lrem(queue.key, 1, job.id) != 1):
             break  # not ours to batch, or another worker took it first
         claim(worker, job)
         taken.append((job, worker.prepare_execution(job)))

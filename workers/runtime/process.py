@@ -60,7 +60,7 @@ class TallyWorker(SimpleWorker):
         with logs.job_context(job.id):
             execution = self.prepare_execution(job)
             companions = []
-            if batch_size > 1 and batching.batchable(job):
+            if batch_size > 1 and batching.batchable(job, self.connection, self.runner.settings):
                 companions = batching.take_companions(self, queue, batch_size - 1)
             if companions:
                 batching.claim(self, job)

@@ -42,7 +42,8 @@ class Reporter:
 
     def __init__(self, runner: JobRunner, job: Job):
         self.runner, self.job = runner, job
-        self.record = worker_record(runner.connection, runner.settings, job)
+        self.record = worker_record(runner.connection, runner.settings, job.id)
+        self.request = JobRequest.model_validate(self.record["request"])  # validated by the API, parsed once here
         self.stage_ends: dict[str, float] = {}  # engine stage -> time of its latest progress event
         self.learn: tuple[str, int] | None = None  # (object, count) of a library miss, learned if the job succeeds
 
@@ -106,10 +107,13 @@ class JobRunner:
         """Start every job and run them in shared batches; each outcome waits for RQ to perform its job."""
         entries = []
         for job in jobs:
-            req = JobRequest.model_validate(job.kwargs["request"])
-            report = self._start(job, req)
             try:
-                entries.append((job, report, self._engine_request(job, req, report)))
+                report = self._start(job)
+            except Exception as exc:  # noqa: BLE001 - no record to run from: RQ fails that job alone
+                self._ready[job.id] = (None, exc)
+                continue
+            try:
+                entries.append((job, report, self._engine_request(job, report)))
             except Exception as exc:  # noqa: BLE001 - that job's outcome, raised when RQ performs it
                 self._ready[job.id] = (report, exc)
         outcomes = self.engine.generate_many([request for _, _, request in entries], self.settings.batch_size)
@@ -122,11 +126,12 @@ class JobRunner:
         the PNGs kept (Redis or the object store), the record completed."""
         from optimization.optimizer import Canceled
 
-        req = JobRequest.model_validate(job.kwargs["request"])
         ready = self._ready.pop(job.id, None)
-        report = ready[0] if ready else self._start(job, req)
+        if ready and ready[0] is None:
+            raise ready[1]  # it could not start: nothing to report to
+        report = ready[0] if ready else self._start(job)
         try:
-            outcome = ready[1] if ready else self.engine.generate_many([self._engine_request(job, req, report)])[0]
+            outcome = ready[1] if ready else self.engine.generate_many([self._engine_request(job, report)])[0]
             if isinstance(outcome, BaseException):
                 raise outcome
         except Canceled:
@@ -154,24 +159,24 @@ class JobRunner:
                                         "logged"}, stage=None)
         return self._store_results(job, outcome, report)
 
-    def _start(self, job: Job, req: JobRequest) -> Reporter:
+    def _start(self, job: Job) -> Reporter:
         """The job leaves its queue and runs: its record and stream say so. Its deadline is its first start plus
         its budget's seconds: a retried job gets what is left, not a new budget."""
         report = Reporter(self, job)
         now = time.time()
         report.update(status=JobStatus.running, stage=Stage.sampling,
-                      deadline=report.record.get("deadline") or now + req.budget.max_seconds,
+                      deadline=report.record.get("deadline") or now + report.request.budget.max_seconds,
                       timings={**report.record["timings"], "started": now},
                       event={"status": JobStatus.running, "stage": Stage.sampling})
-        dequeued(self.connection, self.settings, req.model, job.id)
+        dequeued(self.connection, self.settings, report.request.model, job.id)
         return report
 
-    def _engine_request(self, job: Job, req: JobRequest, report: Reporter):
+    def _engine_request(self, job: Job, report: Reporter):
         """The library lookup (a miss is learned once the job has succeeded), the record's token and warnings,
         and what the engine is asked."""
         from optimization.job import GenerationRequest
 
-        engine, cancel_key = self.engine, keys(self.settings).job_cancel(job.id)
+        engine, req, cancel_key = self.engine, report.request, keys(self.settings).job_cancel(job.id)
         cls = engine.resolve_object(req.prompt, req.object)
         token = self.store.token_for(engine, cls, req.count)  # None, or a token this engine can use
         if token is None and Policy(req.policy).uses_token:

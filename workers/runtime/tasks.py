@@ -19,8 +19,8 @@ GENERATE = "workers.runtime.tasks.generate_job"
 LIBRARY = "workers.runtime.tasks.library_job"
 
 
-def generate_job(request: dict) -> dict:
-    """A user's generation job (``request``: its ``JobRequest``, which the runner reads from the job)."""
+def generate_job() -> dict:
+    """A user's generation job: RQ's job carries only its id; the request is in the job's record."""
     return runner.current().generate(get_current_job())
 
 
