@@ -14,8 +14,9 @@ The product promises verified images, not magic tokens. ``generate`` reads in th
 Policies: ``resample`` (base prompt), ``library`` (the cached token for (model, object, count) when there
 is one), ``refine`` (library, plus token refinement), ``noise`` (library, plus noise optimization).
 Library tokens are learned by ``library`` (calibration, then the gradient token, in slices). The default is
-the model's ``default_policy``, else ``policy.DEFAULT_POLICY`` (the winner of ``tally bench engine``). Everything particular to a model (its
-sampler, verification thresholds, cross-check, library prompts, max count) comes from its ``ModelSpec``.
+the model's ``default_policy``, else ``policy.DEFAULT_POLICY`` (``policy.default_for``; the winner of ``tally bench
+engine``). Everything particular to a model (its sampler, verification thresholds, cross-check, library prompts,
+max count) comes from its ``ModelSpec``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from .job import Candidate, EngineResult, GenerationRequest, ImageResult, JobSta
 from .noise import optimize_noise
 from .optimizer import Canceled, IterationReport, OptimizeResult, optimize
 from .pipelines import TOKEN_NORM_FACTOR, TextToImage
-from .policy import DEFAULT_POLICY
+from .policy import default_for
 from .prompts import object_in_prompt, plural
 from .semantic import ClipGuard
 from .visualize import to_uint8
@@ -74,7 +75,7 @@ class CountEngine:
 
     @property
     def default_policy(self) -> Policy:
-        return self.spec.default_policy or DEFAULT_POLICY
+        return default_for(self.spec)
 
     def detector_only(self) -> "CountEngine":
         """The same resident models verifying with the detector alone (as production models do)."""

@@ -6,11 +6,16 @@ policy is the default" for the figures behind ``DEFAULT_POLICY``; a model entry 
 own measured winner (``ModelSpec.default_policy``).
 """
 
-from .config import Policy
+from .config import ModelSpec, Policy
 
 DEFAULT_POLICY = Policy.resample
 MARGIN = 1.10  # run-to-run noise of clean images per second on the benchmark
 MAX_FALSE_VERIFIED = 0.01  # a policy that fools its verifier more often than this is never a default
+
+
+def default_for(spec: ModelSpec, deployment: Policy = DEFAULT_POLICY) -> Policy:
+    """A model's default policy: its own measured winner, else the deployment's (``Settings.default_policy``)."""
+    return spec.default_policy or deployment
 
 
 def choose_default(clean_per_s: dict[str, float], false_verified: dict[str, float] | None = None) -> Policy:

@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from optimization.config import GENERATION_BATCH, Budget, LibraryConfig, ModelSpec, NoiseConfig, Policy, RefineConfig
 from optimization.errors import InvalidRequest
-from optimization.policy import DEFAULT_POLICY
+from optimization.policy import DEFAULT_POLICY, default_for
 from optimization.reference.models import reference_models
 
 
@@ -126,7 +126,7 @@ class Settings(BaseSettings):
         raise InvalidRequest(f"unknown model {wanted!r}; configured: {', '.join(m.id for m in self.models)}")
 
     def policy_for(self, spec: ModelSpec) -> Policy:
-        return spec.default_policy or self.default_policy
+        return default_for(spec, self.default_policy)
 
     def prepare_runtime(self) -> None:
         """Create the runtime dir and keep ultralytics' settings file inside it rather than in $HOME."""
