@@ -83,6 +83,26 @@ def build_components(tokenizer_dir: Path, words: tuple[str, ...] = WORDS):
     return tokenizer, text_encoder, unet, scheduler
 
 
+def _v_loss(unet, text_encoder, tokenizer, scheduler, snr: torch.Tensor, latents: torch.Tensor, captions: list[str],
+            cfg: T2ITrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """One batch's loss: v-prediction at random timesteps, captions dropped at ``caption_dropout``, min-SNR
+    weighted."""
+    idx = torch.randint(0, len(latents), (cfg.unet_batch,), generator=generator)
+    drop = torch.rand(cfg.unet_batch, generator=generator) < cfg.caption_dropout
+    texts = ["" if d else captions[i] for i, d in zip(idx.tolist(), drop.tolist())]
+    ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    x0 = latents[idx]
+    noise = torch.randn(x0.shape, generator=generator)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.unet_batch,), generator=generator)
+    xt = scheduler.add_noise(x0, noise, t)
+    target = scheduler.get_velocity(x0, noise, t)
+    pred = unet(xt, t, encoder_hidden_states=text_encoder(ids)[0]).sample
+    # min-SNR-5 weighting for v-prediction: w = min(snr, 5) / (snr + 1); terminal SNR 0 gets weight 0 -> floor.
+    w = (torch.minimum(snr[t], torch.tensor(5.0)) / (snr[t] + 1)).clamp(min=0.05)
+    return (w * F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))).mean()
+
+
 def train_unet(unet, text_encoder, tokenizer, scheduler, latents: torch.Tensor, captions: list[str],
                cfg: T2ITrainConfig, generator: torch.Generator, progress: Progress | None = None,
                checkpoint: TrainingCheckpoint | None = None, state: dict | None = None) -> None:
@@ -112,20 +132,7 @@ def train_unet(unet, text_encoder, tokenizer, scheduler, latents: torch.Tensor, 
     alphas_cumprod = scheduler.alphas_cumprod
     snr = alphas_cumprod / (1 - alphas_cumprod).clamp(min=1e-8)
     for step in range(start, cfg.unet_steps):
-        idx = torch.randint(0, len(latents), (cfg.unet_batch,), generator=generator)
-        drop = torch.rand(cfg.unet_batch, generator=generator) < cfg.caption_dropout
-        texts = ["" if d else captions[i] for i, d in zip(idx.tolist(), drop.tolist())]
-        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids
-        x0 = latents[idx]
-        noise = torch.randn(x0.shape, generator=generator)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.unet_batch,), generator=generator)
-        xt = scheduler.add_noise(x0, noise, t)
-        target = scheduler.get_velocity(x0, noise, t)
-        pred = unet(xt, t, encoder_hidden_states=text_encoder(ids)[0]).sample
-        # min-SNR-5 weighting for v-prediction: w = min(snr, 5) / (snr + 1); terminal SNR 0 gets weight 0 -> floor.
-        w = (torch.minimum(snr[t], torch.tensor(5.0)) / (snr[t] + 1)).clamp(min=0.05)
-        loss = (w * F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))).mean()
+        loss = _v_loss(unet, text_encoder, tokenizer, scheduler, snr, latents, captions, cfg, generator)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)

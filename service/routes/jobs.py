@@ -170,57 +170,55 @@ async def job_events(job_id: str, request: Request, settings: SettingsDep, conne
 
     Scope: the key that created the job (another key's job is 404).
     """
-    owner = caller.owner
-    await run_in_threadpool(_record, connection, settings, job_id, owner)
+    await run_in_threadpool(_record, connection, settings, job_id, caller.owner)
     last = _stream_id(last_event_id)
-    events, key = request.app.state.async_redis, keys(settings).job_events(job_id)
-    slots = StreamSlots(events, settings, owner)
+    slots = StreamSlots(request.app.state.async_redis, settings, caller.owner)
     if not await slots.take():
         raise reject(connection, settings, 429, "too_many_streams", f"this key already holds "
                      f"{settings.max_streams_per_key} open event streams (max_streams_per_key); close one first",
                      {"Retry-After": str(int(settings.sse_heartbeat_s))})
+    return StreamingResponse(_event_stream(job_id, last, slots, request, settings, connection, caller),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _event_stream(job_id: str, last: str, slots: StreamSlots, request: Request, settings, connection, caller):
+    """``job_events``' stream from event ``last`` on; its slot is released however it ends."""
+    owner, events, key = caller.owner, request.app.state.async_redis, keys(settings).job_events(job_id)
 
     async def final() -> str:
         record = await run_in_threadpool(records.job_record, connection, settings, job_id, owner)
         return _sse("final", _record_out(record, request).model_dump(mode="json") if record
                     else {"id": job_id, "status": "expired"})
 
-    async def key_revoked() -> bool:
-        return caller.key is not None and not await key_is_live(events, settings, caller.key.hash)
-
-    async def stream():
-        nonlocal last
-        try:
-            while True:
-                try:
-                    found = await events.xread({key: last}, count=100, block=int(settings.sse_heartbeat_s * 1000))
-                    if await key_revoked():
-                        yield _sse("error", {"error": "unauthorized", "message": "the API key was revoked"})
-                        return
-                    await slots.renew()
-                except redis.ConnectionError:
-                    yield ": the job store is unreachable; retrying\n\n"
-                    await asyncio.sleep(1)
-                    continue
-                if not found:  # a heartbeat; and a job whose record expired or ended unseen still ends its stream
-                    yield ": heartbeat\n\n"
-                    record = await run_in_threadpool(records.job_record, connection, settings, job_id, owner)
-                    if record is None or record["status"] in records.TERMINAL:
-                        yield await final()
-                        return
-                    continue
-                for event_id, event in records.decode_events(found[0][1]):
-                    last = event_id
-                    yield _sse("progress", event, event_id)
-                    if event.get("status") in records.TERMINAL:
-                        yield await final()
-                        return
-        finally:
-            with anyio.CancelScope(shield=True):  # the client went: its stream is cancelled, the slot still freed
-                await slots.release()
-
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    try:
+        while True:
+            try:
+                found = await events.xread({key: last}, count=100, block=int(settings.sse_heartbeat_s * 1000))
+                if caller.key is not None and not await key_is_live(events, settings, caller.key.hash):
+                    yield _sse("error", {"error": "unauthorized", "message": "the API key was revoked"})
+                    return
+                await slots.renew()
+            except redis.ConnectionError:
+                yield ": the job store is unreachable; retrying\n\n"
+                await asyncio.sleep(1)
+                continue
+            if not found:  # a heartbeat; and a job whose record expired or ended unseen still ends its stream
+                yield ": heartbeat\n\n"
+                record = await run_in_threadpool(records.job_record, connection, settings, job_id, owner)
+                if record is None or record["status"] in records.TERMINAL:
+                    yield await final()
+                    return
+                continue
+            for event_id, event in records.decode_events(found[0][1]):
+                last = event_id
+                yield _sse("progress", event, event_id)
+                if event.get("status") in records.TERMINAL:
+                    yield await final()
+                    return
+    finally:
+        with anyio.CancelScope(shield=True):  # the client went: its stream is cancelled, the slot still freed
+            await slots.release()
 
 
 @router.get("/{job_id}/images/{n}", name="job_image", response_class=Response,

@@ -34,7 +34,6 @@ from ..settings import Settings
 from . import batching
 from .runner import JobRunner
 
-
 log = logging.getLogger("tally.worker")
 
 

@@ -109,6 +109,8 @@ class JobRunner:
         for job in jobs:
             try:
                 report = self._start(job)
+            except redis.RedisError:
+                raise  # the job store, not the job: the worker waits and these jobs are recovered
             except Exception as exc:  # noqa: BLE001 - no record to run from: RQ fails that job alone
                 self._ready[job.id] = (None, exc)
                 continue
