@@ -96,7 +96,7 @@ def test_a_valid_request_is_queued_with_its_object_resolved_from_configuration(a
     queue = generation_queue(redis.Redis.from_url(settings.redis_url), settings, "reference")
     assert queue.get_job_ids() == [job_id]
     stored = read_record(redis.Redis.from_url(settings.redis_url), settings, job_id)
-    assert stored["request"]["budget"] == settings.default_budget.model_dump()
+    assert stored.request.budget == settings.default_budget
 
 
 def test_a_job_for_a_model_without_a_live_worker_is_refused_not_left_waiting(api, settings):

@@ -76,9 +76,9 @@ def test_detach_queues_the_request_as_given_under_the_api_key(tally_cli, api, ap
     assert httpx.get(f"{api}/v1/jobs/{job_id}", timeout=5).status_code == 404
     assert httpx.get(f"{api}/v1/jobs/{job_id}", headers={"X-API-Key": "k2"}, timeout=5).status_code == 404
 
-    request = read_record(redis.Redis.from_url(redis_url), api_settings, job_id)["request"]
-    assert request["budget"]["max_seconds"] == 5 and request["budget"]["max_candidates"] == 8
-    assert request["num_images"] == 2 and request["seed"] == 11 and request["policy"] == "refine"
+    request = read_record(redis.Redis.from_url(redis_url), api_settings, job_id).request
+    assert request.budget.max_seconds == 5 and request.budget.max_candidates == 8
+    assert request.num_images == 2 and request.seed == 11 and request.policy == "refine"
 
 
 def test_detach_json_to_stdout_is_the_accepted_response_alone(tally_cli, api):

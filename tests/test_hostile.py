@@ -261,8 +261,8 @@ def _put_result(settings, job_id: str) -> None:
 
     connection = redis.Redis.from_url(settings.redis_url)
     record = records.read_record(connection, settings, job_id)
-    record["results"] = [{"index": 0, "seed": 1, "detected_count": 3, "verified": True, "boxes": [],
-                          "confidences": [], "policy": "resample"}]
+    record.results = [{"index": 0, "seed": 1, "detected_count": 3, "verified": True, "boxes": [],
+                       "confidences": [], "policy": "resample"}]
     records.save_record(connection, settings, record)
 
 

@@ -167,7 +167,7 @@ def _start_on_a_worker_that_dies(rt, job_id: str) -> str:
     dead.prepare_execution(job)
     dead.prepare_job_execution(job)
     record = records.read_record(rt.connection, rt.settings, job_id)
-    record.update(status="running", stage="sampling")
+    record.change(status="running", stage="sampling")
     records.save_record(rt.connection, rt.settings, record)
     records.push_event(rt.connection, rt.settings, job_id, {"status": "running", "stage": "sampling"})
     return dead.name
@@ -190,15 +190,20 @@ def test_a_dead_workers_job_reads_queued_again_or_failed_when_no_retry_is_left(r
     assert len(_events(runtime, job)) == 3  # queued, running, then one event for the recovery
 
 
-def test_a_job_that_fails_past_its_handlers_reads_failed(runtime):
+def test_a_job_that_fails_past_its_handlers_reads_failed(runtime, monkeypatch):
+    from workers.runtime.runner import JobRunner
+
     runtime.settings = runtime.settings.model_copy(update={"job_retries": 0})
     job = _submit(runtime)
     rq_job = Job.fetch(job, connection=runtime.connection)
     assert rq_job.args == () and rq_job.kwargs == {}  # RQ carries only the id: the request is the record's
-    stored = records.read_record(runtime.connection, runtime.settings, job)
-    assert stored["request"]["count"] == 2
-    records.save_record(runtime.connection, runtime.settings, {**stored, "request": {"prompt": 1}})
-    _work(runtime)  # the runner cannot read that request: it raises before the job's own handlers
+    assert records.read_record(runtime.connection, runtime.settings, job).request.count == 2
+
+    def fails_to_start(self, job):
+        raise RuntimeError("a bug before the job's own handlers")
+
+    monkeypatch.setattr(JobRunner, "_start", fails_to_start)
+    _work(runtime)
     record = _record(runtime, job)
     assert record["status"] == "failed" and record["error"]["code"] == "internal"
     assert _events(runtime, job)[-1]["status"] == "failed"

@@ -1,10 +1,9 @@
-"""A job's record, what ``GET /v1/jobs/{id}`` shows, and its event stream: written by whoever changes the job
-(``jobs``' submit and cancel, the worker's runner, a failure callback, recovery). Torch-free.
+"""A job's record (``JobRecord``), what ``GET /v1/jobs/{id}`` shows, and its event stream. Torch-free.
 
-A job is an RQ job; Tally's record of it (owner, request, status, stage, progress, token, results, cost,
-timings, error ...) is one Redis key, ``Keys.job_record``, written whole at every change by whoever makes
-it (the submit, the worker, a cancel, a failure callback, recovery) and read in one round trip, queue
-position included (``job_record``). A submit is one transaction in one round trip: the RQ job, its fair
+A job is an RQ job that carries only its id; Tally's record of it (owner, request, status, stage, progress,
+token, results, cost, timings, error ...) is one Redis key, ``Keys.job_record``, written whole at every change
+by whoever makes it (``user_jobs``' submit and cancel, the worker's runner, a failure callback, recovery) and
+read in one round trip, queue position included (``job_record``). A submit is one transaction in one round trip: the RQ job, its fair
 place in the queue, the record, the first event, the owner's indexes. Every change is also appended to
 the job's Redis stream, whose statuses are ``JobStatus`` values, so a client following the event stream
 sees every change in order and is woken the moment the job ends (``XREAD BLOCK``, no polling). An
@@ -21,6 +20,7 @@ import time
 
 import orjson
 import redis
+from pydantic import BaseModel, ConfigDict, Field
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
@@ -43,16 +43,52 @@ def fetch_owned(connection: redis.Redis, job_id: str, owner: str) -> Job | None:
 FAILED_IN_WORKER = {"code": "internal", "message": "the job failed in the worker; it was retried and gave up"}
 
 
-def new_record(job_id: str, owner: str, request: JobRequest, submitted: float) -> dict:
-    """A queued job's record. Its fields are what ``GET /v1/jobs/{id}`` shows (``job_record``)."""
-    return {"id": job_id, "status": JobStatus.queued, "owner": owner, "model": request.model,
-            "request": request.model_dump(mode="json"), "stage": None,
-            "progress": {"images_verified": 0, "candidates": 0, "iterations": 0, "loss": None, "detected_counts": []},
-            "token": None, "results": [], "cost": None, "timings": {"submitted": submitted}, "error": None,
-            "budget_exhausted": None, "prompt": None, "object": None, "warnings": [], "deadline": None}
+class JobRecord(BaseModel):
+    """A job as Tally keeps it: what ``GET /v1/jobs/{id}`` shows comes from these fields (``job_record``), so a
+    field added here is stored, read back and served."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    id: str
+    owner: str
+    model: str
+    request: JobRequest  # as the API validated and resolved it; stored here only (RQ's job carries its id)
+    status: JobStatus = JobStatus.queued
+    stage: str | None = None  # while running: the engine's stage
+    progress: dict = Field(default_factory=lambda: {"images_verified": 0, "candidates": 0, "iterations": 0,
+                                                    "loss": None, "detected_counts": []})
+    token: dict | None = None  # the library key looked up, hit or miss, learning scheduled
+    results: list[dict] = Field(default_factory=list)
+    cost: dict | None = None
+    timings: dict[str, float] = Field(default_factory=dict)  # submitted, started, finished
+    error: dict | None = None
+    budget_exhausted: bool | None = None
+    prompt: str | None = None  # as the engine wrote it (the count in it)
+    object: str | None = None  # as the engine resolved it
+    warnings: list[str] = Field(default_factory=list)
+    deadline: float | None = None  # its first start plus its budget's seconds
+    canceled: bool | None = None
+
+    def change(self, **fields) -> None:
+        """Set ``fields`` (validated, as the record is stored)."""
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    @property
+    def has_webhook(self) -> bool:
+        return self.request.webhook is not None
 
 
-def save_record(connection: redis.Redis | redis.client.Pipeline, settings: Settings, record: dict,
+# A public record's fields: the stored ones, a record written by an older version read with the defaults.
+_PUBLIC_DEFAULTS = {name: field.get_default(call_default_factory=True) for name, field in JobRecord.model_fields.items()}
+
+
+def new_record(job_id: str, owner: str, request: JobRequest, submitted: float) -> JobRecord:
+    """A queued job's record."""
+    return JobRecord(id=job_id, owner=owner, model=request.model, request=request, timings={"submitted": submitted})
+
+
+def save_record(connection: redis.Redis | redis.client.Pipeline, settings: Settings, record: JobRecord,
                 queue_key: str | None = None) -> None:
     """Write a job's whole record (on a pipeline: queued there), with the result TTL. ``queue_key``: the
     RQ list the job waits in, given once, at submit (``job_record`` finds the queue position there; a new
@@ -62,15 +98,15 @@ def save_record(connection: redis.Redis | redis.client.Pipeline, settings: Setti
             save_record(pipe, settings, record, queue_key)
             pipe.execute()
         return
-    k, job_id, status = keys(settings), record["id"], str(record["status"])
-    fields = {"record": orjson.dumps(record), "status": status}
+    k, job_id, status = keys(settings), record.id, str(record.status)
+    fields = {"record": record.model_dump_json(), "status": status}
     if queue_key is not None:
         fields["queue"] = queue_key
     connection.hset(k.job_record(job_id), mapping=fields)
     connection.expire(k.job_record(job_id), settings.result_ttl)
     # The owner's jobs, all and by status (``list_jobs``: a page costs a page, whatever the filter), written
     # with every record, so that a record rewritten after a Redis flush is listed again too.
-    submitted, owner = (record.get("timings") or {}).get("submitted") or time.time(), record["owner"]
+    submitted, owner = record.timings.get("submitted") or time.time(), record.owner
     for other in JobStatus if queue_key is None else ():
         if other != status:
             connection.zrem(k.owner_jobs(owner, other), job_id)
@@ -80,13 +116,13 @@ def save_record(connection: redis.Redis | redis.client.Pipeline, settings: Setti
         connection.expire(index, settings.result_ttl)
 
 
-def read_record(connection: redis.Redis, settings: Settings, job_id: str) -> dict | None:
-    """A job's stored record as written (anyone's: for the worker and the lifecycle, not for callers)."""
+def read_record(connection: redis.Redis, settings: Settings, job_id: str) -> JobRecord | None:
+    """A job's stored record (anyone's: for the worker and the lifecycle, not for callers)."""
     raw = connection.hget(keys(settings).job_record(job_id), "record")
-    return orjson.loads(raw) if raw is not None else None
+    return JobRecord.model_validate_json(raw) if raw is not None else None
 
 
-def worker_record(connection: redis.Redis, settings: Settings, job_id: str) -> dict:
+def worker_record(connection: redis.Redis, settings: Settings, job_id: str) -> JobRecord:
     """The record a worker runs a job from (its request is there, and only there)."""
     record = read_record(connection, settings, job_id)
     if record is None:  # it expires with the job: only a Redis that evicts keys loses one alone
@@ -120,21 +156,15 @@ def _public(reply, owner: str) -> dict | None:
     """The read script's reply as ``job_record`` returns it; None for another owner's job."""
     if not reply:
         return None
-    record = orjson.loads(reply[0])
-    if record.get("owner") != owner:
+    stored = orjson.loads(reply[0])  # the hot read: the JSON as stored, not validated again
+    if stored.get("owner") != owner:
         return None  # another owner's job does not exist for you
+    record = {name: stored.get(name, default) for name, default in _PUBLIC_DEFAULTS.items()}
     status = JobStatus(record["status"])
-    error = record.get("error")
-    if status == JobStatus.failed and error is None:
-        error = FAILED_IN_WORKER
-    timings = record.get("timings") or {}
-    return {"id": record["id"], "status": status, "stage": record.get("stage") if status == JobStatus.running else None,
-            "submitted": timings.get("submitted"), "queue_position": reply[1] if len(reply) > 1 else None,
-            "model": record.get("model"), "request": record.get("request"), "progress": record.get("progress"),
-            "token": record.get("token"), "results": record.get("results") or [], "cost": record.get("cost"),
-            "timings": timings, "error": error, "owner": record.get("owner"),
-            "budget_exhausted": record.get("budget_exhausted"), "prompt": record.get("prompt"),
-            "object": record.get("object"), "warnings": record.get("warnings") or [], "deadline": record.get("deadline")}
+    record.update(status=status, stage=record["stage"] if status == JobStatus.running else None,
+                  error=record["error"] or (FAILED_IN_WORKER if status == JobStatus.failed else None),
+                  submitted=record["timings"].get("submitted"), queue_position=reply[1] if len(reply) > 1 else None)
+    return record
 
 
 def job_record(connection: redis.Redis, settings: Settings, job_id: str, owner: str) -> dict | None:
@@ -158,14 +188,14 @@ def job_interrupted(connection: redis.Redis, settings: Settings, job_id: str, re
     unless the record already says so or the job had ended; returns the status written, if any."""
     record = read_record(connection, settings, job_id)
     status = JobStatus.queued if retried else JobStatus.failed
-    if record is None or record["status"] in TERMINAL or record["status"] == status:
+    if record is None or record.status in TERMINAL or record.status == status:
         return None
-    record.update(status=status, stage=None, error=None if retried else FAILED_IN_WORKER)
+    record.change(status=status, stage=None, error=None if retried else FAILED_IN_WORKER)
     with connection.pipeline() as pipe:
         save_record(pipe, settings, record)
-        push_event(pipe, settings, job_id, {"status": status, "requeued": retried}, has_webhook(record))
+        push_event(pipe, settings, job_id, {"status": status, "requeued": retried}, record.has_webhook)
         if not retried:
-            pipe.srem(keys(settings).owner_active(record["owner"]), job_id)
+            pipe.srem(keys(settings).owner_active(record.owner), job_id)
         pipe.execute()
     return status
 
@@ -183,10 +213,6 @@ def push_event(connection: redis.Redis | redis.client.Pipeline, settings: Settin
         webhooks.add_event(pipe, settings, job_id, event)
     if pipe is not connection:
         pipe.execute()
-
-
-def has_webhook(record: dict) -> bool:
-    return bool(record["request"].get("webhook"))
 
 
 def decode_events(entries) -> list[tuple[str, dict]]:

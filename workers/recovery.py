@@ -22,7 +22,7 @@ from rq.registry import StartedJobRegistry
 from rq.timeouts import TimerDeathPenalty
 
 from .queue import dequeued, generation_queue, keys, library_queue, live_workers
-from .records import TERMINAL, JobStatus, has_webhook, job_interrupted, push_event, read_record, save_record
+from .records import TERMINAL, JobStatus, job_interrupted, push_event, read_record, save_record
 from .settings import Settings
 
 log = logging.getLogger("tally.worker")
@@ -74,7 +74,7 @@ def recover_orphans(connection: redis.Redis, settings: Settings, model_id: str, 
             if queue.name == keys(settings).generation_queue(model_id):
                 # The failure callback wrote the record; this covers a callback that could not run.
                 job_interrupted(connection, settings, job.id, retried)
-                status = (read_record(connection, settings, job.id) or {}).get("status")
+                status = getattr(read_record(connection, settings, job.id), "status", None)
             else:
                 status = JobStatus.queued if retried else JobStatus.failed
             log.warning("job %s: its worker %s died; now %s", job.id, job.worker_name, status)
@@ -114,21 +114,20 @@ def fail_jobs_without_worker(connection: redis.Redis, settings: Settings) -> lis
         # The oldest first, a bounded number per period: the upkeep runs beside the API's requests.
         for job_id in [*entries, *queue.get_job_ids(0, UPKEEP_JOBS - 1)]:
             record = read_record(connection, settings, job_id)
-            if record is None or record["status"] in TERMINAL:
+            if record is None or record.status in TERMINAL:
                 continue
-            timings = record.get("timings") or {}
-            since = max(last_beat, timings.get("submitted") or 0, timings.get("started") or 0)
+            since = max(last_beat, record.timings.get("submitted") or 0, record.timings.get("started") or 0)
             if now - since < settings.no_worker_timeout_s:
                 continue
             queue.remove(job_id)
             if job_id in entries:
                 connection.zrem(started.key, entries[job_id])
             dequeued(connection, settings, model.id, job_id)
-            record.update(status=JobStatus.failed, stage=None, error=NO_WORKER)
+            record.change(status=JobStatus.failed, stage=None, error=NO_WORKER)
             with connection.pipeline() as pipe:
                 save_record(pipe, settings, record)
-                push_event(pipe, settings, job_id, {"status": JobStatus.failed}, has_webhook(record))
-                pipe.srem(k.owner_active(record["owner"]), job_id)
+                push_event(pipe, settings, job_id, {"status": JobStatus.failed}, record.has_webhook)
+                pipe.srem(k.owner_active(record.owner), job_id)
                 pipe.execute()
             log.warning("job %s failed: model %s has had no live worker for %.0f s", job_id, model.id, now - since)
             failed.append(job_id)

@@ -17,7 +17,7 @@ from rq.queue import Queue
 
 from . import objects, stats
 from .queue import dequeued, enqueue_generation, keys, live_workers
-from .records import fetch_owned, has_webhook, job_record, job_records, new_record, push_event, read_record, save_record
+from .records import fetch_owned, job_record, job_records, new_record, push_event, read_record, save_record
 from .requests import JobRequest
 from .settings import Settings
 from .statuses import TERMINAL, JobStatus
@@ -128,9 +128,9 @@ def list_jobs(connection: redis.Redis, settings: Settings, owner: str, status: J
 def cancel(connection: redis.Redis, settings: Settings, job_id: str, owner: str) -> dict | None:
     """A queued job never runs; a running one stops within one iteration (the engine polls the flag)."""
     record = read_record(connection, settings, job_id)
-    if record is None or record.get("owner") != owner:
+    if record is None or record.owner != owner:
         return None
-    status = record["status"]
+    status = record.status
     if status in (JobStatus.queued, JobStatus.running):
         connection.set(keys(settings).job_cancel(job_id), 1, ex=settings.result_ttl)  # first: a job starting now stops
     if status == JobStatus.queued:
@@ -139,16 +139,16 @@ def cancel(connection: redis.Redis, settings: Settings, job_id: str, owner: str)
         except (InvalidJobOperation, NoSuchJobError):
             status = JobStatus.running  # a worker took it meanwhile: the flag stops it
         else:
-            dequeued(connection, settings, record["model"], job_id)
-            record.update(status=JobStatus.canceled, canceled=True, stage=None)
+            dequeued(connection, settings, record.model, job_id)
+            record.change(status=JobStatus.canceled, canceled=True, stage=None)
             with connection.pipeline() as pipe:
                 save_record(pipe, settings, record)
-                push_event(pipe, settings, job_id, {"status": JobStatus.canceled}, has_webhook(record))
+                push_event(pipe, settings, job_id, {"status": JobStatus.canceled}, record.has_webhook)
                 pipe.srem(keys(settings).owner_active(owner), job_id)
                 pipe.execute()
     if status == JobStatus.running:
         push_event(connection, settings, job_id, {"status": JobStatus.running, "cancel_requested": True},
-                   has_webhook(record))
+                   record.has_webhook)
     return job_record(connection, settings, job_id, owner)
 
 

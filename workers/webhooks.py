@@ -36,7 +36,7 @@ from optimization.errors import InvalidRequest
 from . import stats
 from .keys import Keys
 from .settings import Settings
-from .statuses import DEFAULT_EVENTS, TERMINAL, JobStatus, WebhookEvent
+from .statuses import TERMINAL, JobStatus, WebhookEvent
 
 log = logging.getLogger("tally.webhooks")
 
@@ -173,15 +173,15 @@ class Dispatcher:
         stored = read_record(self.connection, self.settings, job_id)
         if kind is None or stored is None:
             return None
-        request = stored["request"]
-        if not request.get("webhook") or kind not in request.get("webhook_events_filter", DEFAULT_EVENTS):
+        request = stored.request
+        if not request.webhook or kind not in request.webhook_events_filter:
             return None
         if kind == "progress" and not self.connection.set(self.keys.webhook_throttle(job_id), 1, nx=True,
                                                           px=int(PROGRESS_INTERVAL_S * 1000)):
             return None
-        job = job_record(self.connection, self.settings, job_id, stored["owner"])
+        job = job_record(self.connection, self.settings, job_id, stored.owner)
         body = {"type": f"job.{kind}", "timestamp": event.get("time", time.time()), "event": event, "job": job}
-        return {"id": f"{job_id}-{entry_id}", "url": request["webhook"], "owner": stored["owner"], "attempt": 1,
+        return {"id": f"{job_id}-{entry_id}", "url": request.webhook, "owner": stored.owner, "attempt": 1,
                 "body": json.dumps(body, default=str)}
 
     def _attempt(self, delivery: dict) -> None:

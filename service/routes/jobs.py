@@ -47,18 +47,14 @@ def _job_id(job_id: str) -> str:
 
 
 def _record_out(record: dict, request: Request) -> JobOut:
-    req = record["request"]
-    results = [{**r, "url": image_url(request, record["id"], r["index"])} for r in record["results"]]
-    return JobOut(id=record["id"], status=record["status"], stage=record["stage"],
-                  queue_position=record["queue_position"], model=record["model"],
-                  prompt=record.get("prompt") or req["prompt"], prompt_as_typed=req["prompt"],
-                  object=record.get("object") or req.get("object"),
-                  count=req["count"], num_images=req["num_images"], policy=req["policy"], seed=req["seed"],
-                  seed_source=req.get("seed_source", "request"), progress=record["progress"], token=record["token"],
-                  results=results, budget_exhausted=record.get("budget_exhausted"), cost=record["cost"],
-                  timings=record["timings"] or {}, error=record["error"], warnings=record.get("warnings") or [],
-                  deadline=record.get("deadline"), webhook=req.get("webhook"),
-                  webhook_events_filter=req.get("webhook_events_filter") if req.get("webhook") else None)
+    """The public record (``records.job_record``) in the API's schema, field by name: the record's own fields
+    over its request's (the prompt and object as the engine wrote them, else as asked), image URLs added."""
+    asked = record["request"]
+    fields = {**asked, **{name: value for name, value in record.items() if value is not None}}
+    fields.update(prompt_as_typed=asked["prompt"],
+                  results=[{**r, "url": image_url(request, record["id"], r["index"])} for r in record["results"]],
+                  webhook_events_filter=asked.get("webhook_events_filter") if asked.get("webhook") else None)
+    return JobOut.model_validate({name: value for name, value in fields.items() if name in JobOut.model_fields})
 
 
 @router.post("", status_code=202, response_model=JobAccepted,

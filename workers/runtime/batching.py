@@ -23,7 +23,7 @@ def batchable(job: Job, connection, settings) -> bool:
     if job.func_name != GENERATE:
         return False
     try:
-        return Policy(read_record(connection, settings, job.id)["request"]["policy"]).batches
+        return Policy(read_record(connection, settings, job.id).request.policy).batches
     except Exception:  # noqa: BLE001 - not ours to judge here: it runs alone and fails there
         return False
 

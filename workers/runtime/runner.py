@@ -23,8 +23,7 @@ from optimization.prompts import tokenizer_warnings, with_count
 
 from .. import library, logs, objects, stats
 from ..queue import connect, dequeued, keys
-from ..records import JobStatus, has_webhook, push_event, save_record, worker_record
-from ..requests import JobRequest
+from ..records import JobStatus, push_event, save_record, worker_record
 from ..settings import Settings
 from ..tokens import TokenStore
 from ..user_jobs import job_ended
@@ -43,31 +42,31 @@ class Reporter:
     def __init__(self, runner: JobRunner, job: Job):
         self.runner, self.job = runner, job
         self.record = worker_record(runner.connection, runner.settings, job.id)
-        self.request = JobRequest.model_validate(self.record["request"])  # validated by the API, parsed once here
+        self.request = self.record.request
         self.stage_ends: dict[str, float] = {}  # engine stage -> time of its latest progress event
         self.learn: tuple[str, int] | None = None  # (object, count) of a library miss, learned if the job succeeds
 
     def update(self, event: dict | None = None, **fields) -> None:
         """Change the record's ``fields`` and, with ``event``, append it to the job's stream."""
-        self.record.update(fields)
+        self.record.change(**fields)
         with self.runner.connection.pipeline(transaction=False) as pipe:
             save_record(pipe, self.runner.settings, self.record)
             if event is not None:
-                push_event(pipe, self.runner.settings, self.job.id, event, has_webhook(self.record))
+                push_event(pipe, self.runner.settings, self.job.id, event, self.record.has_webhook)
             pipe.execute()
 
     def progress(self, event: dict) -> None:
         self.stage_ends[event.get("stage")] = time.time()
-        progress = {**self.record["progress"], **{k: v for k, v in event.items() if k != "stage"}}
+        progress = {**self.record.progress, **{k: v for k, v in event.items() if k != "stage"}}
         self.update(stage=event.get("stage"), progress=progress,
                     event={"status": JobStatus.running, "stage": event.get("stage"), "progress": progress})
 
     def finish(self, **fields) -> dict:
-        runner, timings = self.runner, {**self.record["timings"], "finished": time.time()}
+        runner, timings = self.runner, {**self.record.timings, "finished": time.time()}
         status = (JobStatus.canceled if fields.get("canceled") else
                   JobStatus.failed if fields.get("error") else JobStatus.succeeded)
         self.update(**fields, status=status, timings=timings, event={"status": status})
-        job_ended(runner.connection, runner.settings, self.record["owner"], self.job.id)
+        job_ended(runner.connection, runner.settings, self.record.owner, self.job.id)
         results, seconds = fields.get("results") or [], stats.stage_durations(timings, self.stage_ends)
         stats.record_finished(runner.connection, runner.settings, runner.model.id, status, seconds, results)
         log.info("job %s %s: %d of %d images verified, %.1f s from submit to finish", self.job.id, status,
@@ -167,8 +166,8 @@ class JobRunner:
         report = Reporter(self, job)
         now = time.time()
         report.update(status=JobStatus.running, stage=Stage.sampling,
-                      deadline=report.record.get("deadline") or now + report.request.budget.max_seconds,
-                      timings={**report.record["timings"], "started": now},
+                      deadline=report.record.deadline or now + report.request.budget.max_seconds,
+                      timings={**report.record.timings, "started": now},
                       event={"status": JobStatus.running, "stage": Stage.sampling})
         dequeued(self.connection, self.settings, report.request.model, job.id)
         return report
@@ -190,19 +189,19 @@ class JobRunner:
         return GenerationRequest(req.prompt, req.count, object_=cls, num_images=req.num_images, seed=req.seed,
                                  budget=req.budget, policy=req.policy, token=token, progress=report.progress,
                                  should_stop=lambda: self.shutdown.is_set() or bool(self.connection.exists(cancel_key)),
-                                 deadline=report.record.get("deadline"))
+                                 deadline=report.record.deadline)
 
     def _store_results(self, job: Job, result, report: Reporter) -> dict:
         """The images kept, the library miss followed up (only a job that succeeded starts learning: a canceled
         or failed one leaves nothing behind), the record completed."""
         from optimization.visualize import png_bytes
 
-        token = report.record["token"]
+        token = report.record.token
         if token is not None:
             scheduled = report.learn is not None and library.schedule(
                 self.connection, self.settings, self.model.id, *report.learn, token["key"])
             stats.record_library_lookup(self.connection, self.settings, self.model.id, token["library_hit"], scheduled)
-            report.record["token"] = {**token, "learning_scheduled": scheduled}
+            report.record.token = {**token, "learning_scheduled": scheduled}
         results = []
         with self.connection.pipeline() as pipe:
             for n, image in enumerate(result.images):
