@@ -8,7 +8,7 @@ import pytest
 
 from optimization.config import Budget
 from optimization.engine import CountEngine
-from optimization.job import GenerationRequest
+from optimization.job import CANDIDATE_BATCH, GenerationRequest
 from optimization.errors import InvalidRequest
 from workers import records, user_jobs
 from workers.queue import generation_queue
@@ -51,8 +51,9 @@ def test_a_canceled_request_ends_alone_and_the_others_finish(engine):
         calls["n"] += 1
         return calls["n"] > 1
 
-    stopping = GenerationRequest("a photo of red circles", 7, seed=5, budget=Budget(max_candidates=64),
-                                 policy="resample", should_stop=second_batch_stops)
+    # More images than one batch holds: whatever verifies, it needs a second batch, where it is canceled.
+    stopping = GenerationRequest("a photo of red circles", 7, seed=5, num_images=CANDIDATE_BATCH + 1,
+                                 budget=Budget(max_candidates=64), policy="resample", should_stop=second_batch_stops)
     outcomes = engine.generate_many([stopping, REQUESTS[0]])
     assert isinstance(outcomes[0], Canceled) and _summary(outcomes[1]) == _summary(engine.generate_many([REQUESTS[0]])[0])
 
