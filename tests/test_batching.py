@@ -68,7 +68,8 @@ def test_a_worker_runs_queued_jobs_in_one_batch_and_completes_each(runtime):
     refine = _submit(runtime, prompt="a photo of red circles", count=3, seed=4, policy="refine",
                      budget={"max_candidates": 8, "max_iterations": 1})
     # The user queue only: the refine job's miss schedules library learning, which is not under test here.
-    TallyWorker.serving(runtime, [generation_queue(runtime.connection, runtime.settings, "reference")]).work(burst=True, with_scheduler=False)
+    queue = generation_queue(runtime.connection, runtime.settings, "reference")
+    TallyWorker.serving(runtime, [queue]).work(burst=True, with_scheduler=False)
 
     got = {j: records.job_record(runtime.connection, runtime.settings, j, "tester") for j in [*jobs, bad, refine]}
     for j in jobs:
@@ -83,3 +84,22 @@ def test_a_worker_runs_queued_jobs_in_one_batch_and_completes_each(runtime):
                                         budget=Budget(max_candidates=8))
         assert [(r["seed"], r["detected_count"]) for r in got[j]["results"]] == \
             [(r.seed, r.verification.detected_count) for r in alone.images]
+
+
+def test_a_queued_job_whose_record_was_evicted_fails_alone_and_the_jobs_around_it_run(runtime):
+    """The request lives only in the record: a Redis that evicts that one key loses the job, not its batch."""
+    from rq.job import Job
+
+    from workers.queue import keys
+
+    jobs = [_submit(runtime, prompt="a photo of red circles", count=3, seed=s, policy="resample",
+                    budget={"max_candidates": 8}) for s in range(3)]
+    runtime.connection.delete(keys(runtime.settings).job_record(jobs[1]))
+    queue = generation_queue(runtime.connection, runtime.settings, "reference")
+    TallyWorker.serving(runtime, [queue]).work(burst=True, with_scheduler=False)
+
+    for j in (jobs[0], jobs[2]):
+        record = records.job_record(runtime.connection, runtime.settings, j, "tester")
+        assert record["status"] == "succeeded" and len(record["results"]) == 1, record
+    assert Job.fetch(jobs[1], connection=runtime.connection).get_status() == "failed"
+    assert records.job_record(runtime.connection, runtime.settings, jobs[1], "tester") is None
