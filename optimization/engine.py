@@ -38,7 +38,7 @@ from .noise import optimize_noise
 from .optimizer import Canceled, IterationReport, OptimizeResult, optimize
 from .pipelines import TOKEN_NORM_FACTOR, TextToImage
 from .policy import default_for
-from .prompts import object_in_prompt, plural
+from .prompts import object_in_prompt, plural, tokenizer_warnings, with_count
 from .semantic import ClipGuard
 from .visualize import to_uint8
 
@@ -86,6 +86,10 @@ class CountEngine:
     # ----------------------------------------------------------------------------------------- checks
     def resolve_object(self, prompt: str, object_: str | None) -> str:
         return resolve(self.counter, object_) if object_ else object_in_prompt(prompt, self.counter.classes)
+
+    def prompt_warnings(self, prompt: str, cls: str, count: int) -> list[str]:
+        """What the model's tokenizers would split in the prompt as the engine writes it (the count written in)."""
+        return tokenizer_warnings(with_count(prompt, cls, count), [tokenizer for _, tokenizer, _ in self.t2i.encoders()])
 
     def token_key(self, cls: str, count: int) -> TokenKey:
         return TokenKey(self.t2i.fingerprint, cls, count)

@@ -143,6 +143,18 @@ def test_bench_detector_reports_json(tally_cli, tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_engine_without_the_library_runs_token_policies_from_the_base_prompt(tally_cli, tmp_path):
+    result = tally_cli("bench", "engine", "--no-library", "--policies", "resample,noise", "--counts", "9",
+                       "--jobs-per-key", "1", "--budget-seconds", "2", "--budget-candidates", "2", "--no-configured",
+                       "--model", "reference", "--out", str(tmp_path), "--json", str(tmp_path / "e.json"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["library"] is False and report["tokens"] == []  # nothing learned, nothing taken from a library
+    assert set(report["detector_only"]["policies"]) == {"resample", "noise"} and report["verifier"] == "detector-only"
+    assert report["default_policy"] in ("resample", "noise")
+
+
+@pytest.mark.slow
 def test_bench_base_reports_json_and_pictures(tally_cli, tmp_path):
     result = tally_cli("bench", "base", "--seeds", "1", "--out", str(tmp_path / "b"), "--json", str(tmp_path / "b.json"))
     assert result.returncode == 0, result.stderr

@@ -29,19 +29,22 @@ def test_train_detector_runs_a_few_steps_on_generated_looking_examples_and_write
     assert out.read_bytes() != before and YoloCounter(out).names[-1] == "unclear"
 
 
-def test_sdedit_and_autoencoder_examples_keep_only_what_the_judge_still_finds():
+def test_generated_looking_examples_keep_only_what_the_judge_still_finds():
     import numpy as np
 
     from optimization.reference import PIPELINE_PATH
     from optimization.reference.crosscheck import judge
-    from optimization.reference.detector import Generators, _examples
+    from optimization.reference.detector import SOURCES_GENERATED, Generators, _examples
 
     rng = np.random.default_rng(0)
-    examples = list(_examples(12, 8_600_000, Generators([PIPELINE_PATH]), rng, lambda: None, batch=8))
-    assert {source for source, _, _ in examples} == {"render", "autoencoder", "sdedit"}
+    examples = list(_examples(16, 8_600_000, Generators([PIPELINE_PATH]), rng, lambda: None, batch=8,
+                              shares=SOURCES_GENERATED))
+    assert {source for source, _, _ in examples} == {"render", "autoencoder", "sdedit", "generated"}
     for source, image, labelled in examples:
         if source != "render":  # labels are the judge's own components of the generated image
             assert sorted(b for _, b in labelled) == sorted(judge(image).boxes)
+        if source == "generated":  # every shape whole and separate, all of the one class asked for
+            assert judge(image).clean and len({c for c, _ in labelled}) == 1
 
 
 def test_generated_shapes_that_merged_are_labelled_unclear_and_vanished_ones_drop_the_example():
@@ -58,6 +61,22 @@ def test_generated_shapes_that_merged_are_labelled_unclear_and_vanished_ones_dro
     assert _judged_labels(image, drawn + [(square, (2, 50, 8, 56))]) is None  # a drawn shape vanished
     image[55:60, 2:7] = 0
     assert _judged_labels(image, drawn) is None  # a blob nobody drew
+
+
+def test_a_generated_image_is_an_example_only_where_the_judge_counts_what_was_asked_in_whole_shapes():
+    import numpy as np
+
+    from optimization.reference.detector import DETECTOR_CLASSES, _generated_labels
+
+    image = np.full((64, 64, 3), 240, np.uint8)
+    for x in (5, 25, 45):
+        image[10:20, x:x + 10] = (200, 30, 30)
+    square = DETECTOR_CLASSES.index("square")
+    assert sorted(_generated_labels(image, "square", 3)) == [(square, (x, 10, x + 10, 20)) for x in (5, 25, 45)]
+    assert _generated_labels(image, "square", 4) is None  # the judge's count is not the count asked
+    assert _generated_labels(image, "circle", 3) is None  # squares drawn for "circles" are not circles
+    image[40:50, 10:20] = image[40:50, 20:30] = (200, 30, 30)  # a touching pair: one blob, not a whole shape
+    assert _generated_labels(image, "square", 4) is None and _generated_labels(image, "square", 5) is None
 
 
 def test_train_autoencoder_and_t2i_run_a_few_steps_and_write_diffusers_folders(tally_cli, tmp_path):

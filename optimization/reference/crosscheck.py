@@ -32,6 +32,12 @@ class Judgement:
     clean: bool  # every component is one plausible whole shape, and no specks
     boxes: list[tuple[int, int, int, int]]
     whole: list[bool]  # per box: does it look like one whole shape
+    areas: list[int]  # per box: its foreground pixels
+
+    @property
+    def fills(self) -> list[float]:
+        """Per box: area / box area (triangles ~0.5, crosses ~0.55, circles ~0.79, squares 1 when rendered)."""
+        return [a / ((b[2] - b[0]) * (b[3] - b[1])) for b, a in zip(self.boxes, self.areas)]
 
 
 def _components(image: np.ndarray) -> tuple[list[tuple[int, int, int, int]], list[int]]:
@@ -68,4 +74,4 @@ def judge(image: np.ndarray) -> Judgement:
     median = float(np.median([a for _, a in kept])) if len(kept) >= 3 else float("inf")
     whole = [_whole_shape(b, a, median) for b, a in kept]
     return Judgement(count=len(kept), clean=bool(kept) and not specks and all(whole), boxes=[b for b, _ in kept],
-                     whole=whole)
+                     whole=whole, areas=[a for _, a in kept])

@@ -7,7 +7,12 @@ generated but whose truth is known (``write_detector_dataset``):
 - ``autoencoder``: rendered scenes sent through the shared autoencoder and back;
 - ``sdedit``: rendered scenes re-noised part way (strength ``SDEDIT_STRENGTH``) and denoised by each
   reference generator with the scene's caption, so shapes take the generators' own look (soft edges,
-  rounded corners) while staying where they were drawn.
+  rounded corners) while staying where they were drawn;
+- ``generated``: each generator's own images from a caption stating a count, kept only where two independent
+  witnesses agree: the cross-check judge finds every component one whole, separate shape, and finds as many as
+  the caption asked for, each with the fill of the class asked (``FILL_RANGE``). They are labelled on the judge's
+  boxes with the caption's class: shapes as the generators really draw them (rounded circles, soft squares),
+  which the other sources only approximate.
 
 An autoencoder or SDEdit example is labelled on the cross-check judge's components (``_judged_labels``): a
 component holding one rendered object that still looks whole takes its class and the judge's tight box;
@@ -22,6 +27,7 @@ AdamW and a short warmup make it learn in minutes; ``--resume`` goes on from ult
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,14 +38,25 @@ from PIL import Image
 from ..errors import InvalidRequest
 from ..seeds import DETECTOR_TRAIN, DETECTOR_VAL
 from .crosscheck import judge
-from .scenes import CLASSES, IMAGE_SIZE, MAX_COUNT, UNCLEAR, Scene, degrade, render_scene
+from .models import REFERENCE_CONFIG
+from .scenes import CLASSES, COLOURS, IMAGE_SIZE, MAX_COUNT, UNCLEAR, Scene, degrade, render_scene
 
 DETECTOR_IMGSZ = 128  # 64 px scenes are upsampled 2x: small objects then span several stride-8 cells
 DETECTOR_CLASSES = (*CLASSES, UNCLEAR)  # the doubt class last, so object class indices match ``CLASSES``
 NEGATIVE_SHARE = 0.35  # scenes holding 1..3 hard negatives
 SOURCES = {"render": 0.25, "autoencoder": 0.3, "sdedit": 0.45}  # share of the examples from each source
+# ... with the generators' own images (``--generated``; measured in the README, not shipped: see there)
+SOURCES_GENERATED = {"render": 0.2, "autoencoder": 0.2, "sdedit": 0.3, "generated": 0.3}
 SDEDIT_STRENGTH = (0.25, 0.55)  # how far a scene is re-noised before the generator denoises it
-MAX_TRIES = 8  # scenes tried per kept autoencoder or SDEdit example before the source gives up
+# Generated examples: counts asked in proportion to the count, as crowds are kept far more rarely than pairs.
+COUNTS = np.arange(1, MAX_COUNT + 1)
+COUNT_WEIGHTS = COUNTS / COUNTS.sum()
+# A generated example's shapes must look like the class asked for: their fill (area / box area) within what
+# shapes of that class have after SDEdit, whose truth is known (1st..99th percentile of 1,000 SDEdit examples),
+# so a circle drawn for "crosses" is not taught as a cross; and no side under MIN_SIDE (a speck is not an object).
+FILL_RANGE = {"circle": (0.65, 0.9), "square": (0.77, 1.0), "triangle": (0.46, 0.78), "cross": (0.5, 0.72)}
+MIN_SIDE = 6
+MAX_TRIES = 8  # images tried per kept autoencoder, SDEdit or generated example before the source gives up
 
 Progress = Callable[[int, int], None]
 Labelled = list[tuple[int, tuple[int, int, int, int]]]  # (class id, box in pixels)
@@ -73,16 +90,20 @@ def _judged_labels(image: np.ndarray, labelled: Labelled) -> Labelled | None:
 
 
 class Generators:
-    """The shared autoencoder and each generator's img2img pipeline, for autoencoder and SDEdit examples."""
+    """The shared autoencoder and each generator's text-to-image and img2img pipelines, for autoencoder, SDEdit
+    and generated examples."""
 
     def __init__(self, pipelines: Sequence[str | Path]):
         import torch
         from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline
 
         self.torch = torch
-        self.img2img = []
+        self.img2img, self.text2img, self.samplers = [], [], []
         for path in pipelines:
+            self.samplers.append(json.loads((Path(path) / REFERENCE_CONFIG).read_text())["sampler"])  # as shipped
             pipe = DiffusionPipeline.from_pretrained(str(path), dtype=torch.float32)
+            pipe.set_progress_bar_config(disable=True)
+            self.text2img.append(pipe)
             parts = {k: v for k, v in pipe.components.items() if k != "image_encoder"}
             img2img = StableDiffusionImg2ImgPipeline(**parts, requires_safety_checker=False)
             img2img.set_progress_bar_config(disable=True)
@@ -103,13 +124,28 @@ class Generators:
             return self._arrays(self.vae.decode(latents).sample)
 
     def sdedit(self, k: int, images: list[Image.Image], prompts: list[str], strength: float, seed: int) -> list[np.ndarray]:
-        from .t2i import SAMPLER
-
+        sampler = self.samplers[k]
         generator = self.torch.Generator().manual_seed(seed)
         out = self.img2img[k](prompt=prompts, image=self._tensor(images) * 0.5 + 0.5, strength=strength,
-                              num_inference_steps=2 * SAMPLER["num_inference_steps"],
-                              guidance_scale=SAMPLER["guidance_scale"], generator=generator, output_type="np")
+                              num_inference_steps=2 * sampler["num_inference_steps"],
+                              guidance_scale=sampler["guidance_scale"], generator=generator, output_type="np")
         return list((out.images * 255).round().astype(np.uint8))
+
+    def generate(self, k: int, prompts: list[str], seed: int) -> list[np.ndarray]:
+        out = self.text2img[k](prompt=prompts, generator=self.torch.Generator().manual_seed(seed), output_type="np",
+                               **self.samplers[k])
+        return list((out.images * 255).round().astype(np.uint8))
+
+
+def _generated_labels(image: np.ndarray, cls: str, count: int) -> Labelled | None:
+    """The judge's boxes as ``cls`` objects where the judge finds ``count`` whole, separate shapes that look like
+    ``cls`` (``FILL_RANGE``, ``MIN_SIDE``); else None."""
+    found = judge(image)
+    lo, hi = FILL_RANGE[cls]
+    if (not found.clean or found.count != count or not all(lo <= f <= hi for f in found.fills)
+            or min(min(b[2] - b[0], b[3] - b[1]) for b in found.boxes) < MIN_SIDE):
+        return None
+    return [(CLASSES.index(cls), box) for box in found.boxes]
 
 
 def _scene(scene_seed: int, rng: np.random.Generator) -> Scene:
@@ -120,17 +156,17 @@ def _scene(scene_seed: int, rng: np.random.Generator) -> Scene:
 
 
 def _examples(n: int, base: int, generators: Generators | None, rng: np.random.Generator,
-              progress: Callable[[], None], batch: int = 32):
-    """``n`` (source, image, labels) triples from the sources in ``SOURCES`` shares (renders only without
+              progress: Callable[[], None], batch: int = 32, shares: dict[str, float] = SOURCES):
+    """``n`` (source, image, labels) triples from the sources in ``shares`` (renders only without
     generators). A source whose examples the judge keeps too rarely (under 1 in ``MAX_TRIES``) hands the rest of
     its share to renders, so a weak generator cannot stall the dataset."""
     from .scenes import caption
 
-    shares = SOURCES if generators else {"render": 1.0}
+    shares = shares if generators else {"render": 1.0}
     quota = {s: int(round(n * p)) for s, p in shares.items()}
     quota["render"] += n - sum(quota.values())
     seed = base
-    for source in ("autoencoder", "sdedit", "render"):
+    for source in ("autoencoder", "sdedit", "generated", "render"):
         wanted, made, tried = quota.get(source, 0), 0, 0
         while made < wanted:
             if source != "render" and tried >= MAX_TRIES * wanted + batch:
@@ -141,7 +177,13 @@ def _examples(n: int, base: int, generators: Generators | None, rng: np.random.G
                 scenes.append(_scene(seed, np.random.default_rng(seed + 7)))
                 seed += 1
             tried += batch
-            if source == "render":
+            if source == "generated":
+                asked = [(CLASSES[int(rng.integers(len(CLASSES)))], list(COLOURS)[int(rng.integers(len(COLOURS)))],
+                          int(rng.choice(COUNTS, p=COUNT_WEIGHTS))) for _ in scenes]
+                images = generators.generate(int(rng.integers(len(generators.text2img))),
+                                             [caption(*a) for a in asked], seed)
+                labels = [_generated_labels(im, cls, n) for im, (cls, _, n) in zip(images, asked)]
+            elif source == "render":
                 images = [np.asarray(degrade(s.image, rng) if rng.random() < 0.5 else s.image) for s in scenes]
                 labels = [_labels(s) for s in scenes]
             else:
@@ -162,9 +204,9 @@ def _examples(n: int, base: int, generators: Generators | None, rng: np.random.G
 
 
 def write_detector_dataset(root: Path, n_train: int, n_val: int, seed: int = 0, progress: Progress | None = None,
-                           pipelines: Sequence[str | Path] = ()) -> tuple[Path, dict]:
+                           pipelines: Sequence[str | Path] = (), generated: bool = False) -> tuple[Path, dict]:
     """Write an ultralytics dataset (images, labels, data.yaml); returns the yaml path and the examples per
-    source. Without ``pipelines`` every example is a render."""
+    source. Without ``pipelines`` every example is a render; ``generated`` adds the generators' own images."""
     root = Path(root)
     if root.exists():
         shutil.rmtree(root)
@@ -181,7 +223,8 @@ def write_detector_dataset(root: Path, n_train: int, n_val: int, seed: int = 0, 
         (root / "images" / split).mkdir(parents=True)
         (root / "labels" / split).mkdir(parents=True)
         rng = np.random.default_rng(base + seed)
-        for i, (source, image, labelled) in enumerate(_examples(n, base + seed * 100_000, generators, rng, tick)):
+        for i, (source, image, labelled) in enumerate(_examples(n, base + seed * 100_000, generators, rng, tick,
+                                                                   shares=SOURCES_GENERATED if generated else SOURCES)):
             sources[source] = sources.get(source, 0) + 1
             Image.fromarray(image).save(root / "images" / split / f"{i:06d}.png")
             lines = []

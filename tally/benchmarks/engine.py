@@ -106,14 +106,14 @@ def bench_engine(engine: CountEngine, tokens: dict, jobs: list, budget: Budget, 
 
 def run(engine: CountEngine, store: TokenStore, quick: bool, budget: Budget, policies: tuple[Policy, ...],
         jobs_per_key: int | None, out_dir: Path, bar, counts: list[int] | None = None,
-        configured: bool = True) -> dict:
-    """The whole benchmark: library tokens (learned if missing), then the jobs verified by the detector alone
-    (as on real models: how often is that wrong? the headline) and, with ``configured``, again as the model
+        configured: bool = True, library: bool = True) -> dict:
+    """The whole benchmark: library tokens (learned if missing; none without ``library``), then the jobs verified
+    by the detector alone (as on real models: how often is that wrong? the headline) and, with ``configured``, again as the model
     is configured (with its cross-check). ``bar(name, total)`` is a context manager yielding a progress
     callback."""
     classes, counts, per_key = bench_keys(engine, quick, counts)
     tokens = {}
-    if any(p.uses_token for p in policies):
+    if library and any(p.uses_token for p in policies):
         keys = [(c, n) for c in classes for n in counts]
         with bar("library tokens", len(keys)) as update:
             tokens = library_tokens(engine, store, keys, QUICK_LIBRARY if quick else LibraryConfig(), update)
@@ -129,6 +129,7 @@ def run(engine: CountEngine, store: TokenStore, quick: bool, budget: Budget, pol
     result["default_policy"] = detector_only["default_policy"]  # decided as production verifies: detector alone
     result["detector_only"] = {k: detector_only[k] for k in ("policies", "per_count", "per_count_stats")}
     result["verifier"] = "configured" if configured else "detector-only"
+    result["library"] = library
     result["model"] = engine.spec.id
     return result
 

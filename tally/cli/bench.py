@@ -160,6 +160,9 @@ def engine(
     configured: Annotated[bool, typer.Option(
         help="Also verify as the model is configured (with its cross-check); the detector-only pass, as in "
              "production, always runs and decides the default policy.")] = True,
+    library: Annotated[bool, typer.Option(
+        help="Learn (or take from the library) a token per key for the token policies; --no-library runs them "
+             "from the base prompt, as on a fresh deployment (minutes instead of hours).")] = True,
     model: ModelOption = None,
     out: OutOption = DEFAULT_FOLDER,
     json_path: JsonOption = None,
@@ -171,7 +174,7 @@ def engine(
     budget = Budget(max_seconds=budget_seconds or (4.0 if quick else 8.0),
                     max_candidates=budget_candidates or (16 if quick else 32), max_iterations=budget_iterations or 100_000)
     result = bench.run(load_engine(model_spec(model)), token_store(), quick, budget, chosen, jobs_per_key, out,
-                       progress_bar, counts=_counts(counts), configured=configured)
+                       progress_bar, counts=_counts(counts), configured=configured, library=library)
     console.print(bench.policies_table(result), highlight=False)
     console.print(f"default policy by this run: {result['default_policy']}")
     save(result, "engine", out, json_path)

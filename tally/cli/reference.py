@@ -24,8 +24,10 @@ def train_detector(
     batch: Annotated[int, typer.Option(min=2)] = 16,
     seed: int = 0,
     device: str = "cpu",
-    renders_only: Annotated[bool, typer.Option(help="Rendered scenes only (no autoencoder or SDEdit examples).")]
+    renders_only: Annotated[bool, typer.Option(help="Rendered scenes only (no autoencoder, SDEdit or generated examples).")]
     = False,
+    generated: Annotated[bool, typer.Option(help="Also the generators' own images where the judge finds what was "
+                                                 "asked in whole shapes (not in the shipped detector).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help=RESUME_HELP)] = False,
     train_further: Annotated[bool, typer.Option("--train-further", help="Start from the weights at --out (the "
                                                                       "shipped detector) instead of the yaml.")]
@@ -33,7 +35,8 @@ def train_detector(
     out: Annotated[Optional[Path], typer.Option(help="Weights file; default: the shipped reference detector.")] = None,
 ) -> None:
     """Make examples that look generated (autoencoder round trips, SDEdit through both reference generators,
-    renders) and train the reference YOLO detector from its yaml (no download) or further from its weights.
+    with ``--generated`` their own images where the judge finds what was asked in whole shapes, renders) and
+    train the reference YOLO detector from its yaml (no download) or further from its weights.
 
     The shipped detector: ``--renders-only --epochs 20 --scenes 4000``, then ``--train-further`` with the
     defaults."""
@@ -49,7 +52,7 @@ def train_detector(
         pipelines = () if renders_only else (PIPELINE_PATH, PIPELINE_WEB_PATH)
         with progress_bar("make examples", scenes + val_scenes) as update:
             data_yaml, sources = write_detector_dataset(root, scenes, val_scenes, seed=seed, progress=update,
-                                                        pipelines=pipelines)
+                                                        pipelines=pipelines, generated=generated)
         console.print(f"examples per source: {sources}")
     with progress_bar("train detector (epochs)", epochs) as update:
         metrics = train_detector(root / "data.yaml", out, (settings.runtime_dir / "runs").resolve(), epochs=epochs,

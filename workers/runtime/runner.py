@@ -19,7 +19,6 @@ from rq.job import Job
 
 from optimization.config import ModelSpec, Policy, Stage
 from optimization.errors import DegenerateOutput, InvalidRequest
-from optimization.prompts import tokenizer_warnings, with_count
 
 from .. import library, logs, objects, stats
 from ..queue import connect, dequeued, keys
@@ -178,14 +177,13 @@ class JobRunner:
         from optimization.job import GenerationRequest
 
         engine, req, cancel_key = self.engine, report.request, keys(self.settings).job_cancel(job.id)
-        cls = engine.resolve_object(req.prompt, req.object)
+        cls = req.object or engine.resolve_object(req.prompt, None)  # the API resolves it when it knows the classes
         token = self.store.token_for(engine, cls, req.count)  # None, or a token this engine can use
         if token is None and Policy(req.policy).uses_token:
             report.learn = (cls, req.count)
         report.update(token={"key": engine.token_key(cls, req.count).id, "library_hit": token is not None,
                              "learning_scheduled": False},
-                      warnings=tokenizer_warnings(with_count(req.prompt, cls, req.count),
-                                                  [tokenizer for _, tokenizer, _ in engine.t2i.encoders()]))
+                      warnings=engine.prompt_warnings(req.prompt, cls, req.count))
         return GenerationRequest(req.prompt, req.count, object_=cls, num_images=req.num_images, seed=req.seed,
                                  budget=req.budget, policy=req.policy, token=token, progress=report.progress,
                                  should_stop=lambda: self.shutdown.is_set() or bool(self.connection.exists(cancel_key)),
