@@ -100,16 +100,20 @@ def up(
     if missing and (all_or_nothing or len(missing) == len(settings.models)):
         raise InvalidRequest("; ".join(f"model {m}: {why}" for m, why in missing.items()))
     models = [m.id for m in settings.models if m.id not in missing]
+
+    def not_serving(models: dict[str, str]) -> None:
+        for model_id, why in models.items():
+            console.print(f"[yellow]not serving model {model_id}[/]: {why}")
+
+    not_serving(missing)  # said before the wait, so an interrupted start still says it
     with Launcher(settings, env=env) as launcher:
         launcher.ensure_redis()
         launcher.start_api(host, port, workers=api_workers or settings.api_workers)
         for model_id in models:
             for i in range(workers_per_model):
                 launcher.start_worker(model_id, f"{model_id}-{i}")
-        missing |= launcher.wait_ready(f"http://{host}:{port}", timeout=300, models=models if workers_per_model else None,
-                                       all_or_nothing=all_or_nothing)
-        for model_id, why in missing.items():
-            console.print(f"[yellow]not serving model {model_id}[/]: {why}")
+        not_serving(launcher.wait_ready(f"http://{host}:{port}", timeout=300,
+                                        models=models if workers_per_model else None, all_or_nothing=all_or_nothing))
         console.print(f"Tally is up: http://{host}:{port}/ (the page; the API reference at /docs)  Ctrl-C stops it")
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         launcher.supervise()
