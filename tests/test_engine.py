@@ -242,3 +242,19 @@ def test_unverified_images_say_why(engine, counter, hopeless):
     report = result.to_dict()
     assert report["budget_exhausted"] is True and report["images"][0]["reason"] == "count_mismatch"
     assert {"confident", "ambiguous", "unclear", "other_class", "detections"} <= set(report["images"][0])
+
+
+def test_the_engine_bench_draws_verified_images_its_judge_counts_otherwise_to_be_looked_at(engine, tmp_path):
+    from PIL import Image
+
+    from optimization.config import Policy
+    from tally.benchmarks.engine import bench_engine, bench_jobs
+
+    jobs = bench_jobs(engine, [1], 1)[:2]  # one object: verified at once
+    budget = Budget(max_seconds=60, max_candidates=8, max_iterations=1000)
+    result = bench_engine(engine.detector_only(), {}, jobs, budget, tmp_path, (Policy.resample,),
+                          judge=lambda image: 0)  # a judge that never agrees: every verified image is false
+    stats = result["policies"]["resample"]
+    assert stats["verified_rate"] > 0 and stats["false_verified_rate"] == 1.0
+    picture = tmp_path / "false_verified-reference.png"
+    assert result["pictures"] == [str(picture)] and Image.open(picture).height > 128

@@ -47,6 +47,14 @@ def test_generated_looking_examples_keep_only_what_the_judge_still_finds():
             assert judge(image).clean and len({c for c, _ in labelled}) == 1
 
 
+def test_as_many_examples_hold_hard_negatives_with_generated_examples_as_without():
+    from optimization.reference.detector import NEGATIVE_SHARE, SOURCES, SOURCES_GENERATED, negative_share
+
+    assert negative_share(SOURCES) == NEGATIVE_SHARE  # the shipped detector's examples, unchanged
+    with_generated = negative_share(SOURCES_GENERATED) * (1 - SOURCES_GENERATED["generated"])
+    assert abs(with_generated - NEGATIVE_SHARE) < 1e-9
+
+
 def test_generated_shapes_that_merged_are_labelled_unclear_and_vanished_ones_drop_the_example():
     import numpy as np
 

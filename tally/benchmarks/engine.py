@@ -12,7 +12,7 @@ from optimization.engine import CountEngine
 from optimization.policy import choose_default
 from optimization.prompts import plural
 from optimization.seeds import BENCH_ENGINE
-from optimization.visualize import draw_boxes, grid, to_pil, to_uint8
+from optimization.visualize import draw_boxes, draw_kinds, grid, to_pil, to_uint8, with_legend
 from workers.tokens import TokenStore
 
 from .common import Progress
@@ -67,7 +67,7 @@ def bench_engine(engine: CountEngine, tokens: dict, jobs: list, budget: Budget, 
     the engine's cross-check, if any) agrees; ``false_verified_rate`` is the share of verified images that
     are not clean."""
     judge = judge or engine.crosscheck
-    rows, strip = [], []
+    rows, strip, false = [], [], []
     for k, (prompt, cls, n, seed) in enumerate(jobs):
         for policy in policies:
             result = engine.generate(prompt, n, object_=cls, seed=seed, budget=budget, policy=policy,
@@ -77,6 +77,9 @@ def bench_engine(engine: CountEngine, tokens: dict, jobs: list, budget: Budget, 
             rows.append({"policy": policy, "count": n, "verified": image.verified, "clean": image.verified and cross == n,
                          "seconds": result.cost["seconds"], "candidates": result.cost["candidates"],
                          "iterations": result.cost["iterations"]})
+            if image.verified and cross != n and len(false) < 24:  # to look at: who is right, detector or judge?
+                false.append((draw_kinds(to_pil(image.image), image.verification.kinds, scale=2),
+                              f"{policy.value}: {n} {plural(cls)}, judge {cross}"))
             if policy == Policy.refine and image.iteration is not None and image.verified and len(strip) < 12:
                 before = engine.t2i.generate(result.prompt, [image.seed])[0]
                 strip.append((to_pil(before), to_pil(image.image), f"{n} {plural(cls)}"))
@@ -95,12 +98,17 @@ def bench_engine(engine: CountEngine, tokens: dict, jobs: list, budget: Budget, 
     result["per_count_stats"] = {n: {p: {k: s[k] for k in ("verified_rate", "false_verified_rate", "clean_rate",
                                                            "seconds_per_verified")} for p, s in stats.items()}
                                  for n, stats in by_count.items()}
+    result["pictures"] = []
+    out_dir.mkdir(parents=True, exist_ok=True)
     if strip:
-        out_dir.mkdir(parents=True, exist_ok=True)
         pictures = [im for before, after, _ in strip for im in (before, after)]
         labels = [f"{label} {tag}" for _, _, label in strip for tag in ("before", "after")]
         grid([draw_boxes(p, [], scale=2) for p in pictures], columns=2, labels=labels).save(out_dir / "refine_strip.png")
-        result["pictures"] = [str(out_dir / "refine_strip.png")]
+        result["pictures"].append(str(out_dir / "refine_strip.png"))
+    if false:
+        path = out_dir / f"false_verified-{engine.spec.id}.png"
+        with_legend(grid([im for im, _ in false], columns=6, labels=[label for _, label in false])).save(path)
+        result["pictures"].append(str(path))
     return result
 
 
@@ -121,11 +129,11 @@ def run(engine: CountEngine, store: TokenStore, quick: bool, budget: Budget, pol
     with bar("jobs x policies, detector-only verifier", len(jobs)) as update:
         detector_only = bench_engine(engine.detector_only(), tokens, jobs, budget, out_dir / "detector-only",
                                      policies, update, judge=engine.crosscheck)
-    result = {k: detector_only[k] for k in ("budget", "jobs", "tokens", "pictures", "median_job_seconds")
-              if k in detector_only}
+    result = {k: detector_only[k] for k in ("budget", "jobs", "tokens", "median_job_seconds")}
     if configured:
         with bar("jobs x policies, configured verifier", len(jobs)) as update:
             result.update(bench_engine(engine, tokens, jobs, budget, out_dir, policies, update))
+    result["pictures"] = detector_only["pictures"] + result.get("pictures", [])
     result["default_policy"] = detector_only["default_policy"]  # decided as production verifies: detector alone
     result["detector_only"] = {k: detector_only[k] for k in ("policies", "per_count", "per_count_stats")}
     result["verifier"] = "configured" if configured else "detector-only"
