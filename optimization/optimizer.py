@@ -28,7 +28,7 @@ from .config import LibraryConfig, OptimizeConfig
 from .count_loss import CountingLoss, Guard, detector_guard
 from .counter import Counter, Detections, Verification, count
 from .pipelines import TextToImage
-from .seeds import LIBRARY_TRAIN, LIBRARY_VALIDATION
+from .seeds import LIBRARY_ADMISSION, LIBRARY_TRAIN, LIBRARY_VALIDATION
 
 
 class Canceled(Exception):
@@ -271,10 +271,12 @@ def _detached(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def gain(validation: dict | None) -> float:
-    """Held-out exact rate the kept token adds over the base prompt (0 when it kept the start)."""
+    """Held-out exact rate the kept token adds over the base prompt (0 when it kept the start), on the admission
+    seeds where learning measured it there (``admission_seeds``)."""
     if not validation:
         return 0.0
-    return round(validation["token"]["exact"] - validation["base"]["exact"], 4)
+    figures = validation.get("admission", validation)
+    return round(figures["token"]["exact"] - figures["base"]["exact"], 4)
 
 
 @torch.no_grad()
@@ -304,6 +306,12 @@ def library_seeds(config: LibraryConfig) -> tuple[Callable[[int], list[int]], li
 
     validation = [LIBRARY_VALIDATION + config.seed * 10_000 + j for j in range(config.validation_seeds)]
     return seeds_for, validation
+
+
+def admission_seeds(config: LibraryConfig) -> list[int]:
+    """Seeds of the admission gate, as many as validation's and disjoint from them: validation chose the kept
+    token among several, so its own figures flatter it (the winner's curse)."""
+    return [LIBRARY_ADMISSION + config.seed * 10_000 + j for j in range(config.validation_seeds)]
 
 
 def calibration_seeds(config: LibraryConfig) -> list[int]:

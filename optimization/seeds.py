@@ -12,4 +12,5 @@ BENCH_ENGINE = 11_000_000  # `tally bench engine`: job seeds (candidates derive 
 BENCH_AUTOENCODER = 12_000_000  # `tally bench autoencoder`: fresh renders for round trips
 LIBRARY_TRAIN = 20_000_000  # library learning: fresh seeds per iteration (+ 100,000 per seed stream)
 LIBRARY_VALIDATION = 30_000_000  # library learning: held-out validation (+ 10,000 per seed stream)
+LIBRARY_ADMISSION = 30_250_000  # library learning: the admission gate (+ 10,000 per seed stream)
 LIBRARY_JUDGE = 30_500_000  # `tally bench optimize`: seeds neither learning nor validation used

@@ -53,7 +53,9 @@ def test_the_library_token_states_the_calibrated_number_and_records_both_validat
     assert token.metadata["kept"] in ("calibration", "token")
     best = max((validation["calibration"], validation["gradient"]), key=lambda v: (v["exact"], -v["mae"]))
     assert validation["token"] == best  # whichever validates best is kept
-    assert token.metadata["gain"] == round(validation["token"]["exact"] - validation["base"]["exact"], 4)
+    admission = validation["admission"]  # the gate's figures, on seeds that chose nothing
+    assert admission["base"]["n"] == admission["token"]["n"] == CALIBRATION.validation_seeds
+    assert token.metadata["gain"] == round(admission["token"]["exact"] - admission["base"]["exact"], 4)
     assert all(f" {stated} red " in p or f" {stated} green " in p or f" {stated} blue " in p or f" {stated} black " in p
                for p in token.metadata["prompts"])
     # the number travels in the file's header, and jobs write it while verifying the count asked
@@ -65,7 +67,36 @@ def test_the_library_token_states_the_calibrated_number_and_records_both_validat
     assert all(r.verification.target == 5 for r in result.images) and result.cost["iterations"] == 0
 
 
+def test_the_admission_gate_judges_on_seeds_neither_learning_nor_validation_nor_the_bench_used():
+    from optimization.optimizer import admission_seeds, calibration_seeds, library_seeds
+    from optimization.seeds import LIBRARY_JUDGE
+
+    config = LibraryConfig()
+    seeds_for, validation = library_seeds(config)
+    seen = set(validation) | set(calibration_seeds(config)) | {s for i in range(config.max_iterations) for s in seeds_for(i)}
+    judged = set(range(LIBRARY_JUDGE, LIBRARY_JUDGE + 1000))
+    gate = set(admission_seeds(config))
+    assert len(gate) == config.validation_seeds and not gate & seen and not gate & judged
+
+
 def test_a_budget_in_seconds_covers_calibration_and_every_slice(undercounting_engine):
     token = learn_token(
         undercounting_engine, "circle", 5, CALIBRATION.model_copy(update={"max_iterations": 50, "max_seconds": 0.5}))
     assert token.metadata["iterations"] <= 1  # calibration alone spent the budget: one iteration at most follows
+
+
+def test_a_bench_learns_what_the_library_lacks_and_says_why_the_gate_refused_a_token(undercounting_engine, settings):
+    from tally.benchmarks.engine import library_tokens
+    from workers.queue import connect
+    from workers.tokens import TokenStore
+
+    store = TokenStore.for_settings(settings, connect(settings))
+    never = CALIBRATION.model_copy(update={"min_gain": 1.0})  # a gain of 1.0 would need every admission seed exact
+    tokens, refused = library_tokens(undercounting_engine, store, [("circle", 5)], never)
+    assert tokens == {("circle", 5): None} and store.list() == []
+    assert refused["circle-5"]["gain"] < 1.0 and "admission" in refused["circle-5"]["validation"]
+    always = CALIBRATION.model_copy(update={"min_gain": -1.0})
+    tokens, refused = library_tokens(undercounting_engine, store, [("circle", 5)], always)
+    assert refused == {} and tokens[("circle", 5)] is not None and len(store.list()) == 1
+    again, _ = library_tokens(undercounting_engine, store, [("circle", 5)], never)  # taken from the library
+    assert again[("circle", 5)].key == tokens[("circle", 5)].key

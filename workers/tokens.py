@@ -27,7 +27,6 @@ from .settings import Settings
 from .token_files import TokenDirectory, TokenFiles, checked, files_for
 
 if TYPE_CHECKING:
-    from optimization.config import LibraryConfig
     from optimization.count_token import CountToken
     from optimization.engine import CountEngine
 
@@ -161,17 +160,9 @@ class TokenStore:
             return None
         return token
 
-    def learn(self, engine: CountEngine, cls: str, count: int, config: LibraryConfig, progress=None,
-              should_stop=None, retry_after_s: int = 0) -> CountToken | None:
-        """Learn the library token of (engine's model, cls, count); stored (and returned) only if it helps."""
-        from optimization.library import learn_token
-
-        token = learn_token(engine, cls, count, config, progress=progress, should_stop=should_stop)
-        return token if self.admit(token, config.min_gain, retry_after_s) else None
-
     def admit(self, token: CountToken, min_gain: float, retry_after_s: int = 0) -> bool:
-        """The library's door: a learned token enters only if its held-out exact rate beats the base prompt's
-        by ``min_gain``; otherwise its figures are recorded so the key is not learned again for a while."""
+        """The library's door: a learned token enters only if its exact rate on admission seeds beats the base
+        prompt's by ``min_gain``; otherwise its figures are recorded so the key is not learned again for a while."""
         key_id, metadata = token.key.id, token.metadata
         if metadata.get("mode") == "library" and metadata.get("gain", 0.0) >= min_gain and metadata.get("validation"):
             self.put(token.to_bytes())

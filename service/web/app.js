@@ -480,7 +480,7 @@ async function loadJobs(reset = true) {
 
 // ------------------------------------------------------------------------------------- token library
 function validationText(metadata) {
-  const v = metadata?.validation;
+  const v = metadata?.validation?.admission ?? metadata?.validation;  // the gate's figures where recorded
   if (v?.base && v?.token) {
     const gain = typeof metadata.gain === "number" ? ` (gain ${metadata.gain >= 0 ? "+" : ""}${percent(metadata.gain)})` : "";
     const mae = typeof v.token.mae === "number" ? ` · MAE ${v.base.mae?.toFixed?.(2) ?? "–"} → ${v.token.mae.toFixed(2)}` : "";

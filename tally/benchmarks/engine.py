@@ -37,15 +37,24 @@ def bench_jobs(engine: CountEngine, counts: list[int], jobs_per_key: int) -> lis
 
 
 def library_tokens(engine: CountEngine, store: TokenStore, keys: list[tuple[str, int]], config: LibraryConfig,
-                   progress: Progress | None = None) -> dict:
-    """The library token of each key from the store, learning the missing ones; None where learning found
-    no gain (the library refuses such tokens, and jobs of that key sample the base prompt)."""
-    tokens = {}
+                   progress: Progress | None = None) -> tuple[dict, dict]:
+    """The library token of each key from the store, learning the missing ones; None where the library's gate
+    refused the learned token (jobs of that key then sample the base prompt). Also the refused tokens' figures
+    by key ("circle-8"), so a run says why a key has none."""
+    from optimization.library import learn_token
+
+    tokens, refused = {}, {}
     for i, (cls, n) in enumerate(keys):
-        tokens[(cls, n)] = store.token_for(engine, cls, n) or store.learn(engine, cls, n, config)
+        token = store.token_for(engine, cls, n)
+        if token is None:
+            learned = learn_token(engine, cls, n, config)
+            token = learned if store.admit(learned, config.min_gain) else None
+            if token is None:
+                refused[f"{cls}-{n}"] = {k: learned.metadata.get(k) for k in ("gain", "kept", "validation")}
+        tokens[(cls, n)] = token
         if progress:
             progress(i + 1, len(keys))
-    return tokens
+    return tokens, refused
 
 
 def _stats(rows: list[dict]) -> dict:
@@ -120,11 +129,11 @@ def run(engine: CountEngine, store: TokenStore, quick: bool, budget: Budget, pol
     is configured (with its cross-check). ``bar(name, total)`` is a context manager yielding a progress
     callback."""
     classes, counts, per_key = bench_keys(engine, quick, counts)
-    tokens = {}
+    tokens, refused = {}, {}
     if library and any(p.uses_token for p in policies):
         keys = [(c, n) for c in classes for n in counts]
         with bar("library tokens", len(keys)) as update:
-            tokens = library_tokens(engine, store, keys, QUICK_LIBRARY if quick else LibraryConfig(), update)
+            tokens, refused = library_tokens(engine, store, keys, QUICK_LIBRARY if quick else LibraryConfig(), update)
     jobs = bench_jobs(engine, counts, jobs_per_key or per_key)
     with bar("jobs x policies, detector-only verifier", len(jobs)) as update:
         detector_only = bench_engine(engine.detector_only(), tokens, jobs, budget, out_dir / "detector-only",
@@ -138,6 +147,7 @@ def run(engine: CountEngine, store: TokenStore, quick: bool, budget: Budget, pol
     result["detector_only"] = {k: detector_only[k] for k in ("policies", "per_count", "per_count_stats")}
     result["verifier"] = "configured" if configured else "detector-only"
     result["library"] = library
+    result["refused_tokens"] = refused
     result["model"] = engine.spec.id
     return result
 

@@ -104,7 +104,7 @@ def run(engine: CountEngine, store: TokenStore, quick: bool, bar, counts: list[i
     classes, counts, per_key = bench_keys(engine, quick, counts)
     keys = [(c, n) for c in classes for n in counts]
     with bar("library tokens", len(keys)) as update:
-        tokens = library_tokens(engine, store, keys, QUICK_LIBRARY if quick else LibraryConfig(), update)
+        tokens, refused = library_tokens(engine, store, keys, QUICK_LIBRARY if quick else LibraryConfig(), update)
     cases = near_misses(engine, bench_jobs(engine, counts, per_key))
     with bar("refine near misses", len(cases)) as update:
         refine = bench_refine(engine, cases, max_iterations=10 if quick else 20, progress=update)
@@ -122,7 +122,7 @@ def run(engine: CountEngine, store: TokenStore, quick: bool, bar, counts: list[i
                  for n in counts}
     result = {"model": engine.spec.id, "refine": {k: refine[k] for k in ("success_rate", "iterations_median", "n")},
               "library": {k: v for k, v in library.items() if k != "per_key"}, "per_count": per_count,
-              "per_key": library["per_key"]}
+              "per_key": library["per_key"], "refused_tokens": refused}
     if out_dir is not None:
         path = out_dir / f"optimize-methods-{engine.spec.id}.png"
         plot_methods(result, path)

@@ -31,6 +31,7 @@ def list_tokens(
         return
     for info in infos:
         validation = info["metadata"].get("validation") or {}
+        validation = validation.get("admission", validation)  # the gate's figures where recorded
         token, base = validation.get("token") or {}, validation.get("base") or {}
         console.print(f"{info['key']}: exact {base.get('exact')} -> {token.get('exact')} "
                       f"(n={token.get('n')}), {info['metadata'].get('mode', '?')}", highlight=False)
