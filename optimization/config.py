@@ -122,6 +122,10 @@ class VerifyConfig(_Frozen):
     doubt_classes: list[str] = Field([], description=(
         "Detector classes that mark a shape as no clean object (a merged blob, a fragment, a smear): one "
         "such detection from ambiguous_floor on makes an image doubtful. Never requestable objects."))
+    confusable: list[list[str]] = Field([], description=(
+        "Groups of object classes the detector mistakes for one another (e.g. apple, orange): on a job for one "
+        "of a group, a detection of another at count_confidence may be one of the objects asked, misnamed, and "
+        "makes the image doubtful as an ambiguous detection does."))
 
     @model_validator(mode="after")
     def _ordered(self) -> "VerifyConfig":

@@ -111,13 +111,16 @@ DETECTION_KINDS = ("confident", "ambiguous", "unclear", "other_class")
 def detection_kinds(det: Detections, cls: str, config: VerifyConfig) -> list[tuple[tuple, str, str, float]]:
     """(box, kind, class, confidence) of every detection verification looks at: the class's ``confident`` and
     ``ambiguous`` ones, doubt classes (``unclear``) from the ambiguous floor, other classes from the counting
-    confidence."""
+    confidence, ``ambiguous`` where the class is confusable with the one asked (``VerifyConfig.confusable``)."""
+    confused = {c for group in config.confusable if cls in group for c in group}
     out = []
     for box, c, p in zip(det.boxes, det.classes, det.confidences):
         if c == cls and p >= config.ambiguous_floor:
             out.append((box, "confident" if p >= config.verify_confidence else "ambiguous", c, p))
         elif c in config.doubt_classes and p >= config.ambiguous_floor:
             out.append((box, "unclear", c, p))
+        elif c in confused and p >= config.count_confidence:
+            out.append((box, "ambiguous", c, p))
         elif c != cls and c not in config.doubt_classes and p >= config.count_confidence:
             out.append((box, "other_class", c, p))
     return out
@@ -159,7 +162,7 @@ class Verification:
         return self.confident
 
     @property
-    def ambiguous(self) -> int:  # of the class, in [ambiguous_floor, verify_confidence)
+    def ambiguous(self) -> int:  # of the class in [ambiguous_floor, verify_confidence), or of a confusable one
         return self._count("ambiguous")
 
     @property

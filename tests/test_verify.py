@@ -49,3 +49,13 @@ def test_the_report_shows_the_confident_count_and_every_doubt_beside_it():
     assert report["detected_count"] == report["confident"] == 1 and len(report["boxes"]) == 1
     assert (report["ambiguous"], report["other_class"], report["crosscheck_count"]) == (1, 1, 2)
     assert [d["kind"] for d in report["detections"]] == ["confident", "ambiguous", "other_class"]
+
+
+def test_a_confusable_class_detected_surely_may_be_one_of_the_objects_asked_and_refuses_the_image():
+    shapes = CONFIG.model_copy(update={"confusable": [["circle", "square"], ["apple", "orange"]]})
+    found = detections(("circle", 0.9), ("square", 0.77), ("apple", 0.9))
+    v = verify(found, "circle", 1, shapes)  # the square may be a circle misnamed; an apple is no circle
+    assert not v.verified and v.reason == "ambiguous_detections" and v.miss == 1
+    assert [d["kind"] for d in v.to_dict()["detections"]] == ["confident", "ambiguous", "other_class"]
+    assert verify(found, "circle", 1, CONFIG).verified  # not confusable: another object beside the circle
+    assert verify(detections(("circle", 0.9), ("square", 0.4)), "circle", 1, shapes).verified  # under count_confidence
