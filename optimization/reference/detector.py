@@ -181,14 +181,14 @@ def _examples(n: int, base: int, generators: Generators | None, rng: np.random.G
             if source != "render" and tried >= MAX_TRIES * wanted + batch:
                 quota["render"] += wanted - made
                 break
-            scenes = []
-            for _ in range(batch):
-                scenes.append(_scene(seed, np.random.default_rng(seed + 7), negatives))
-                seed += 1
+            first, seed = seed, seed + batch
             tried += batch
+            # a generated example has no scene: the generator draws from the caption alone
+            scenes = [] if source == "generated" else [_scene(s, np.random.default_rng(s + 7), negatives)
+                                                       for s in range(first, seed)]
             if source == "generated":
                 asked = [(CLASSES[int(rng.integers(len(CLASSES)))], list(COLOURS)[int(rng.integers(len(COLOURS)))],
-                          int(rng.choice(COUNTS, p=COUNT_WEIGHTS))) for _ in scenes]
+                          int(rng.choice(COUNTS, p=COUNT_WEIGHTS))) for _ in range(batch)]
                 images = generators.generate(int(rng.integers(len(generators.text2img))),
                                              [caption(*a) for a in asked], seed)
                 labels = [_generated_labels(im, cls, n) for im, (cls, _, n) in zip(images, asked)]
