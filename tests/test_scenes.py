@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from optimization.reference.scenes import MAX_COUNT, render_scene
+from optimization.reference.scenes import GAP, MAX_COUNT, render_scene
 
 pytestmark = pytest.mark.unit
 
@@ -28,12 +28,17 @@ def test_every_object_pixel_lies_inside_a_box_and_every_box_holds_its_object(see
     assert not (foreground & ~inside).any()
 
 
-def test_boxes_never_overlap():
+@pytest.mark.parametrize("gap", [GAP, 6])
+def test_boxes_keep_the_gap_asked_even_at_the_largest_count(gap):
+    """Generators learn from scenes whose shapes lie 6 px apart (``T2ITrainConfig.gap``); twelve must still fit."""
+    nearest = []
     for seed in range(50):
-        boxes = [o.box for o in render_scene(seed, count=MAX_COUNT).objects]
+        boxes = [o.box for o in render_scene(seed, count=MAX_COUNT, gap=gap).objects]
+        assert len(boxes) == MAX_COUNT
         for i, a in enumerate(boxes):
             for b in boxes[i + 1:]:
-                assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+                nearest.append(max(b[0] - a[2], a[0] - b[2], b[1] - a[3], a[1] - b[3]))
+    assert min(nearest) == gap  # kept, and not more than asked: crowds stay crowded
 
 
 def test_requested_class_colour_and_count_are_drawn():

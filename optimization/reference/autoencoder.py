@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..seeds import AUTOENCODER_TRAIN, T2I_TRAIN
 from .captions import faithful_caption, scene_count, web_caption
 from .checkpoint import TrainingCheckpoint
-from .scenes import CLASSES, IMAGE_SIZE, MAX_COUNT, MIN_COUNT, render_scene
+from .scenes import CLASSES, GAP, IMAGE_SIZE, MAX_COUNT, MIN_COUNT, render_scene
 
 Progress = Callable[[int, int], None]
 Stage = Callable[[str, int], Progress]
@@ -52,9 +52,9 @@ def build_autoencoder():
 
 def render_training_set(n: int, seed: int, progress: Progress | None = None,
                         captions: Literal["faithful", "web"] = "faithful",
-                        base: int = T2I_TRAIN) -> tuple[torch.Tensor, list[str]]:
+                        base: int = T2I_TRAIN, gap: int = GAP) -> tuple[torch.Tensor, list[str]]:
     """Scenes as a uint8 tensor [n, 3, H, W] and one caption each (fixed per image, like web data); scene
-    seeds start at ``base`` + ``seed`` x 1,000,000."""
+    seeds start at ``base`` + ``seed`` x 1,000,000; ``gap``: least space between shapes, in pixels."""
     images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     texts = []
     rng = np.random.default_rng(seed)
@@ -62,7 +62,7 @@ def render_training_set(n: int, seed: int, progress: Progress | None = None,
     for i in range(n):
         cls = CLASSES[int(rng.integers(len(CLASSES)))]
         count = scene_count(cls, rng) if captions == "web" else int(rng.integers(MIN_COUNT, MAX_COUNT + 1))
-        scene = render_scene(base + seed * 1_000_000 + i, count=count, cls=cls)
+        scene = render_scene(base + seed * 1_000_000 + i, count=count, cls=cls, gap=gap)
         images[i] = np.asarray(scene.image)
         obj = scene.objects[0]
         texts.append(write(obj.cls, obj.colour, scene.count, rng))

@@ -31,7 +31,7 @@ NEGATIVE_KINDS = ("merged", "touching", "fragment", "smear", "stripe")
 IMAGE_SIZE = 64
 MIN_COUNT, MAX_COUNT = 1, 12
 _SUPERSAMPLE = 4
-_GAP = 3  # pixels kept free between boxes: shapes never touch, and a generated gap stays visible
+GAP = 3  # pixels kept free between boxes: shapes never touch, and a generated gap stays visible
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def _size_range(count: int) -> tuple[int, int]:
 
 
 def _place_boxes(rng: np.random.Generator, count: int, size: int,
-                 pairs: tuple[bool, ...] = ()) -> list[tuple[int, int, int, int]]:
+                 pairs: tuple[bool, ...] = (), gap: int = GAP) -> list[tuple[int, int, int, int]]:
     """``count`` boxes kept apart; a box whose entry in ``pairs`` is true holds two shapes side by side that
     touch or overlap by a pixel or two (twice as wide or tall)."""
     lo, hi = _size_range(count)
@@ -90,7 +90,7 @@ def _place_boxes(rng: np.random.Generator, count: int, size: int,
                 x0 = int(rng.integers(1, size - w - 1))
                 y0 = int(rng.integers(1, size - h - 1))
                 box = (x0, y0, x0 + w, y0 + h)
-                if all(_apart(box, other) for other in boxes):
+                if all(_apart(box, other, gap) for other in boxes):
                     boxes.append(box)
                     break
             else:
@@ -100,8 +100,8 @@ def _place_boxes(rng: np.random.Generator, count: int, size: int,
     raise RuntimeError(f"could not place {count} objects")  # never seen for counts <= 12
 
 
-def _apart(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
-    return a[2] + _GAP <= b[0] or b[2] + _GAP <= a[0] or a[3] + _GAP <= b[1] or b[3] + _GAP <= a[1]
+def _apart(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap: int) -> bool:
+    return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -202,9 +202,11 @@ def render_scene(
     mixed: bool = False,
     size: int = IMAGE_SIZE,
     negatives: int = 0,
+    gap: int = GAP,
 ) -> Scene:
     """Render one scene. Unset fields are drawn from the seed; ``mixed`` gives each object its own class and colour;
-    ``negatives`` adds that many hard negatives (``NEGATIVE_KINDS``) apart from the objects."""
+    ``negatives`` adds that many hard negatives (``NEGATIVE_KINDS``) apart from the objects; ``gap`` is the least
+    space between boxes in pixels."""
     rng = np.random.default_rng(seed)
     count = int(rng.integers(MIN_COUNT, MAX_COUNT + 1)) if count is None else count
     if not MIN_COUNT <= count <= MAX_COUNT:
@@ -220,7 +222,8 @@ def render_scene(
 
     background = _background(rng, size)
     kinds = [NEGATIVE_KINDS[int(rng.integers(len(NEGATIVE_KINDS)))] for _ in range(negatives)]
-    boxes = _place_boxes(rng, count + negatives, size, pairs=(False,) * count + tuple(k == "touching" for k in kinds))
+    boxes = _place_boxes(rng, count + negatives, size, pairs=(False,) * count + tuple(k == "touching" for k in kinds),
+                         gap=gap)
     k = _SUPERSAMPLE
     canvas = Image.fromarray(background.astype(np.uint8)).resize((size * k, size * k), Image.NEAREST)
     draw = ImageDraw.Draw(canvas)

@@ -121,6 +121,8 @@ def train_t2i(
     scenes: Annotated[Optional[int], typer.Option(min=8, help="Captioned training scenes to render.")] = None,
     unet_steps: Annotated[Optional[int], typer.Option(min=1)] = None,
     unet_batch: Annotated[Optional[int], typer.Option(min=2)] = None,
+    gap: Annotated[Optional[int], typer.Option(min=1, max=6, help="Least space between shapes in the training "
+                                                                   "scenes, pixels (twelve fit up to 6).")] = None,
     seed: int = 0,
     resume: Annotated[bool, typer.Option("--resume", help=RESUME_HELP)] = False,
     autoencoder: Annotated[Optional[Path], typer.Option(help="AutoencoderKL folder (frozen); default: the shipped one.")]
@@ -151,7 +153,7 @@ def train_t2i(
                                  "train-autoencoder`", param_hint="--autoencoder")
     settings = prepare()
     out = (out or (PIPELINE_WEB_PATH if variant == "web" else PIPELINE_PATH)).resolve()
-    given = {"scenes": scenes, "unet_steps": unet_steps, "unet_batch": unet_batch}
+    given = {"scenes": scenes, "unet_steps": unet_steps, "unet_batch": unet_batch, "gap": gap}
     cfg = replace(VARIANTS[variant], seed=seed, vae_from=str(autoencoder),
                   **{k: v for k, v in given.items() if v is not None})
     if variant == "web":  # starts from the reference UNet (see ``VARIANTS``)
