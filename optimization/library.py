@@ -129,6 +129,7 @@ def library_slice(engine: CountEngine, cls: str, count: int, config: LibraryConf
     calibration, optimizer_state = resume["calibration"], resume["optimizer"]
     stated = calibration["stated"]
     prompts, init_word = token_prompts(engine, cls, count, stated)
+    plain = token_prompts(engine, cls, count, count)[0]  # the count as asked, no stated number
     seeds_for, validation = library_seeds(config)
     result = optimize(engine.t2i, engine.counter, prompts, cls, count, engine.word_vectors(init_word), seeds_for, config,
                       validation_seeds=validation, progress=progress, should_stop=should_stop,
@@ -136,7 +137,6 @@ def library_slice(engine: CountEngine, cls: str, count: int, config: LibraryConf
                       semantic=engine._semantic_penalty, should_yield=should_yield)
     if optimizer_state is None and result.validation is not None:
         # (c) optimize validated the untrained token, i.e. the calibrated prompt; judge both against the plain one
-        plain = token_prompts(engine, cls, count, count)[0]
         base = (result.validation["base"] if stated == count else
                 evaluate_token(engine.t2i, engine.counter, plain, cls, count, engine.word_vectors(init_word), validation))
         result.validation = {**result.validation, "calibration": result.validation["base"], "base": base}
@@ -146,7 +146,6 @@ def library_slice(engine: CountEngine, cls: str, count: int, config: LibraryConf
         # defaults on reference-web its figures flattered one (8 triangles: 0.30 against the base's 0.20 on
         # validation, 0.14 against 0.17 on judge seeds)
         seeds = admission_seeds(config)
-        plain = token_prompts(engine, cls, count, count)[0]
         result.validation["admission"] = {
             "base": evaluate_token(engine.t2i, engine.counter, plain, cls, count, engine.word_vectors(init_word), seeds),
             "token": evaluate_token(engine.t2i, engine.counter, prompts, cls, count, result.vectors, seeds)}

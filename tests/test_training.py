@@ -163,3 +163,8 @@ def test_a_resume_with_other_options_is_refused(tally_cli, tmp_path):
 def test_train_t2i_refuses_an_unknown_variant(tally_cli):
     result = tally_cli("reference", "train-t2i", "--variant", "nope")
     assert result.returncode != 0 and "unknown variant 'nope'; known: reference, web" in result.stdout + result.stderr
+
+
+def test_train_t2i_refuses_a_gap_at_which_twelve_shapes_would_not_fit(tally_cli):
+    result = tally_cli("reference", "train-t2i", "--gap", "7")
+    assert result.returncode == 2 and "--gap" in result.stdout + result.stderr
