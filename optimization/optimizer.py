@@ -17,6 +17,7 @@ iteration, validated on disjoint seeds, the best validated token kept).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -279,22 +280,46 @@ def gain(validation: dict | None) -> float:
     return round(figures["token"]["exact"] - figures["base"]["exact"], 4)
 
 
+def gain_p(validation: dict | None) -> float:
+    """The admission gain's one-sided p-value (``gain_p_value``); 1.0 where it was not measured."""
+    return (validation or {}).get("admission", {}).get("p_value", 1.0)
+
+
+def gain_p_value(base_exact: np.ndarray, token_exact: np.ndarray) -> float:
+    """One-sided exact sign test (McNemar) of a gain on paired seeds: among the seeds where exactly one of the
+    two prompts is exact, the chance of at least this many token-only hits if neither were better. The same
+    seed is the same initial noise for both, so only the discordant seeds say anything."""
+    token_only = int((token_exact & ~base_exact).sum())
+    discordant = token_only + int((base_exact & ~token_exact).sum())
+    tail = sum(math.comb(discordant, k) for k in range(token_only, discordant + 1))
+    return round(tail / 2 ** discordant, 4)
+
+
 @torch.no_grad()
-def evaluate_token(t2i: TextToImage, counter: Counter, prompts: list[str], cls: str, target: int,
-                   vectors: dict[str, torch.Tensor], seeds: list[int]) -> dict:
-    """Exact rate and MAE of the detector count over ``seeds`` (shared round-robin among ``prompts``) with
-    ``vectors`` as the token, no gradients."""
+def token_counts(t2i: TextToImage, counter: Counter, prompts: list[str], cls: str,
+                 vectors: dict[str, torch.Tensor], seeds: list[int]) -> np.ndarray:
+    """The detector count of each seed's image (in ``seeds``' order; the seeds shared round-robin among
+    ``prompts``) with ``vectors`` as the token, no gradients."""
     t2i.set_token({k: v.detach() for k, v in vectors.items()})
-    counts = []
+    counts = np.zeros(len(seeds), dtype=int)
     for i, prompt in enumerate(prompts):
         share = seeds[i::len(prompts)]
         if not share:  # fewer seeds than prompts
             continue
         images = t2i.generate(prompt, share)
-        counts += [count(counter, d, cls) for d in counter.detect(images)]
-    counts = np.array(counts)
+        counts[i::len(prompts)] = [count(counter, d, cls) for d in counter.detect(images)]
+    return counts
+
+
+def exact_figures(counts: np.ndarray, target: int) -> dict:
     return {"exact": round(float((counts == target).mean()), 4), "mae": round(float(np.abs(counts - target).mean()), 4),
-            "n": len(seeds)}
+            "n": len(counts)}
+
+
+def evaluate_token(t2i: TextToImage, counter: Counter, prompts: list[str], cls: str, target: int,
+                   vectors: dict[str, torch.Tensor], seeds: list[int]) -> dict:
+    """Exact rate and MAE of the detector count over ``seeds`` with ``vectors`` as the token."""
+    return exact_figures(token_counts(t2i, counter, prompts, cls, vectors, seeds), target)
 
 
 def library_seeds(config: LibraryConfig) -> tuple[Callable[[int], list[int]], list[int]]:

@@ -169,7 +169,7 @@ def test_a_token_learned_by_the_cli_is_listed_by_the_api_at_once(api, settings, 
     no_gain = tally_cli(*args, "--min-gain", "1", env=env)
     assert no_gain.returncode == 0 and "NOT stored" in no_gain.stderr, no_gain.stderr
     assert api.get("/v1/tokens").json() == []
-    result = tally_cli(*args, "--min-gain", "-1", env=env)
+    result = tally_cli(*args, "--min-gain", "-1", "--max-gain-p", "1", env=env)
     assert result.returncode == 0, result.stderr
     [token] = api.get("/v1/tokens").json()
     assert token["object"] == "circle" and token["count"] == 3 and token["metadata"]["mode"] == "library"

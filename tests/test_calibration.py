@@ -1,5 +1,8 @@
 """Library learning tries the cheap thing first: stated-number calibration, then the gradient token."""
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -56,6 +59,7 @@ def test_the_library_token_states_the_calibrated_number_and_records_both_validat
     admission = validation["admission"]  # the gate's figures, on seeds that chose nothing
     assert admission["base"]["n"] == admission["token"]["n"] == CALIBRATION.validation_seeds
     assert token.metadata["gain"] == round(admission["token"]["exact"] - admission["base"]["exact"], 4)
+    assert token.metadata["gain_p"] == admission["p_value"] and 0 < admission["p_value"] <= 1
     assert all(f" {stated} red " in p or f" {stated} green " in p or f" {stated} blue " in p or f" {stated} black " in p
                for p in token.metadata["prompts"])
     # the number travels in the file's header, and jobs write it while verifying the count asked
@@ -95,8 +99,29 @@ def test_a_bench_learns_what_the_library_lacks_and_says_why_the_gate_refused_a_t
     tokens, refused = library_tokens(undercounting_engine, store, [("circle", 5)], never)
     assert tokens == {("circle", 5): None} and store.list() == []
     assert refused["circle-5"]["gain"] < 1.0 and "admission" in refused["circle-5"]["validation"]
-    always = CALIBRATION.model_copy(update={"min_gain": -1.0})
+    # any gain at all, but one chance could not explain on 8 paired seeds (at best p = 2^-8)
+    never_by_chance = CALIBRATION.model_copy(update={"min_gain": -1.0, "max_gain_p": 2.0 ** -9})
+    tokens, refused = library_tokens(undercounting_engine, store, [("circle", 5)], never_by_chance)
+    assert tokens == {("circle", 5): None} and store.list() == []
+    always = CALIBRATION.model_copy(update={"min_gain": -1.0, "max_gain_p": 1.0})
     tokens, refused = library_tokens(undercounting_engine, store, [("circle", 5)], always)
     assert refused == {} and tokens[("circle", 5)] is not None and len(store.list()) == 1
     again, _ = library_tokens(undercounting_engine, store, [("circle", 5)], never)  # taken from the library
     assert again[("circle", 5)].key == tokens[("circle", 5)].key
+
+
+@pytest.mark.unit
+def test_the_gain_test_counts_only_the_seeds_where_the_two_prompts_differ():
+    from optimization.optimizer import gain_p_value
+
+    base = np.array([True] * 10 + [False] * 54)
+    assert gain_p_value(base, base) == 1.0  # no seed tells them apart
+    # 10 seeds exact for both, 6 more for the token alone: 6 of 6 discordant pairs go its way, p = 2^-6
+    token = base.copy()
+    token[10:16] = True
+    assert gain_p_value(base, token) == round(2.0 ** -6, 4)
+    # the same net gain of 6 out of 14 discordant seeds (10 token-only, 4 base-only) could be chance
+    mixed = base.copy()
+    mixed[:4], mixed[10:20] = False, True
+    assert gain_p_value(base, mixed) == round(sum(math.comb(14, k) for k in range(10, 15)) / 2 ** 14, 4) > 0.05
+    assert gain_p_value(token, base) == 1.0  # a loss is never significant

@@ -36,7 +36,7 @@ S3_ENV = {"AWS_ACCESS_KEY_ID": "tally-test", "AWS_SECRET_ACCESS_KEY": "tally-tes
           "AWS_DEFAULT_REGION": "us-east-1"}
 TINY_LEARNING = {"TALLY_LIBRARY__MAX_ITERATIONS": "2", "TALLY_LIBRARY__SEEDS_PER_ITERATION": "2", "TALLY_LIBRARY__CALIBRATION_SEEDS": "4",
                  "TALLY_LIBRARY__VALIDATION_SEEDS": "4", "TALLY_LIBRARY__VALIDATE_EVERY": "1",
-                 "TALLY_LIBRARY__MIN_GAIN": "-1"}  # admit whatever a tiny run learns
+                 "TALLY_LIBRARY__MIN_GAIN": "-1", "TALLY_LIBRARY__MAX_GAIN_P": "1"}  # admit whatever a tiny run learns
 BATCH_SIZE = 4  # a worker takes up to 4 queued jobs at once: both hosts race for the same queue's jobs
 KEYS = Keys()
 STORE_PREFIX = "deploy"

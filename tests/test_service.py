@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 def service(tmp_path_factory):
     env = {"TALLY_LIBRARY__MAX_ITERATIONS": "2", "TALLY_LIBRARY__SEEDS_PER_ITERATION": "2", "TALLY_LIBRARY__CALIBRATION_SEEDS": "4",
            "TALLY_LIBRARY__VALIDATION_SEEDS": "4", "TALLY_LIBRARY__VALIDATE_EVERY": "1",
-           "TALLY_LIBRARY__MIN_GAIN": "-1",  # tiny learning runs: admit whatever they learn
+           "TALLY_LIBRARY__MIN_GAIN": "-1", "TALLY_LIBRARY__MAX_GAIN_P": "1",  # tiny learning runs: admit what they learn
            "TALLY_WEBHOOK_ALLOW_PRIVATE": "1"}  # the test receiver listens on loopback
     with launch_service(tmp_path_factory.mktemp("service"), env, workers={"w1": "reference", "web1": "reference-web"}) \
             as service:

@@ -91,7 +91,8 @@ def test_library_learning_runs_in_slices_that_let_user_jobs_through(runtime, mon
 
     settings = runtime.settings.model_copy(update={
         "library": runtime.settings.library.model_copy(update={
-            "max_iterations": 3, "seeds_per_iteration": 1, "validation_seeds": 2, "validate_every": 1, "min_gain": -1}),
+            "max_iterations": 3, "seeds_per_iteration": 1, "validation_seeds": 2, "validate_every": 1, "min_gain": -1,
+            "max_gain_p": 1}),
         "library_slice_seconds": 0.001})  # one iteration per slice
     runtime.settings = settings
     key = runtime.engine.token_key("triangle", 4).id
@@ -124,7 +125,8 @@ def test_a_waiting_user_job_ends_a_long_learning_slice_at_its_next_step(runtime,
 
     settings = runtime.settings.model_copy(update={
         "library": runtime.settings.library.model_copy(update={
-            "max_iterations": 2, "seeds_per_iteration": 1, "validation_seeds": 2, "validate_every": 1, "min_gain": -1}),
+            "max_iterations": 2, "seeds_per_iteration": 1, "validation_seeds": 2, "validate_every": 1, "min_gain": -1,
+            "max_gain_p": 1}),
         "library_slice_seconds": 600.0})  # all of it in one slice, unless a user job waits
     runtime.settings = settings
     key = runtime.engine.token_key("triangle", 4).id

@@ -160,28 +160,37 @@ class TokenStore:
             return None
         return token
 
-    def admit(self, token: CountToken, min_gain: float, retry_after_s: int = 0) -> bool:
+    def admit(self, token: CountToken, min_gain: float, max_gain_p: float, retry_after_s: int = 0) -> bool:
         """The library's door: a learned token enters only if its exact rate on admission seeds beats the base
-        prompt's by ``min_gain``; otherwise its figures are recorded so the key is not learned again for a while."""
+        prompt's by ``min_gain``, a gain chance explains at most ``max_gain_p`` of the time; otherwise its figures
+        are recorded so the key is not learned again for a while."""
         key_id, metadata = token.key.id, token.metadata
-        if metadata.get("mode") == "library" and metadata.get("gain", 0.0) >= min_gain and metadata.get("validation"):
+        if _passes(metadata, min_gain, max_gain_p):
             self.put(token.to_bytes())
             self._index(lambda r: r.delete(self.keys.library_no_gain(key_id)))
             return True
         figures = {"key": key_id, "gain": metadata.get("gain"), "validation": metadata.get("validation"),
-                   "iterations": metadata.get("iterations"), "min_gain": min_gain}
-        log.info("token %s not admitted: gain %s < %s", key_id, metadata.get("gain"), min_gain)
+                   "gain_p": metadata.get("gain_p"),
+                   "iterations": metadata.get("iterations"), "min_gain": min_gain, "max_gain_p": max_gain_p}
+        log.info("token %s not admitted: gain %s (p %s) against %s (p %s)", key_id, metadata.get("gain"),
+                 metadata.get("gain_p"), min_gain, max_gain_p)
         if retry_after_s > 0:
             self._index(lambda r: r.set(self.keys.library_no_gain(key_id), json.dumps(figures), ex=retry_after_s))
         return False
 
-    def unhelpful(self, min_gain: float) -> list[dict]:
+    def unhelpful(self, min_gain: float, max_gain_p: float) -> list[dict]:
         """Tokens the library's door would refuse today: not learned as library tokens, or whose recorded
-        held-out gain over the base is below ``min_gain`` (e.g. learned before the rule, or the bar rose)."""
-        return [i for i in self.list() if i["metadata"].get("mode") != "library" or not i["metadata"].get("validation")
-                or i["metadata"].get("gain", float("-inf")) < min_gain]
+        held-out gain over the base is below ``min_gain`` or not significant (e.g. learned before the rule, or
+        the bar rose)."""
+        return [i for i in self.list() if not _passes(i["metadata"], min_gain, max_gain_p)]
 
     def no_gain(self, key_id: str) -> dict | None:
         """The figures of a key whose last learning found no gain, while it is not retried."""
         raw = self._index(lambda r: r.get(self.keys.library_no_gain(key_id)))
         return json.loads(raw) if raw else None
+
+
+def _passes(metadata: dict, min_gain: float, max_gain_p: float) -> bool:
+    """The gate's rule on a token's recorded figures (a token learned before the p-value was recorded has 1.0)."""
+    return (metadata.get("mode") == "library" and bool(metadata.get("validation"))
+            and metadata.get("gain", float("-inf")) >= min_gain and metadata.get("gain_p", 1.0) <= max_gain_p)

@@ -48,7 +48,7 @@ def library_tokens(engine: CountEngine, store: TokenStore, keys: list[tuple[str,
         token = store.token_for(engine, cls, n)
         if token is None:
             learned = learn_token(engine, cls, n, config)
-            token = learned if store.admit(learned, config.min_gain) else None
+            token = learned if store.admit(learned, config.min_gain, config.max_gain_p) else None
             if token is None:
                 refused[f"{cls}-{n}"] = {k: learned.metadata.get(k) for k in ("gain", "kept", "validation")}
         tokens[(cls, n)] = token

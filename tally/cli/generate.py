@@ -107,6 +107,8 @@ def optimize(
     lr: Annotated[Optional[float], typer.Option(min=1e-9, help=f"Default: {_library.lr} (library), {DEFAULTS.refine.lr} (refine).")] = None,
     min_gain: Annotated[float, typer.Option(min=-1, max=1, help="library: held-out exact gain over the base a token "
                                                                 "needs to enter the library.")] = _library.min_gain,
+    max_gain_p: Annotated[float, typer.Option(min=0, max=1, help="library: the most often chance may explain that "
+                                                                 "gain (paired sign test; 1: off).")] = _library.max_gain_p,
     model: ModelOption = None,
     detector: DetectorOption = None,
     out: Annotated[Optional[Path], typer.Option(help="Token file; library default: the token library.")] = None,
@@ -132,15 +134,16 @@ def optimize(
             config = DEFAULTS.library.model_copy(update={
                 "max_iterations": iterations, "seeds_per_iteration": seeds_per_iteration,
                 "validation_seeds": validation_seeds, "seed": seed, "lr": lr or DEFAULTS.library.lr,
-                "min_gain": min_gain})
+                "min_gain": min_gain, "max_gain_p": max_gain_p})
             token = learn_token(engine, cls, count, config, progress=lambda r: update(r.iteration))
             summary = token.metadata
             if out is None:  # the library's door: only a token that beats the base enters
-                stored = token_store().admit(token, config.min_gain)
+                stored = token_store().admit(token, config.min_gain, config.max_gain_p)
                 summary = {**summary, "stored": stored}
                 if not stored:
-                    console.print(f"token {token.key.id} NOT stored: its held-out gain {summary['gain']} is below "
-                                  f"--min-gain {config.min_gain} (validation: {summary['validation']})")
+                    console.print(f"token {token.key.id} NOT stored: its held-out gain {summary['gain']} (p "
+                                  f"{summary['gain_p']}) is below --min-gain {config.min_gain} or not significant at "
+                                  f"--max-gain-p {config.max_gain_p} (validation: {summary['validation']})")
                     write_json({"key": token.key.id, "path": None, **summary}, json_path)
                     return
         else:

@@ -42,16 +42,18 @@ def list_tokens(
 def prune(
     min_gain: Annotated[float, typer.Option(min=-1, max=1, help="Held-out exact gain over the base a token must "
                                                                 "have recorded to stay.")] = DEFAULTS.library.min_gain,
+    max_gain_p: Annotated[float, typer.Option(min=0, max=1, help="... and the most often chance may explain it "
+                                                                 "(1: off).")] = DEFAULTS.library.max_gain_p,
     dry_run: Annotated[bool, typer.Option(help="Only list what would go.")] = False,
 ) -> None:
     """Remove tokens that do not beat the base prompt (by their recorded validation) or are not library tokens."""
     store = token_store()
-    doomed = store.unhelpful(min_gain)
+    doomed = store.unhelpful(min_gain, max_gain_p)
     for info in doomed:
         if not dry_run:
             store.delete(info["key"])
         console.print(f"{'would remove' if dry_run else 'removed'} {info['key']} (mode "
-                      f"{info['metadata'].get('mode')}, gain {info['metadata'].get('gain')})", highlight=False)
+                      f"{info['metadata'].get('mode')}, gain {info['metadata'].get('gain')}, p {info['metadata'].get('gain_p')})", highlight=False)
     console.print(f"{len(doomed)} token(s) {'would be ' if dry_run else ''}removed; {len(store.list())} kept")
 
 

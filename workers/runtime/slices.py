@@ -53,6 +53,7 @@ def run_slice(runner, model_id: str, cls: str, count: int, key_id: str) -> dict:
         enqueue_slice(connection, settings, model_id, cls, count, key_id)
         update_task(connection, settings, key_id, status=LearningStatus.queued)
         return {"key": key_id, "status": "continues", "iterations": part.token.metadata["iterations"]}
-    if runner.store.admit(part.token, settings.library.min_gain, settings.library_retry_after_s):
+    if runner.store.admit(part.token, settings.library.min_gain, settings.library.max_gain_p,
+                          settings.library_retry_after_s):
         return conclude(connection, settings, key_id, LearningStatus.stored, gain=part.token.metadata["gain"])
     return conclude(connection, settings, key_id, LearningStatus.no_gain, gain=part.token.metadata["gain"])
