@@ -109,7 +109,7 @@ class LibraryConfig(OptimizeConfig):
     min_gain: float = Field(0.05, ge=-1, le=1, description=(
         "Held-out exact-rate gain over the base prompt a token needs to enter the library; a token that "
         "cannot beat the base is not worth its GPU time."))
-    max_gain_p: float = Field(0.05, gt=0, le=1, description=(
+    max_gain_p: float = Field(0.05, ge=0, le=1, description=(
         "... and a gain that chance explains at most this often: the one-sided sign test's p-value on the "
         "admission seeds where exactly one of token and base prompt is exact (1 turns the test off)."))
 

@@ -52,8 +52,9 @@ def prune(
     for info in doomed:
         if not dry_run:
             store.delete(info["key"])
-        console.print(f"{'would remove' if dry_run else 'removed'} {info['key']} (mode "
-                      f"{info['metadata'].get('mode')}, gain {info['metadata'].get('gain')}, p {info['metadata'].get('gain_p')})", highlight=False)
+        metadata = info["metadata"]
+        console.print(f"{'would remove' if dry_run else 'removed'} {info['key']} (mode {metadata.get('mode')}, "
+                      f"gain {metadata.get('gain')}, p {metadata.get('gain_p')})", highlight=False)
     console.print(f"{len(doomed)} token(s) {'would be ' if dry_run else ''}removed; {len(store.list())} kept")
 
 
