@@ -174,16 +174,17 @@ def test_prune_removes_tokens_that_do_not_beat_the_base(runtime, tally_cli):
         return key.id
 
     validation = {"base": {"exact": 0.2, "mae": 1.0, "n": 8}, "token": {"exact": 0.5, "mae": 0.6, "n": 8}}
-    good = token(3, {"mode": "library", "validation": validation, "gain": 0.3})
-    flat = token(4, {"mode": "library", "validation": validation, "gain": 0.0})
+    good = token(3, {"mode": "library", "validation": validation, "gain": 0.3, "gain_p": 0.01})
+    flat = token(4, {"mode": "library", "validation": validation, "gain": 0.0, "gain_p": 0.01})
     refined = token(5, {"mode": "refine"})
+    lucky = token(6, {"mode": "library", "validation": validation, "gain": 0.3, "gain_p": 0.4})  # chance explains it
     env = {"TALLY_REDIS_PREFIX": runtime.settings.redis_prefix, "TALLY_TOKEN_DIR": str(runtime.settings.tokens_path)}
     assert "would remove" in tally_cli("tokens", "prune", "--dry-run", env=env).stderr
-    assert len(runtime.store.list()) == 3
+    assert len(runtime.store.list()) == 4
     result = tally_cli("tokens", "prune", env=env)
     assert result.returncode == 0, result.stderr
     assert [i["key"] for i in runtime.store.list()] == [good]
-    assert flat in result.stderr and refined in result.stderr
+    assert flat in result.stderr and refined in result.stderr and lucky in result.stderr
 
 
 def test_running_out_of_memory_fails_the_job_as_out_of_memory_and_the_worker_serves_on(runtime, monkeypatch):
