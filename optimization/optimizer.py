@@ -291,8 +291,8 @@ def gain_p_value(base_exact: np.ndarray, token_exact: np.ndarray) -> float:
     seed is the same initial noise for both, so only the discordant seeds say anything."""
     token_only = int((token_exact & ~base_exact).sum())
     discordant = token_only + int((base_exact & ~token_exact).sum())
-    tail = sum(math.comb(discordant, k) for k in range(token_only, discordant + 1))
-    return round(tail / 2 ** discordant, 4)
+    # not rounded: a gate of p <= 0 must refuse everything, and a tiny p rounded to 0 would pass it
+    return sum(math.comb(discordant, k) for k in range(token_only, discordant + 1)) / 2 ** discordant
 
 
 @torch.no_grad()

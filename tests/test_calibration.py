@@ -119,9 +119,9 @@ def test_the_gain_test_counts_only_the_seeds_where_the_two_prompts_differ():
     # 10 seeds exact for both, 6 more for the token alone: 6 of 6 discordant pairs go its way, p = 2^-6
     token = base.copy()
     token[10:16] = True
-    assert gain_p_value(base, token) == round(2.0 ** -6, 4)
+    assert gain_p_value(base, token) == 2.0 ** -6
     # the same net gain of 6 out of 14 discordant seeds (10 token-only, 4 base-only) could be chance
     mixed = base.copy()
     mixed[:4], mixed[10:20] = False, True
-    assert gain_p_value(base, mixed) == round(sum(math.comb(14, k) for k in range(10, 15)) / 2 ** 14, 4) > 0.05
+    assert gain_p_value(base, mixed) == sum(math.comb(14, k) for k in range(10, 15)) / 2 ** 14 > 0.05
     assert gain_p_value(token, base) == 1.0  # a loss is never significant

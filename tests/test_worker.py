@@ -178,13 +178,14 @@ def test_prune_removes_tokens_that_do_not_beat_the_base(runtime, tally_cli):
     flat = token(4, {"mode": "library", "validation": validation, "gain": 0.0, "gain_p": 0.01})
     refined = token(5, {"mode": "refine"})
     lucky = token(6, {"mode": "library", "validation": validation, "gain": 0.3, "gain_p": 0.4})  # chance explains it
+    legacy = token(7, {"mode": "library", "validation": validation, "gain": 0.3})  # learned before p was recorded
     env = {"TALLY_REDIS_PREFIX": runtime.settings.redis_prefix, "TALLY_TOKEN_DIR": str(runtime.settings.tokens_path)}
     assert "would remove" in tally_cli("tokens", "prune", "--dry-run", env=env).stderr
-    assert len(runtime.store.list()) == 4
+    assert len(runtime.store.list()) == 5
     result = tally_cli("tokens", "prune", env=env)
     assert result.returncode == 0, result.stderr
     assert [i["key"] for i in runtime.store.list()] == [good]
-    assert flat in result.stderr and refined in result.stderr and lucky in result.stderr
+    assert flat in result.stderr and refined in result.stderr and lucky in result.stderr and legacy in result.stderr
 
 
 def test_running_out_of_memory_fails_the_job_as_out_of_memory_and_the_worker_serves_on(runtime, monkeypatch):
