@@ -128,6 +128,15 @@ def test_train_t2i_web_variant_starts_from_the_reference_unet_and_knows_number_w
     assert len(ids) == 8  # every word whole
     assert len(pipe.tokenizer("I need exactly 12 blue squares please", add_special_tokens=False).input_ids) == 7
 
+    from optimization.reference import PIPELINE_PATH
+
+    result = tally_cli("reference", "train-t2i", "--variant", "web", "--scenes", "32", "--unet-steps", "1",
+                       "--unet-batch", "4", "--out", str(out), "--train-further", "--unet-from", str(PIPELINE_PATH))
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = json.loads((out / "tally_reference.json").read_text())["training"]["config"]
+    # its own text encoder, re-based on the (newer) reference UNet
+    assert (config["unet_from"], config["text_encoder_from"]) == ("pipeline", "pipeline-web")
+
 
 def test_an_interrupted_training_resumes_where_it_stopped_and_ends_as_an_uninterrupted_one(tmp_path):
     from safetensors.torch import load_file

@@ -128,7 +128,9 @@ def train_t2i(
     autoencoder: Annotated[Optional[Path], typer.Option(help="AutoencoderKL folder (frozen); default: the shipped one.")]
     = None,
     unet_from: Annotated[Optional[Path], typer.Option(help="web: the pipeline whose UNet it starts from; default: "
-                                                           "the shipped reference pipeline.")] = None,
+                                                           "the shipped reference pipeline (with --train-further: "
+                                                           "--out's, or this one's to re-base a model's text encoder "
+                                                           "on a newer UNet).")] = None,
     train_further: Annotated[bool, typer.Option("--train-further", help="Start from the variant's shipped UNet and "
                                                                       "text encoder (a longer training in parts).")]
     = False,
@@ -159,7 +161,7 @@ def train_t2i(
     if variant == "web":  # starts from the reference UNet (see ``VARIANTS``)
         cfg = replace(cfg, unet_from=str(unet_from or PIPELINE_PATH))
     if train_further:
-        cfg = replace(cfg, unet_from=str(out), text_encoder_from=str(out))
+        cfg = replace(cfg, unet_from=str(unet_from or out), text_encoder_from=str(out))
     with _training_bars() as bar:
         summary = train_t2i(out, (settings.runtime_dir / "runs" / f"t2i-{variant}").resolve(), cfg,
                             stage=_stages(bar), resume=resume)
