@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from optimization.reference import CLASSES, MAX_COUNT
 
@@ -140,6 +141,12 @@ def test_bench_detector_reports_json(tally_cli, tmp_path):
     for key in ("judge_clean_agreement", "other_class_rate", "verified_given_judge_exact"):
         assert 0 <= generated[key] <= 1
     assert 0 <= generated["detector_only"]["false_verified_rate"] <= 1
+    split = generated["disagreements"]  # judge-clean images it counts otherwise, and how
+    clean = round(generated["judge_clean_agreement"] * generated["judge_clean_images"])
+    assert split["images"] == generated["judge_clean_images"] - clean
+    assert split["under_made_up_by_ambiguous"] <= split["under"] <= 1
+    if split["images"]:
+        assert Image.open(split["png"]).size[0] == 8 * 128  # a grid to look at, 8 wide
 
 
 @pytest.mark.slow

@@ -4,12 +4,15 @@ verifies alone, judged by the cross-check."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+from PIL import Image
 
 from optimization.counter import Counter, count, verify
 from optimization.reference.scenes import MAX_COUNT, degrade, render_scene
 from optimization.seeds import BENCH_BASE, BENCH_DETECTOR
-from optimization.visualize import to_uint8
+from optimization.visualize import draw_kinds, grid, to_uint8, with_legend
 
 from .common import Progress, per_count, scene_tensor, summarize
 
@@ -38,7 +41,11 @@ def bench_detector(counter: Counter, scenes: int, progress: Progress | None = No
             "hard_negatives": {**summarize(negatives), "verified_rate": round(unclear_verified / max(len(negatives), 1), 4)}}
 
 
-def bench_generated(engine, images: int, progress: Progress | None = None, batch: int = 16) -> dict:
+DISAGREEMENTS_SHOWN = 48  # judge-clean images the detector counts otherwise, drawn for a person to look at
+
+
+def bench_generated(engine, images: int, progress: Progress | None = None, batch: int = 16,
+                    out_dir: Path | None = None) -> dict:
     """The detector on each model's generated images (every class x counts 1..12, base prompts), judged by the
     cross-check (``crosscheck.judge``), which shares nothing with it:
 
@@ -48,14 +55,16 @@ def bench_generated(engine, images: int, progress: Progress | None = None, batch
     - ``detector_only.false_verified_rate``: of the images the detector verifies alone (as production does),
       the share whose judge count differs from the count asked (a touching pair is one component: a failure);
     - ``verified_given_judge_exact``: of the images the judge counts exactly and finds clean, the share the
-      detector verifies (it must not refuse what a person would accept)."""
+      detector verifies (it must not refuse what a person would accept);
+    - ``disagreements``: how the judge-clean images it counts otherwise split (under or over the judge; the
+      doubt it reported that would make up the difference), and, with ``out_dir``, a picture of the first ones."""
     from optimization.reference.crosscheck import judge
     from tally.benchmarks.base import base_prompts
 
     counter = engine.counter
     prompts = base_prompts(engine, range(1, MAX_COUNT + 1))
     per_prompt = max(1, -(-images // len(prompts)))
-    rows = []
+    rows, shown, labels = [], [], []
     for k, (prompt, cls, n) in enumerate(prompts):
         seeds = [BENCH_BASE + 500_000 + i for i in range(per_prompt)]
         generated = engine.t2i.generate(prompt, seeds, batch_size=batch)
@@ -63,9 +72,13 @@ def bench_generated(engine, images: int, progress: Progress | None = None, batch
             verdict = verify(det, cls, n, counter.config)
             seen = judge(image)
             rows.append({"count": n, "verified": verdict.verified, "reason": verdict.reason, "judge": seen.count,
-                         "clean": seen.clean, "confident": verdict.confident,
+                         "clean": seen.clean, "confident": verdict.confident, "ambiguous": verdict.ambiguous,
+                         "unclear": verdict.doubtful,
                          "other": any(c != cls and c in counter.classes and p >= counter.config.count_confidence
                                       for c, p in zip(det.classes, det.confidences))})
+            if seen.clean and verdict.confident != seen.count and len(shown) < DISAGREEMENTS_SHOWN:
+                shown.append(draw_kinds(Image.fromarray(image), verdict.kinds, scale=2))
+                labels.append(f"{n} {cls[:5]}: judge {seen.count}, det {verdict.confident}")
         if progress:
             progress(k + 1, len(prompts))
     alone = [r for r in rows if r["verified"]]
@@ -76,6 +89,16 @@ def bench_generated(engine, images: int, progress: Progress | None = None, batch
     for r in rows:
         reasons[r["reason"] or "verified"] = reasons.get(r["reason"] or "verified", 0) + 1
     share = lambda part, whole: round(len(part) / max(len(whole), 1), 4)  # noqa: E731
+    differ = [r for r in clean if r["confident"] != r["judge"]]
+    under = [r for r in differ if r["confident"] < r["judge"]]
+    disagreements = {"images": len(differ), "under": share(under, differ),
+                     "under_made_up_by_ambiguous": share([r for r in under if r["confident"] + r["ambiguous"] == r["judge"]], differ),
+                     "with_unclear": share([r for r in differ if r["unclear"]], differ),
+                     "with_other_class": share([r for r in differ if r["other"]], differ)}
+    if out_dir is not None and shown:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        disagreements["png"] = str(out_dir / f"detector_disagreements-{engine.spec.id}.png")
+        with_legend(grid(shown, columns=8, labels=labels)).save(disagreements["png"])
     return {"model": engine.spec.id, "images": len(rows),
             "judge_clean_images": len(clean),
             "judge_clean_agreement": share([r for r in clean if r["confident"] == r["judge"]], clean),
@@ -84,4 +107,5 @@ def bench_generated(engine, images: int, progress: Progress | None = None, batch
             "detector_only": {"verified_rate": share(alone, rows), "false_verified_rate": share(wrong, alone),
                               "false_verified": len(wrong), "verified": len(alone)},
             "configured": {"verified_rate": share([r for r in alone if r["judge"] == r["count"]], rows)},
+            "disagreements": disagreements,
             "outcomes": reasons}

@@ -62,7 +62,7 @@ def detector(
     for model_id in ids if generated else []:
         engine = load_engine(model_spec(model_id, detector))
         with progress_bar(f"verify {model_id} generations", len(base_prompts(engine))) as update:
-            result["generated"][model_id] = bench_generated(engine, generated, progress=update)
+            result["generated"][model_id] = bench_generated(engine, generated, progress=update, out_dir=out)
         console.print(result["generated"][model_id])
     save(result, "detector", out, json_path)
 
