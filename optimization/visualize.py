@@ -72,18 +72,32 @@ def with_legend(picture: Image.Image) -> Image.Image:
 
 
 def grid(images: list[Image.Image], columns: int, labels: list[str] | None = None) -> Image.Image:
-    """Tiles images in rows of ``columns``, each with an optional caption strip under it."""
+    """Tiles images in rows of ``columns``, each with an optional caption strip under it; a caption wider than
+    its tile wraps at spaces (rather than run into its neighbour's)."""
     w, h = images[0].size
-    strip = 14 if labels else 0
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = [_wrap(draw, label, w - 4) for label in labels] if labels else []
+    strip = 12 * max(map(len, lines)) + 2 if lines else 0
     rows = (len(images) + columns - 1) // columns
     canvas = Image.new("RGB", (columns * w, rows * (h + strip)), "white")
     draw = ImageDraw.Draw(canvas)
     for i, im in enumerate(images):
         x, y = (i % columns) * w, (i // columns) * (h + strip)
         canvas.paste(im, (x, y))
-        if labels:
-            draw.text((x + 3, y + h + 1), labels[i], fill="black")
+        for j, line in enumerate(lines[i] if lines else ()):
+            draw.text((x + 3, y + h + 1 + 12 * j), line, fill="black")
     return canvas
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, width: float) -> list[str]:
+    lines = [""]
+    for word in text.split(" "):
+        joined = f"{lines[-1]} {word}".strip()
+        if lines[-1] and draw.textlength(joined) > width:
+            lines.append(word)
+        else:
+            lines[-1] = joined
+    return lines
 
 
 def png_bytes(image) -> bytes:
