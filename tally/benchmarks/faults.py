@@ -32,7 +32,9 @@ from workers.settings import Settings
 from .service import _port
 
 QUICK_JOB = {"prompt": "a photo of red circles", "count": 3, "policy": "resample", "budget": {"max_candidates": 16}}
-REFINE_JOB = {"prompt": "a photo of black crosses", "count": 11, "policy": "refine",
+# A job that runs its whole budget however well the model counts (eight verified images of eleven crosses out of
+# eight candidates), so that kills land while jobs are running.
+REFINE_JOB = {"prompt": "a photo of black crosses", "count": 11, "num_images": 8, "policy": "refine",
               "budget": {"max_seconds": 4, "max_candidates": 8, "max_iterations": 400}}
 
 
