@@ -177,3 +177,10 @@ def test_train_t2i_refuses_an_unknown_variant(tally_cli):
 def test_train_t2i_refuses_a_gap_at_which_twelve_shapes_would_not_fit(tally_cli):
     result = tally_cli("reference", "train-t2i", "--gap", "7")
     assert result.returncode == 2 and "--gap" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("device, message", [("gpu", "expected cpu, cuda or cuda:N"),
+                                             ("cuda:99", "cuda:99: this machine has")])
+def test_train_t2i_refuses_a_device_torch_cannot_use_before_training(tally_cli, device, message):
+    result = tally_cli("reference", "train-t2i", "--device", device)
+    assert result.returncode == 2 and message in result.stdout + result.stderr

@@ -110,7 +110,7 @@ def train_vae(vae, images: torch.Tensor, cfg: AutoencoderTrainConfig, generator:
         opt.step()
         sched.step()
         if checkpoint:
-            checkpoint.record(float(loss))
+            checkpoint.record(loss)
         if checkpoint and checkpoint.due(step + 1, cfg.steps):
             checkpoint.save(step + 1, cfg.steps, vae=vae.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(),
                             generator=generator.get_state())
@@ -121,10 +121,10 @@ def train_vae(vae, images: torch.Tensor, cfg: AutoencoderTrainConfig, generator:
 
 @torch.no_grad()
 def encode_latents(vae, images: torch.Tensor, batch: int = 256, progress: Progress | None = None) -> torch.Tensor:
-    """Posterior means of all images, scaled by the autoencoder's ``scaling_factor``."""
+    """Posterior means of all images (on the autoencoder's device), scaled by its ``scaling_factor``."""
     out = []
     for i in range(0, len(images), batch):
-        out.append(vae.encode(to_unit(images[i:i + batch])).latent_dist.mean)
+        out.append(vae.encode(to_unit(images[i:i + batch].to(vae.device))).latent_dist.mean)
         if progress:
             progress(min(i + batch, len(images)), len(images))
     return torch.cat(out) * vae.config.scaling_factor

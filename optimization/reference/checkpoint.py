@@ -25,11 +25,12 @@ class TrainingCheckpoint:
         self.path = Path(path)
         self.every = max(1, every)
         self.log = self.path.with_name("log.jsonl")
-        self._losses: list[float] = []
+        self._losses: list[torch.Tensor] = []
         self._started = time.perf_counter()
 
-    def record(self, loss: float) -> None:
-        self._losses.append(loss)
+    def record(self, loss: torch.Tensor) -> None:
+        """Keeps the loss where it is: reading it every step would make a GPU wait for the CPU."""
+        self._losses.append(loss.detach())
 
     def load(self, total: int) -> dict | None:
         """The saved state, or None if there is none; a run of another length cannot be resumed."""
@@ -49,7 +50,8 @@ class TrainingCheckpoint:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         torch.save({"step": step, "total": total, **state}, tmp)
         os.replace(tmp, self.path)
-        line = {"step": step, "total": total, "loss": round(sum(self._losses) / max(len(self._losses), 1), 5),
+        loss = float(torch.stack(self._losses).mean()) if self._losses else 0.0
+        line = {"step": step, "total": total, "loss": round(loss, 5),
                 "seconds": round(time.perf_counter() - self._started, 1)}
         with self.log.open("a") as log:
             log.write(json.dumps(line) + "\n")

@@ -94,20 +94,22 @@ def build_components(tokenizer_dir: Path, words: tuple[str, ...] = WORDS):
 def _v_loss(unet, text_encoder, tokenizer, scheduler, snr: torch.Tensor, latents: torch.Tensor, captions: list[str],
             cfg: T2ITrainConfig, generator: torch.Generator) -> torch.Tensor:
     """One batch's loss: v-prediction at random timesteps, captions dropped at ``caption_dropout``, min-SNR
-    weighted."""
+    weighted. Random draws come from ``generator`` on the CPU whatever the device, so a run on a GPU takes the
+    same batches, noise and timesteps as one on the CPU."""
+    device = latents.device
     idx = torch.randint(0, len(latents), (cfg.unet_batch,), generator=generator)
     drop = torch.rand(cfg.unet_batch, generator=generator) < cfg.caption_dropout
     texts = ["" if d else captions[i] for i, d in zip(idx.tolist(), drop.tolist())]
     ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
-    x0 = latents[idx]
-    noise = torch.randn(x0.shape, generator=generator)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.unet_batch,), generator=generator)
+                    truncation=True, return_tensors="pt").input_ids.to(device)
+    x0 = latents[idx.to(device)]
+    noise = torch.randn(x0.shape, generator=generator).to(device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.unet_batch,), generator=generator).to(device)
     xt = scheduler.add_noise(x0, noise, t)
     target = scheduler.get_velocity(x0, noise, t)
     pred = unet(xt, t, encoder_hidden_states=text_encoder(ids)[0]).sample
     # min-SNR-5 weighting for v-prediction: w = min(snr, 5) / (snr + 1); terminal SNR 0 gets weight 0 -> floor.
-    w = (torch.minimum(snr[t], torch.tensor(5.0)) / (snr[t] + 1)).clamp(min=0.05)
+    w = (snr[t].clamp(max=5.0) / (snr[t] + 1)).clamp(min=0.05)
     return (w * F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))).mean()
 
 
@@ -135,10 +137,12 @@ def train_unet(unet, text_encoder, tokenizer, scheduler, latents: torch.Tensor, 
         sched.load_state_dict(state["sched"])
         ema.load_state_dict(state["ema"])
         ema_text.load_state_dict(state["ema_text"])
+        ema.to(latents.device)  # the saved shadow weights were loaded onto the CPU
+        ema_text.to(latents.device)
         generator.set_state(state["generator"])
         start = state["step"]
     alphas_cumprod = scheduler.alphas_cumprod
-    snr = alphas_cumprod / (1 - alphas_cumprod).clamp(min=1e-8)
+    snr = (alphas_cumprod / (1 - alphas_cumprod).clamp(min=1e-8)).to(latents.device)
     for step in range(start, cfg.unet_steps):
         loss = _v_loss(unet, text_encoder, tokenizer, scheduler, snr, latents, captions, cfg, generator)
         opt.zero_grad(set_to_none=True)
@@ -149,7 +153,7 @@ def train_unet(unet, text_encoder, tokenizer, scheduler, latents: torch.Tensor, 
         ema.step(unet.parameters())
         ema_text.step(text_encoder.parameters())
         if checkpoint:
-            checkpoint.record(float(loss))
+            checkpoint.record(loss)
         if checkpoint and checkpoint.due(step + 1, cfg.unet_steps):
             checkpoint.save(step + 1, cfg.unet_steps, unet=unet.state_dict(), text_encoder=text_encoder.state_dict(),
                             opt=opt.state_dict(), sched=sched.state_dict(), ema=ema.state_dict(),
@@ -163,10 +167,11 @@ def train_unet(unet, text_encoder, tokenizer, scheduler, latents: torch.Tensor, 
 
 
 def train_t2i(out: Path, work_dir: Path, cfg: T2ITrainConfig, stage: Stage | None = None,
-              resume: bool = False) -> dict:
+              resume: bool = False, device: str = "cpu") -> dict:
     """Train tokenizer, text encoder and UNet over the shared autoencoder and save the pipeline folder at ``out``.
 
     ``stage(name, total)`` returns a progress callback for that stage (the CLI draws one bar per stage).
+    ``device``: where the models train ("cuda" on a GPU); the random stream is the CPU's either way.
     """
     from diffusers import AutoencoderKL, StableDiffusionPipeline
 
@@ -188,10 +193,14 @@ def train_t2i(out: Path, work_dir: Path, cfg: T2ITrainConfig, stage: Stage | Non
     vae = AutoencoderKL.from_pretrained(cfg.vae_from, torch_dtype=torch.float32).eval()
     images, captions = render_training_set(cfg.scenes, cfg.seed, bar(stage, "render scenes", cfg.scenes),
                                            cfg.captions, gap=cfg.gap)
+    for module in (vae, unet, text_encoder):
+        module.to(device)
     latents = encode_latents(vae, images, progress=bar(stage, "encode latents", len(images)))
     del images
     train_unet(unet, text_encoder, tokenizer, scheduler, latents, captions, cfg, generator,
                bar(stage, "train unet + text encoder", cfg.unet_steps), checkpoint, state)
+    for module in (vae, unet, text_encoder):
+        module.to("cpu")
 
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,

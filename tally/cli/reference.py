@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -114,6 +115,20 @@ def train_autoencoder(
     console.print(f"autoencoder: {out} ({summary['seconds']} s)")
 
 
+def _torch_device(value: str) -> str:
+    """cpu, or cuda[:N] where torch sees that GPU: refused up front rather than with a stack trace mid-training."""
+    if value == "cpu":
+        return value
+    if not re.fullmatch(r"cuda(:\d+)?", value):
+        raise typer.BadParameter(f"{value!r}: expected cpu, cuda or cuda:N")
+    import torch
+
+    seen = torch.cuda.device_count()
+    if int(value.partition(":")[2] or 0) >= seen:
+        raise typer.BadParameter(f"{value}: this machine has {seen} CUDA GPU(s) that torch can use; use cpu")
+    return value
+
+
 @reference_app.command("train-t2i")
 def train_t2i(
     variant: Annotated[str, typer.Option(help="reference: faithful captions; web: web-like captions (reference-web).")]
@@ -124,6 +139,8 @@ def train_t2i(
     gap: Annotated[Optional[int], typer.Option(min=1, max=6, help="Least space between shapes in the training "
                                                                    "scenes, pixels (twelve fit up to 6).")] = None,
     seed: int = 0,
+    device: Annotated[str, typer.Option(callback=_torch_device, help="Where the models train: cpu, or cuda[:N] on a "
+                                                                     "GPU (the same random stream).")] = "cpu",
     resume: Annotated[bool, typer.Option("--resume", help=RESUME_HELP)] = False,
     autoencoder: Annotated[Optional[Path], typer.Option(help="AutoencoderKL folder (frozen); default: the shipped one.")]
     = None,
@@ -164,7 +181,7 @@ def train_t2i(
         cfg = replace(cfg, unet_from=str(unet_from or out), text_encoder_from=str(out))
     with _training_bars() as bar:
         summary = train_t2i(out, (settings.runtime_dir / "runs" / f"t2i-{variant}").resolve(), cfg,
-                            stage=_stages(bar), resume=resume)
+                            stage=_stages(bar), resume=resume, device=device)
     console.print(f"pipeline: {out} ({summary['seconds']} s)")
 
 
