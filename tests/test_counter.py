@@ -5,7 +5,7 @@ import torch
 from optimization.config import VerifyConfig
 from optimization.counter import Detections, count, verify
 from optimization.prompts import resolve_class
-from optimization.reference.crosscheck import crosscheck_count
+from optimization.reference.crosscheck import crosscheck_count, judge
 from optimization.reference.scenes import CLASSES, NEGATIVE_KINDS, UNCLEAR, render_scene
 from optimization.seeds import TEST_FRESH as FRESH
 
@@ -65,6 +65,21 @@ def test_crosscheck_counts_rendered_scenes_exactly():
     for seed in range(FRESH, FRESH + 200):
         scene = render_scene(seed)
         assert crosscheck_count(np.asarray(scene.image)) == scene.count
+
+
+@pytest.mark.parametrize("drawn, counted", [("stain", False), ("shape", True)])
+def test_crosscheck_leaves_out_a_faint_stain_and_calls_the_image_unclean(drawn, counted):
+    scene = render_scene(FRESH + 300, count=3, cls="circle")
+    image = np.asarray(scene.image).copy()
+    x, y = next((x, y) for y in range(1, 56) for x in range(1, 56)  # a spot 2 px clear of every shape
+                if all(x + 9 <= b[0] or b[2] + 2 <= x or y + 9 <= b[1] or b[3] + 2 <= y
+                       for b in (o.box for o in scene.objects)))
+    background = image[y, x].astype(int)
+    image[y:y + 7, x:x + 7] = background - 50 if drawn == "stain" else (200, 30, 30)  # ~87 away vs ~250
+    seen = judge(image)
+    assert judge(np.asarray(scene.image)).clean
+    assert seen.count == crosscheck_count(image) == 3 + counted
+    assert seen.clean == counted  # a 7 px square among circles is a whole shape; a stain leaves the image in doubt
 
 
 # ------------------------------------------------------------------------------------------- honest counts
