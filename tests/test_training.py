@@ -2,6 +2,9 @@
 defaults)."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -167,6 +170,32 @@ def test_a_resume_with_other_options_is_refused(tally_cli, tmp_path):
     assert tally_cli(*run, "--steps", "2").returncode == 0
     result = tally_cli(*run, "--steps", "3", "--resume")
     assert result.returncode == 2 and "resume with the options of the interrupted run" in result.stderr
+
+
+def test_train_t2i_builds_a_fresh_unet_of_the_widths_asked(tally_cli, tmp_path):
+    out = tmp_path / "pipeline-wide"
+    result = tally_cli("reference", "train-t2i", "--scenes", "16", "--unet-steps", "1", "--unet-batch", "2",
+                       "--unet-channels", "16,32,48", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((out / "unet" / "config.json").read_text())["block_out_channels"] == [16, 32, 48]
+    assert json.loads((out / "tally_reference.json").read_text())["training"]["config"]["unet_channels"] == [16, 32, 48]
+
+
+@pytest.mark.parametrize("args, message", [(("--unet-channels", "48,96"), "three comma-separated widths"),
+                                           (("--unet-channels", "40,80,160"), "multiple of 16"),
+                                           (("--unet-channels", "48,96,192", "--train-further"), "keeps its widths")])
+def test_train_t2i_refuses_unet_widths_it_cannot_build(tally_cli, args, message):
+    result = tally_cli("reference", "train-t2i", *args)
+    assert result.returncode == 2 and message in " ".join((result.stdout + result.stderr).split())
+
+
+def test_training_a_generator_needs_no_service_configuration():
+    """A bare GPU machine needs diffusers, not pydantic-settings or redis, to run ``train_t2i``."""
+    code = ("import sys; sys.modules['pydantic'] = sys.modules['pydantic_settings'] = sys.modules['redis'] = None; "
+            "from optimization.reference.t2i import train_t2i")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).parents[1])
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_train_t2i_refuses_an_unknown_variant(tally_cli):

@@ -12,9 +12,10 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 PIPELINE_PATH = WEIGHTS_DIR / "pipeline"
 PIPELINE_WEB_PATH = WEIGHTS_DIR / "pipeline-web"  # reference-web: web-like captions (see ``captions``)
 DETECTOR_PATH = WEIGHTS_DIR / "detector.pt"
+REFERENCE_CONFIG = "tally_reference.json"  # sampler defaults and classes, beside model_index.json
 AUTOENCODER_PATH = PIPELINE_PATH / "vae"  # shared by both generators (``tally reference train-autoencoder``)
 
 __all__ = [
     "AUTOENCODER_PATH", "CLASSES", "COLOURS", "DETECTOR_PATH", "IMAGE_SIZE", "MAX_COUNT", "MIN_COUNT", "PIPELINE_PATH", "PIPELINE_WEB_PATH",
-    "PLURALS", "Scene", "WEIGHTS_DIR", "render_scene",
+    "PLURALS", "REFERENCE_CONFIG", "Scene", "WEIGHTS_DIR", "render_scene",
 ]

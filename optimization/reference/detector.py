@@ -38,7 +38,7 @@ from PIL import Image
 from ..errors import InvalidRequest
 from ..seeds import DETECTOR_TRAIN, DETECTOR_VAL
 from .crosscheck import judge
-from .models import REFERENCE_CONFIG
+from . import REFERENCE_CONFIG
 from .scenes import CLASSES, COLOURS, IMAGE_SIZE, MAX_COUNT, UNCLEAR, Scene, degrade, render_scene
 
 DETECTOR_IMGSZ = 128  # 64 px scenes are upsampled 2x: small objects then span several stride-8 cells

@@ -11,10 +11,9 @@ import json
 from pathlib import Path
 
 from ..config import ModelSpec, Policy, VerifyConfig
-from . import COLOURS, MAX_COUNT, PIPELINE_PATH, PIPELINE_WEB_PATH, DETECTOR_PATH, CLASSES
+from . import COLOURS, MAX_COUNT, PIPELINE_PATH, PIPELINE_WEB_PATH, DETECTOR_PATH, CLASSES, REFERENCE_CONFIG
 from .scenes import UNCLEAR
 
-REFERENCE_CONFIG = "tally_reference.json"  # sampler defaults and classes, beside model_index.json
 # Each model's default policy: the winner of `tally bench engine --model M` by the rule in
 # ``optimization.policy.choose_default`` (detector-only verification; README "Measured", 2026-11-29).
 MEASURED_DEFAULT: dict[str, Policy] = {"reference": Policy.resample, "reference-web": Policy.resample}

@@ -129,6 +129,19 @@ def _torch_device(value: str) -> str:
     return value
 
 
+def _unet_channels(value: Optional[str]) -> Optional[tuple[int, int, int]]:
+    if value is None:
+        return None
+    try:
+        widths = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        widths = ()
+    if len(widths) != 3 or any(w <= 0 or w % 16 for w in widths):
+        raise typer.BadParameter(f"{value!r}: three comma-separated widths, each a positive multiple of 16 "
+                                 "(the UNet's group norm has 16 groups), e.g. 48,96,192")
+    return widths
+
+
 @reference_app.command("train-t2i")
 def train_t2i(
     variant: Annotated[str, typer.Option(help="reference: faithful captions; web: web-like captions (reference-web).")]
@@ -138,6 +151,9 @@ def train_t2i(
     unet_batch: Annotated[Optional[int], typer.Option(min=2)] = None,
     gap: Annotated[Optional[int], typer.Option(min=1, max=6, help="Least space between shapes in the training "
                                                                    "scenes, pixels (twelve fit up to 6).")] = None,
+    unet_channels: Annotated[Optional[str], typer.Option(callback=_unet_channels, help=(
+        "A fresh UNet's three widths, e.g. 48,96,192 (multiples of 16) [default: 32,64,128, the shipped size]."))]
+    = None,
     seed: int = 0,
     device: Annotated[str, typer.Option(callback=_torch_device, help="Where the models train: cpu, or cuda[:N] on a "
                                                                      "GPU (the same random stream).")] = "cpu",
@@ -172,7 +188,11 @@ def train_t2i(
                                  "train-autoencoder`", param_hint="--autoencoder")
     settings = prepare()
     out = (out or (PIPELINE_WEB_PATH if variant == "web" else PIPELINE_PATH)).resolve()
-    given = {"scenes": scenes, "unet_steps": unet_steps, "unet_batch": unet_batch, "gap": gap}
+    if unet_channels and (train_further or variant == "web"):
+        raise typer.BadParameter("a UNet trained further (or the web variant's, from the reference UNet) keeps its "
+                                 "widths; --unet-channels is for a fresh reference UNet", param_hint="--unet-channels")
+    given = {"scenes": scenes, "unet_steps": unet_steps, "unet_batch": unet_batch, "gap": gap,
+             "unet_channels": unet_channels}
     cfg = replace(VARIANTS[variant], seed=seed, vae_from=str(autoencoder),
                   **{k: v for k, v in given.items() if v is not None})
     if variant == "web":  # starts from the reference UNet (see ``VARIANTS``)
