@@ -268,7 +268,8 @@ class CountEngine:
                                    "flat colour): the model or its token is broken")
         key = self.token_key(job.cls, job.count)
         images = [ImageResult(c.image, c.seed, c.verification, job.policy,
-                              f"refined:{key.id}" if c.iteration is not None else job.token_id, c.iteration)
+                              f"refined:{key.id}" if c.iteration is not None else job.token_id, c.iteration,
+                              c.stated)
                   for c in chosen]
         job.events({"stage": Stage.verifying, "candidates": job.cost["candidates"], "iterations": job.cost["iterations"],
                     "images_verified": sum(r.verified for r in images)})

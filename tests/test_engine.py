@@ -10,7 +10,7 @@ from optimization.config import Budget, LibraryConfig
 from optimization.count_token import CountToken, TokenKey
 from optimization.counter import load_crosscheck, potential, verify
 from optimization.engine import CountEngine
-from optimization.job import CANDIDATE_BATCH
+from optimization.job import CANDIDATE_BATCH, next_stated
 from optimization.library import learn_token
 from optimization.optimizer import Canceled
 from optimization.reference.crosscheck import crosscheck_count
@@ -258,3 +258,43 @@ def test_the_engine_bench_draws_verified_images_its_judge_counts_otherwise_to_be
     assert stats["verified_rate"] > 0 and stats["false_verified_rate"] == 1.0
     picture = tmp_path / "false_verified-reference.png"
     assert result["pictures"] == [str(picture)] and Image.open(picture).height > 128
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("medians, stated", [
+    ({6: 10}, 2),  # four too many: state four fewer
+    ({6: 10, 2: 3}, 4),  # then too few: halfway between
+    ({6: 10, 2: 3, 4: 6}, 4),  # drew the count: stay
+    ({7: 8, 6: 8}, 5),  # still too many: below the lowest number that drew too many
+    ({5: 8, 4: 7, 3: 4}, 3),  # nothing left between the bounds: the closer one
+    ({10: 7}, 10),  # too few: never more than the count (crowds merge, and the detector misses more in them)
+    ({1: 2}, 1),  # never below one
+])
+def test_the_next_stated_number_searches_for_the_one_that_draws_the_count(medians, stated):
+    assert next_stated(medians, next(iter(medians)), 12) == stated
+
+
+@pytest.fixture(scope="module")
+def web_engine():
+    from optimization.reference.models import reference_web_model
+
+    return CountEngine.from_spec(reference_web_model())
+
+
+def test_sampling_restates_the_number_a_model_draws_too_many_of(web_engine):
+    """reference-web draws about ten when asked for "6 red circles" (a job of the engine bench that 64 candidates
+    of the plain prompt never verified); sampling then writes a lower number, and verifies six."""
+    import copy
+
+    job = dict(prompt="a photo of 6 red circles", count=6, seed=11006002, budget=Budget(max_candidates=64))
+    seen = []
+    image = web_engine.generate(**job, progress=seen.append).images[0]
+    restated = [e["stated_count"] for e in seen if "stated_count" in e]
+    assert restated and restated[0] < 6
+    assert image.verified and image.verification.detected_count == 6 and image.stated == restated[-1]
+    assert image.to_dict()["stated_count"] == image.stated
+
+    plain = copy.copy(web_engine)
+    plain.spec = web_engine.spec.model_copy(update={"restate_after": None})
+    again = plain.generate(**job).images[0]
+    assert not again.verified and again.stated is None

@@ -17,6 +17,8 @@ from .scenes import UNCLEAR
 # Each model's default policy: the winner of `tally bench engine --model M` by the rule in
 # ``optimization.policy.choose_default`` (detector-only verification; README "Measured", 2026-11-29).
 MEASURED_DEFAULT: dict[str, Policy] = {"reference": Policy.resample, "reference-web": Policy.resample}
+# Candidates per stated number before sampling restates it (``ModelSpec.restate_after``), by `tally bench engine`.
+MEASURED_RESTATE: dict[str, int | None] = {"reference": 16, "reference-web": 16}
 
 
 def _spec(id_: str, pipeline: Path, default_policy: Policy | None, library_prompts: list[str]) -> ModelSpec:
@@ -29,7 +31,7 @@ def _spec(id_: str, pipeline: Path, default_policy: Policy | None, library_promp
         # a shape of the class asked that the detector named another (false_verified-reference.png)
         verify=VerifyConfig(doubt_classes=[UNCLEAR], confusable=[list(CLASSES)]),
         library_prompts=library_prompts, attribute_words=list(COLOURS),
-        default_policy=default_policy)
+        default_policy=default_policy, restate_after=MEASURED_RESTATE[id_])
 
 
 def reference_model() -> ModelSpec:

@@ -405,6 +405,7 @@ function doubtNote(result) {
   if (result.crosscheck_count != null && result.crosscheck_count !== result.detected_count) {
     parts.push(`cross-check ${result.crosscheck_count}`);
   }
+  if (result.stated_count != null) parts.push(`drawn stating ${result.stated_count}`);
   return el("span", { class: "doubt", "data-testid": "doubt", text: parts.length ? `(${parts.join(", ")})` : "" });
 }
 
