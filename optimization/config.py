@@ -172,8 +172,8 @@ class ModelSpec(_Frozen):
     default_policy: Policy | None = Field(None, description="None: the deployment's default policy.")
     restate_after: int | None = Field(
         None, ge=1, description="Candidates of one stated number after which sampling from the prompt, none verified, "
-                                "writes another number in it: lower when the model drew more than asked, higher when "
-                                "fewer (``job.next_stated``); None: never (measured per model).")
+                                "writes a lower number in it where the model drew more than asked (never a higher one; "
+                                "``job.next_stated``); None: never (measured per model).")
     semantic_guard: SemanticGuard | None = Field(
         None, description="CLIP image-text penalty beside the detector guard, so the count cannot be won with "
                           "degenerate images (real models); None: off.")
