@@ -162,6 +162,21 @@ def test_bench_engine_without_the_library_runs_token_policies_from_the_base_prom
 
 
 @pytest.mark.slow
+def test_an_ad_hoc_reference_folder_samples_as_its_model_does(tally_cli):
+    """A bench of ``--model FOLDER`` measures the weights as they are served: reference-web's folder samples at its
+    own guidance, not the default model's (its figures were once measured at the other one's)."""
+    from optimization.reference import PIPELINE_PATH, PIPELINE_WEB_PATH
+    from optimization.reference.models import reference_model, reference_web_model
+    from tally.cli.common import model_spec
+
+    assert tally_cli("reference", "info").returncode == 0  # this test's runtime dir and Redis
+    web, ref = model_spec(str(PIPELINE_WEB_PATH)), model_spec(str(PIPELINE_PATH))
+    assert web.id == ref.id == "adhoc"
+    assert (web.guidance_scale, ref.guidance_scale) == (reference_web_model().guidance_scale,
+                                                        reference_model().guidance_scale)
+    assert web.guidance_scale != ref.guidance_scale
+
+
 def test_bench_base_reports_json_and_pictures(tally_cli, tmp_path):
     result = tally_cli("bench", "base", "--seeds", "1", "--out", str(tmp_path / "b"), "--json", str(tmp_path / "b.json"))
     assert result.returncode == 0, result.stderr

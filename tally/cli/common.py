@@ -94,7 +94,14 @@ def model_spec(model: Optional[str], detector: Optional[str] = None) -> ModelSpe
         if model.startswith((".", "/", "~")) and not Path(model).expanduser().is_dir():
             raise InvalidRequest(f"--model: no configured model and no pipeline folder {model!r}; configured: "
                                  f"{', '.join(m.id for m in settings.models)}")
-        spec = settings.model().model_copy(update={"id": "adhoc", "pipeline": model, "crosscheck": None})
+        from optimization.reference import REFERENCE_CONFIG
+
+        update = {"id": "adhoc", "pipeline": model, "crosscheck": None}
+        shipped = Path(model).expanduser() / REFERENCE_CONFIG
+        if shipped.is_file():  # a reference-world folder carries its own sampler (reference-web's guidance is 4)
+            sampler = json.loads(shipped.read_text())["sampler"]
+            update.update(num_inference_steps=sampler["num_inference_steps"], guidance_scale=sampler["guidance_scale"])
+        spec = settings.model().model_copy(update=update)
     if detector is not None:
         spec = spec.model_copy(update={"detector": detector})
     if not Path(spec.detector).expanduser().is_file():
