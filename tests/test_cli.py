@@ -177,6 +177,7 @@ def test_an_ad_hoc_reference_folder_samples_as_its_model_does(tally_cli):
     assert web.guidance_scale != ref.guidance_scale
 
 
+@pytest.mark.slow
 def test_bench_base_reports_json_and_pictures(tally_cli, tmp_path):
     result = tally_cli("bench", "base", "--seeds", "1", "--out", str(tmp_path / "b"), "--json", str(tmp_path / "b.json"))
     assert result.returncode == 0, result.stderr

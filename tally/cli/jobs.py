@@ -124,7 +124,7 @@ def describe_counts(result, object_: str) -> str:
                                            ("other", result.other_class)) if n]
     if result.crosscheck_count is not None and result.crosscheck_count != result.detected_count:
         doubt.append(f"cross-check {result.crosscheck_count}")
-    if getattr(result, "stated_count", None) is not None:  # sampling restated the number (ModelSpec.restate_after)
+    if result.stated_count is not None:  # sampling restated the number (ModelSpec.restate_after)
         doubt.append(f"drawn stating {result.stated_count}")
     return f"{result.detected_count} {noun} detected" + (f" ({', '.join(doubt)})" if doubt else "")
 
