@@ -144,7 +144,7 @@ class ImageOut(BaseModel):
     refine_iteration: int | None = Field(None, description="Set when token refinement produced the image: its "
                                                            "seed alone does not reproduce it.")
     stated_count: int | None = Field(None, description="Set when sampling restated the number in the prompt (the "
-                                                       "model drew systematically more or fewer than asked): the "
+                                                       "model drew systematically more than asked): the "
                                                        "image was drawn stating this number, so its seed alone does "
                                                        "not reproduce it.")
 
