@@ -102,6 +102,18 @@ def test_the_detected_count_is_the_confident_count_and_the_doubt_is_reported_bes
     assert report["verified"] is False and report["reason"] == "ambiguous_detections"
 
 
+def test_the_reference_models_verify_every_shape_their_detector_counts():
+    """The reference detector's bar was measured (README "Detector"): from the counting confidence, 0.5, a shape
+    counts and verifies; under it, it is doubt. The default bar (0.7) would doubt a shape seen at 0.6."""
+    from optimization.reference.models import reference_models
+
+    sure, unsure = _det(("circle", 0.9), ("circle", 0.6)), _det(("circle", 0.9), ("circle", 0.45))
+    for spec in reference_models():
+        assert verify(sure, "circle", 2, spec.verify).verified
+        assert verify(unsure, "circle", 1, spec.verify).reason == "ambiguous_detections"
+    assert verify(sure, "circle", 1, _CONFIG).reason == "ambiguous_detections"
+
+
 def test_misses_rank_doubt_against_the_image():
     exact_but_doubtful = verify(_det(("circle", 0.9), ("circle", 0.9), ("circle", 0.4), ("unclear", 0.5)), "circle", 2,
                                 _CONFIG)
