@@ -122,6 +122,9 @@ class VerifyConfig(_Frozen):
     ambiguous_floor: float = Field(0.15, gt=0, lt=1,
                                    description="Detections of the class in [floor, verify) make an image doubtful.")
     nms_iou: float = Field(0.5, gt=0, lt=1)
+    mirrored_view: bool = Field(False, description=(
+        "Also detect on the image mirrored left to right and keep, per prediction, the surer class scores of the "
+        "two views (boxes averaged): a shape seen surely in either view is there. Doubles the detector's work."))
     doubt_classes: list[str] = Field([], description=(
         "Detector classes that mark a shape as no clean object (a merged blob, a fragment, a smear): one "
         "such detection from ambiguous_floor on makes an image doubtful. Never requestable objects."))

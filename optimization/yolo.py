@@ -42,10 +42,30 @@ class YoloCounter:
         self.nms_floor = min(0.1, config.ambiguous_floor)
 
     def raw(self, images: torch.Tensor) -> torch.Tensor:
-        """Raw predictions ``[B, 4 + nc, A]`` (xywh in detector pixels, then class scores), differentiable."""
+        """Raw predictions ``[B, 4 + nc, A]`` (xywh in detector pixels, then class scores), differentiable; with
+        ``config.mirrored_view``, the surer of the image's and its mirror image's."""
         x = F.interpolate(images.to(self.device), size=(self.imgsz, self.imgsz), mode="bilinear", align_corners=False)
+        if not self.config.mirrored_view:
+            return self._forward(x)
+        both = self._forward(torch.cat([x, x.flip(-1)]))
+        seen, mirrored = both[:len(x)], self._unmirror(both[len(x):])
+        return torch.cat([(seen[:, :4] + mirrored[:, :4]) / 2, torch.maximum(seen[:, 4:], mirrored[:, 4:])], dim=1)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.net(x)
         return y[0] if isinstance(y, (list, tuple)) else y
+
+    def _unmirror(self, raw: torch.Tensor) -> torch.Tensor:
+        """Predictions of a mirrored image, put back where the image's own are: each level's grid of anchors
+        (row by row, ``stride`` pixels apart) reversed along x, and box centres mirrored."""
+        levels, start = [], 0
+        for stride in self.net.stride.tolist():
+            side = self.imgsz // int(stride)
+            level = raw[..., start:start + side * side]
+            levels.append(level.reshape(*raw.shape[:2], side, side).flip(-1).reshape(level.shape))
+            start += side * side
+        out = torch.cat(levels, dim=-1)
+        return torch.cat([self.imgsz - out[:, :1], out[:, 1:]], dim=1)
 
     @torch.no_grad()
     def detect(self, images: torch.Tensor) -> list[Detections]:

@@ -114,6 +114,26 @@ def test_the_reference_models_verify_every_shape_their_detector_counts():
     assert verify(sure, "circle", 1, _CONFIG).reason == "ambiguous_detections"
 
 
+def test_the_mirrored_view_finds_each_shape_where_it_is(counter, reference_spec):
+    """Reading the mirrored image too (``mirrored_view``, on for the reference detector by measurement) puts its
+    predictions back in place: on scenes laid out off the middle, the same shapes are found at the same boxes as by
+    one view, and the potential stays differentiable through both views."""
+    from optimization.yolo import YoloCounter
+
+    assert counter.config.mirrored_view
+    one_view = YoloCounter(reference_spec.detector, config=counter.config.model_copy(update={"mirrored_view": False}))
+    scenes = [render_scene(FRESH + 5000 + i, count=1 + i % 6) for i in range(24)]
+    images = _tensor([s.image for s in scenes])
+    for scene, both, one in zip(scenes, counter.detect(images), one_view.detect(images)):
+        cls, conf = scene.objects[0].cls, counter.config.verify_confidence
+        assert count(counter, both, cls) == count(counter, one, cls) == scene.count
+        for box in both.of(cls, conf).boxes:
+            assert min(max(abs(a - b) for a, b in zip(box, other)) for other in one.of(cls, conf).boxes) < 1.5
+    images.requires_grad_(True)
+    counter.class_scores(counter.raw(images)).sum().backward()
+    assert images.grad.abs().sum() > 0
+
+
 def test_misses_rank_doubt_against_the_image():
     exact_but_doubtful = verify(_det(("circle", 0.9), ("circle", 0.9), ("circle", 0.4), ("unclear", 0.5)), "circle", 2,
                                 _CONFIG)
