@@ -58,13 +58,14 @@ class YoloCounter:
     def _unmirror(self, raw: torch.Tensor) -> torch.Tensor:
         """Predictions of a mirrored image, put back where the image's own are: each level's grid of anchors
         (row by row, ``stride`` pixels apart) reversed along x, and box centres mirrored."""
-        levels, start = [], 0
-        for stride in self.net.stride.tolist():
-            side = self.imgsz // int(stride)
-            level = raw[..., start:start + side * side]
-            levels.append(level.reshape(*raw.shape[:2], side, side).flip(-1).reshape(level.shape))
-            start += side * side
-        out = torch.cat(levels, dim=-1)
+        sides = [self.imgsz // int(stride) for stride in self.net.stride.tolist()]
+        cells = [side * side for side in sides]
+        if sum(cells) != raw.shape[-1]:  # e.g. several anchors a cell, or NMS in the head
+            raise InvalidRequest(f"mirrored_view needs a detection head with one prediction per grid cell; this one "
+                                 f"gives {raw.shape[-1]} for {sum(cells)} cells")
+        levels = raw.split(cells, dim=-1)
+        out = torch.cat([level.reshape(*raw.shape[:2], side, side).flip(-1).reshape(level.shape)
+                         for level, side in zip(levels, sides)], dim=-1)
         return torch.cat([self.imgsz - out[:, :1], out[:, 1:]], dim=1)
 
     @torch.no_grad()

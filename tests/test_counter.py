@@ -4,6 +4,7 @@ import torch
 
 from optimization.config import VerifyConfig
 from optimization.counter import Detections, count, verify
+from optimization.errors import InvalidRequest
 from optimization.prompts import resolve_class
 from optimization.reference.crosscheck import crosscheck_count, judge
 from optimization.reference.scenes import CLASSES, NEGATIVE_KINDS, UNCLEAR, render_scene
@@ -132,6 +133,8 @@ def test_the_mirrored_view_finds_each_shape_where_it_is(counter, reference_spec)
     images.requires_grad_(True)
     counter.class_scores(counter.raw(images)).sum().backward()
     assert images.grad.abs().sum() > 0
+    with pytest.raises(InvalidRequest, match="one prediction per grid cell"):  # a head this cannot mirror
+        counter._unmirror(torch.zeros(1, 4 + len(counter.names), 300))
 
 
 def test_misses_rank_doubt_against_the_image():
