@@ -40,6 +40,9 @@ class YoloCounter:
         self.imgsz = int(yolo.model.args.get("imgsz", 640)) if isinstance(yolo.model.args, dict) else 640
         # NMS keeps everything down to the ambiguous band, so verification sees the doubtful detections too.
         self.nms_floor = min(0.1, config.ambiguous_floor)
+        if config.mirrored_view:  # a head it cannot mirror is refused when the model loads, not on every job
+            with torch.no_grad():
+                self._unmirror(self._forward(torch.zeros(1, 3, self.imgsz, self.imgsz, device=self.device)))
 
     def raw(self, images: torch.Tensor) -> torch.Tensor:
         """Raw predictions ``[B, 4 + nc, A]`` (xywh in detector pixels, then class scores), differentiable; with
