@@ -159,6 +159,10 @@ class ModelSpec(_Frozen):
     # Sampler: 1 step without guidance is the SDXL-Turbo setting.
     num_inference_steps: int = Field(1, ge=1)
     guidance_scale: float = Field(0.0, ge=0)
+    guidance_rescale: float = Field(0.0, ge=0, le=1, description=(
+        "diffusers' guidance_rescale (Lin et al. 2024): pulls guided predictions back to the spread of the "
+        "conditional one, against the washed-out or stained images strong guidance gives models trained with a "
+        "zero-terminal-SNR schedule. 0: off."))
     max_count: int = Field(12, ge=1, le=100)
     classes: list[str] | None = Field(
         None, description="Detector classes, so the API checks objects before any worker starts; None: the "

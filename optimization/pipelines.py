@@ -34,10 +34,12 @@ TOKEN_NORM_FACTOR = 100.0
 class TextToImage:
     """A resident diffusers pipeline, its sampler settings and the count-token slot of each text encoder."""
 
-    def __init__(self, pipe, num_inference_steps: int, guidance_scale: float, source: str = ""):
+    def __init__(self, pipe, num_inference_steps: int, guidance_scale: float, source: str = "",
+                 guidance_rescale: float = 0.0):
         self.pipe = pipe
         self.num_inference_steps = num_inference_steps
         self.guidance_scale = guidance_scale
+        self.guidance_rescale = guidance_rescale
         self.source = source
         self.pipe.set_progress_bar_config(disable=True)
         for module in self._modules():
@@ -59,11 +61,12 @@ class TextToImage:
     def from_spec(cls, spec: ModelSpec, gradient_checkpointing: bool = False) -> "TextToImage":
         """The pipeline and sampler a model entry names."""
         return cls.load(spec.pipeline, spec.num_inference_steps, spec.guidance_scale, device=spec.device,
-                        dtype=spec.dtype, gradient_checkpointing=gradient_checkpointing)
+                        dtype=spec.dtype, gradient_checkpointing=gradient_checkpointing,
+                        guidance_rescale=spec.guidance_rescale)
 
     @classmethod
     def load(cls, model: str | Path, num_inference_steps: int, guidance_scale: float, device: str = "cpu",
-             dtype: str = "fp32", gradient_checkpointing: bool = False) -> "TextToImage":
+             dtype: str = "fp32", gradient_checkpointing: bool = False, guidance_rescale: float = 0.0) -> "TextToImage":
         from diffusers import DiffusionPipeline
 
         if dtype not in DTYPES:
@@ -73,7 +76,7 @@ class TextToImage:
         pipe = DiffusionPipeline.from_pretrained(str(model), dtype=DTYPES[dtype]).to(device)
         if gradient_checkpointing and hasattr(pipe.unet, "enable_gradient_checkpointing"):
             pipe.unet.enable_gradient_checkpointing()
-        return cls(pipe, num_inference_steps, guidance_scale, source=str(model))
+        return cls(pipe, num_inference_steps, guidance_scale, source=str(model), guidance_rescale=guidance_rescale)
 
     def _modules(self):
         names = ("unet", "vae", "text_encoder", "text_encoder_2")
@@ -171,6 +174,8 @@ class TextToImage:
         batch = {k: v.expand(len(seeds), *v.shape[1:]) for k, v in cond.items()}
         if self.guidance_scale > 1.0:
             batch.update({k: v.expand(len(seeds), *v.shape[1:]) for k, v in self._negative_conditioning().items()})
+            if self.guidance_rescale:  # passed only when set: not every pipeline takes it
+                batch["guidance_rescale"] = self.guidance_rescale
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
         if latents is not None:  # the pipeline scales them by the scheduler's init_noise_sigma, as drawn noise
             batch["latents"] = latents.to(self.device, self.pipe.unet.dtype)

@@ -60,6 +60,21 @@ def test_both_generators_share_the_reference_autoencoder():
 def test_the_reference_model_entry_takes_its_sampler_from_the_shipped_pipeline(reference_spec, t2i):
     sampler = json.loads((PIPELINE_PATH / "tally_reference.json").read_text())["sampler"]
     assert sampler["num_inference_steps"] >= 1
-    assert (reference_spec.num_inference_steps, reference_spec.guidance_scale) == (
-        sampler["num_inference_steps"], sampler["guidance_scale"])
-    assert (t2i.num_inference_steps, t2i.guidance_scale) == (sampler["num_inference_steps"], sampler["guidance_scale"])
+    shipped = (sampler["num_inference_steps"], sampler["guidance_scale"], sampler.get("guidance_rescale", 0.0))
+    assert (reference_spec.num_inference_steps, reference_spec.guidance_scale, reference_spec.guidance_rescale) == shipped
+    assert (t2i.num_inference_steps, t2i.guidance_scale, t2i.guidance_rescale) == shipped
+
+
+def test_guidance_rescale_changes_guided_images_and_keeps_the_gradient(reference_spec):
+    """The rescale reaches the pipeline (what strong guidance draws changes), and the optimizer's gradient still
+    reaches the initial noise through it."""
+    from optimization.pipelines import TextToImage
+
+    spec = reference_spec.model_copy(update={"guidance_scale": 4.0, "guidance_rescale": 0.0})
+    plain = TextToImage.from_spec(spec)
+    rescaled = TextToImage.from_spec(spec.model_copy(update={"guidance_rescale": 0.7}))
+    prompt = "a photo of 9 red squares"
+    assert not torch.allclose(plain.generate(prompt, [3]), rescaled.generate(prompt, [3]), atol=1e-2)
+    latents = rescaled.initial_latents([3]).requires_grad_()
+    rescaled.generate_differentiable(prompt, [3], latents=latents).mean().backward()
+    assert latents.grad is not None and latents.grad.abs().sum() > 0

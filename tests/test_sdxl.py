@@ -82,3 +82,8 @@ def test_tiny_sdxl_initial_latents_reproduce_the_seeds_images_and_noise_optimiza
     assert result.iterations == 2 and [r.iteration for r in seen] == [1, 2] and result.hit is None
     latents = t2i.initial_latents([4])
     assert gaussian_shell(latents).item() < 0.05  # drawn noise sits on the Gaussian shell
+
+
+def test_tiny_sdxl_samples_with_rescaled_guidance(tiny_sdxl):
+    guided = TextToImage.load(tiny_sdxl.source, num_inference_steps=1, guidance_scale=2.0, guidance_rescale=0.5)
+    assert guided.generate("a photo of 3 red circles", [0]).shape == (1, 3, guided.image_size, guided.image_size)

@@ -34,7 +34,8 @@ def _spec(id_: str, pipeline: Path, default_policy: Policy | None, library_promp
     return ModelSpec(
         id=id_, pipeline=str(pipeline), detector=str(DETECTOR_PATH), classes=list(CLASSES),
         num_inference_steps=shipped["sampler"]["num_inference_steps"],
-        guidance_scale=shipped["sampler"]["guidance_scale"], max_count=MAX_COUNT, crosscheck="components",
+        guidance_scale=shipped["sampler"]["guidance_scale"],
+        guidance_rescale=shipped["sampler"].get("guidance_rescale", 0.0), max_count=MAX_COUNT, crosscheck="components",
         # every shape is confusable with every other: 2 of 3 images verified falsely at the default budget held
         # a shape of the class asked that the detector named another (false_verified-reference.png)
         verify=VerifyConfig(verify_confidence=MEASURED_VERIFY_CONFIDENCE, mirrored_view=MEASURED_MIRRORED_VIEW,

@@ -100,7 +100,8 @@ def model_spec(model: Optional[str], detector: Optional[str] = None) -> ModelSpe
         shipped = Path(model).expanduser() / REFERENCE_CONFIG
         if shipped.is_file():  # a reference-world folder carries its own sampler (reference-web's guidance is 4)
             sampler = json.loads(shipped.read_text())["sampler"]
-            update.update(num_inference_steps=sampler["num_inference_steps"], guidance_scale=sampler["guidance_scale"])
+            update.update(num_inference_steps=sampler["num_inference_steps"], guidance_scale=sampler["guidance_scale"],
+                          guidance_rescale=sampler.get("guidance_rescale", 0.0))
         spec = settings.model().model_copy(update=update)
     if detector is not None:
         spec = spec.model_copy(update={"detector": detector})

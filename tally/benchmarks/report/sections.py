@@ -73,11 +73,12 @@ def _base(section: Section, results: list[Result], out: Path) -> None:
                           xlabel="requested count")], "base pipeline", table)
     section.tables.append(Table(
         ["model", "exact", "MAE", "class present", "detector agrees with cross-check", "one image s",
-         "batched image s", "bench images / s", "steps", "guidance"],
+         "batched image s", "bench images / s", "steps", "guidance", "guidance rescale"],
         [[r.label, _get(r.data, "overall", "exact"), _get(r.data, "overall", "mae"), r.data.get("class_presence"),
           r.data.get("detector_vs_crosscheck_agreement"), _get(r.data, "speed", "single_image_s"),
           _get(r.data, "speed", "batched_image_s"), _get(r.data, "speed", "bench_images_per_s"),
-          _get(r.data, "sampler", "num_inference_steps"), _get(r.data, "sampler", "guidance_scale")]
+          _get(r.data, "sampler", "num_inference_steps"), _get(r.data, "sampler", "guidance_scale"),
+          _get(r.data, "sampler", "guidance_rescale")]
          for r in results], "Overall, per model"))
 
 
