@@ -4,6 +4,7 @@ It makes Tally runnable and measurable offline: the shipped pipeline loads with 
 ``from_pretrained`` and the detector with ultralytics' ``YOLO``, exactly like SDXL-Turbo and COCO YOLO.
 """
 
+import json
 from pathlib import Path
 
 from .scenes import CLASSES, COLOURS, IMAGE_SIZE, MAX_COUNT, MIN_COUNT, PLURALS, Scene, render_scene
@@ -15,7 +16,14 @@ DETECTOR_PATH = WEIGHTS_DIR / "detector.pt"
 REFERENCE_CONFIG = "tally_reference.json"  # sampler defaults and classes, beside model_index.json
 AUTOENCODER_PATH = PIPELINE_PATH / "vae"  # shared by both generators (``tally reference train-autoencoder``)
 
+
+def shipped_sampler(pipeline: str | Path) -> dict:
+    """The ``ModelSpec`` sampler fields a reference pipeline folder was trained for (its ``REFERENCE_CONFIG``)."""
+    sampler = json.loads((Path(pipeline) / REFERENCE_CONFIG).read_text())["sampler"]
+    return {"num_inference_steps": sampler["num_inference_steps"], "guidance_scale": sampler["guidance_scale"],
+            "guidance_rescale": sampler.get("guidance_rescale", 0.0)}
+
 __all__ = [
     "AUTOENCODER_PATH", "CLASSES", "COLOURS", "DETECTOR_PATH", "IMAGE_SIZE", "MAX_COUNT", "MIN_COUNT", "PIPELINE_PATH", "PIPELINE_WEB_PATH",
-    "PLURALS", "REFERENCE_CONFIG", "Scene", "WEIGHTS_DIR", "render_scene",
+    "PLURALS", "REFERENCE_CONFIG", "Scene", "WEIGHTS_DIR", "render_scene", "shipped_sampler",
 ]

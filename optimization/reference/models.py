@@ -7,11 +7,10 @@ backgrounds), and one library prompt per colour so a token learns the count rath
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..config import ModelSpec, Policy, VerifyConfig
-from . import COLOURS, MAX_COUNT, PIPELINE_PATH, PIPELINE_WEB_PATH, DETECTOR_PATH, CLASSES, REFERENCE_CONFIG
+from . import COLOURS, MAX_COUNT, PIPELINE_PATH, PIPELINE_WEB_PATH, DETECTOR_PATH, CLASSES, shipped_sampler
 from .scenes import UNCLEAR
 
 # Each model's default policy: the winner of `tally bench engine --model M` by the rule in
@@ -30,12 +29,9 @@ MEASURED_MIRRORED_VIEW = True
 
 
 def _spec(id_: str, pipeline: Path, default_policy: Policy | None, library_prompts: list[str]) -> ModelSpec:
-    shipped = json.loads((pipeline / REFERENCE_CONFIG).read_text())
     return ModelSpec(
-        id=id_, pipeline=str(pipeline), detector=str(DETECTOR_PATH), classes=list(CLASSES),
-        num_inference_steps=shipped["sampler"]["num_inference_steps"],
-        guidance_scale=shipped["sampler"]["guidance_scale"],
-        guidance_rescale=shipped["sampler"].get("guidance_rescale", 0.0), max_count=MAX_COUNT, crosscheck="components",
+        id=id_, pipeline=str(pipeline), detector=str(DETECTOR_PATH), classes=list(CLASSES), **shipped_sampler(pipeline),
+        max_count=MAX_COUNT, crosscheck="components",
         # every shape is confusable with every other: 2 of 3 images verified falsely at the default budget held
         # a shape of the class asked that the detector named another (false_verified-reference.png)
         verify=VerifyConfig(verify_confidence=MEASURED_VERIFY_CONFIDENCE, mirrored_view=MEASURED_MIRRORED_VIEW,

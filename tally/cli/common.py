@@ -94,14 +94,12 @@ def model_spec(model: Optional[str], detector: Optional[str] = None) -> ModelSpe
         if model.startswith((".", "/", "~")) and not Path(model).expanduser().is_dir():
             raise InvalidRequest(f"--model: no configured model and no pipeline folder {model!r}; configured: "
                                  f"{', '.join(m.id for m in settings.models)}")
-        from optimization.reference import REFERENCE_CONFIG
+        from optimization.reference import REFERENCE_CONFIG, shipped_sampler
 
         update = {"id": "adhoc", "pipeline": model, "crosscheck": None}
-        shipped = Path(model).expanduser() / REFERENCE_CONFIG
-        if shipped.is_file():  # a reference-world folder carries its own sampler (reference-web's guidance is 4)
-            sampler = json.loads(shipped.read_text())["sampler"]
-            update.update(num_inference_steps=sampler["num_inference_steps"], guidance_scale=sampler["guidance_scale"],
-                          guidance_rescale=sampler.get("guidance_rescale", 0.0))
+        folder = Path(model).expanduser()
+        if (folder / REFERENCE_CONFIG).is_file():  # a reference-world folder carries its own sampler (reference-web's)
+            update.update(shipped_sampler(folder))
         spec = settings.model().model_copy(update=update)
     if detector is not None:
         spec = spec.model_copy(update={"detector": detector})
