@@ -163,6 +163,11 @@ class ModelSpec(_Frozen):
         "diffusers' guidance_rescale (Lin et al. 2024): pulls guided predictions back to the spread of the "
         "conditional one, against the washed-out or stained images strong guidance gives models trained with a "
         "zero-terminal-SNR schedule. 0: off."))
+    guidance_schedule: list[float] = Field([], description=(
+        "Guidance scale of each denoising step in order (one per step, each above 1, the first equal to "
+        "guidance_scale): strong early, where the layout and the number of objects are decided, milder late, "
+        "where strong guidance deforms the shapes (Kynkaanniemi et al. 2024 guide only part of the steps). "
+        "Empty: guidance_scale at every step."))
     max_count: int = Field(12, ge=1, le=100)
     classes: list[str] | None = Field(
         None, description="Detector classes, so the API checks objects before any worker starts; None: the "
@@ -184,6 +189,16 @@ class ModelSpec(_Frozen):
     semantic_guard: SemanticGuard | None = Field(
         None, description="CLIP image-text penalty beside the detector guard, so the count cannot be won with "
                           "degenerate images (real models); None: off.")
+
+    @model_validator(mode="after")
+    def _schedule_fits(self) -> "ModelSpec":
+        if self.guidance_schedule and (len(self.guidance_schedule) != self.num_inference_steps
+                                       or min(self.guidance_schedule) <= 1
+                                       or self.guidance_schedule[0] != self.guidance_scale):
+            raise ValueError(f"guidance_schedule needs {self.num_inference_steps} scales (num_inference_steps), each "
+                             f"above 1, the first equal to guidance_scale ({self.guidance_scale:g}); got "
+                             f"{self.guidance_schedule}")
+        return self
 
     def library_texts(self, objects: str, count: int) -> list[str]:
         """The library prompts of one key, every attribute word substituted."""

@@ -22,6 +22,7 @@ import torch
 
 from .config import GENERATION_BATCH, ModelSpec
 from .errors import InvalidRequest
+from .guidance import guidance_per_step
 from .token_file import PLACEHOLDER
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -35,11 +36,12 @@ class TextToImage:
     """A resident diffusers pipeline, its sampler settings and the count-token slot of each text encoder."""
 
     def __init__(self, pipe, num_inference_steps: int, guidance_scale: float, source: str = "",
-                 guidance_rescale: float = 0.0):
+                 guidance_rescale: float = 0.0, guidance_schedule: list[float] | None = None):
         self.pipe = pipe
         self.num_inference_steps = num_inference_steps
         self.guidance_scale = guidance_scale
         self.guidance_rescale = guidance_rescale
+        self.guidance_schedule = list(guidance_schedule or [])  # per step; ModelSpec checks it
         self.source = source
         self.pipe.set_progress_bar_config(disable=True)
         for module in self._modules():
@@ -62,11 +64,12 @@ class TextToImage:
         """The pipeline and sampler a model entry names."""
         return cls.load(spec.pipeline, spec.num_inference_steps, spec.guidance_scale, device=spec.device,
                         dtype=spec.dtype, gradient_checkpointing=gradient_checkpointing,
-                        guidance_rescale=spec.guidance_rescale)
+                        guidance_rescale=spec.guidance_rescale, guidance_schedule=spec.guidance_schedule)
 
     @classmethod
     def load(cls, model: str | Path, num_inference_steps: int, guidance_scale: float, device: str = "cpu",
-             dtype: str = "fp32", gradient_checkpointing: bool = False, guidance_rescale: float = 0.0) -> "TextToImage":
+             dtype: str = "fp32", gradient_checkpointing: bool = False, guidance_rescale: float = 0.0,
+             guidance_schedule: list[float] | None = None) -> "TextToImage":
         from diffusers import DiffusionPipeline
 
         if dtype not in DTYPES:
@@ -76,7 +79,8 @@ class TextToImage:
         pipe = DiffusionPipeline.from_pretrained(str(model), dtype=DTYPES[dtype]).to(device)
         if gradient_checkpointing and hasattr(pipe.unet, "enable_gradient_checkpointing"):
             pipe.unet.enable_gradient_checkpointing()
-        return cls(pipe, num_inference_steps, guidance_scale, source=str(model), guidance_rescale=guidance_rescale)
+        return cls(pipe, num_inference_steps, guidance_scale, source=str(model), guidance_rescale=guidance_rescale,
+                   guidance_schedule=guidance_schedule)
 
     def _modules(self):
         names = ("unet", "vae", "text_encoder", "text_encoder_2")
@@ -176,6 +180,8 @@ class TextToImage:
             batch.update({k: v.expand(len(seeds), *v.shape[1:]) for k, v in self._negative_conditioning().items()})
             if self.guidance_rescale:  # passed only when set: not every pipeline takes it
                 batch["guidance_rescale"] = self.guidance_rescale
+            if self.guidance_schedule:
+                batch["callback_on_step_end"] = guidance_per_step(self.guidance_schedule)
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
         if latents is not None:  # the pipeline scales them by the scheduler's init_noise_sigma, as drawn noise
             batch["latents"] = latents.to(self.device, self.pipe.unet.dtype)

@@ -172,10 +172,8 @@ def test_an_ad_hoc_reference_folder_samples_as_its_model_does(tally_cli):
     assert tally_cli("reference", "info").returncode == 0  # this test's runtime dir and Redis
     web, ref = model_spec(str(PIPELINE_WEB_PATH)), model_spec(str(PIPELINE_PATH))
     assert web.id == ref.id == "adhoc"
-    assert (web.guidance_scale, web.guidance_rescale) == (reference_web_model().guidance_scale,
-                                                          reference_web_model().guidance_rescale)
-    assert (ref.guidance_scale, ref.guidance_rescale) == (reference_model().guidance_scale,
-                                                          reference_model().guidance_rescale)
+    sampler = lambda spec: (spec.guidance_scale, spec.guidance_rescale, spec.guidance_schedule)  # noqa: E731
+    assert sampler(web) == sampler(reference_web_model()) and sampler(ref) == sampler(reference_model())
     assert web.guidance_scale != ref.guidance_scale
 
 

@@ -60,9 +60,11 @@ def test_both_generators_share_the_reference_autoencoder():
 def test_the_reference_model_entry_takes_its_sampler_from_the_shipped_pipeline(reference_spec, t2i):
     sampler = json.loads((PIPELINE_PATH / "tally_reference.json").read_text())["sampler"]
     assert sampler["num_inference_steps"] >= 1
-    shipped = (sampler["num_inference_steps"], sampler["guidance_scale"], sampler.get("guidance_rescale", 0.0))
-    assert (reference_spec.num_inference_steps, reference_spec.guidance_scale, reference_spec.guidance_rescale) == shipped
-    assert (t2i.num_inference_steps, t2i.guidance_scale, t2i.guidance_rescale) == shipped
+    shipped = (sampler["num_inference_steps"], sampler["guidance_scale"], sampler.get("guidance_rescale", 0.0),
+               sampler.get("guidance_schedule", []))
+    assert (reference_spec.num_inference_steps, reference_spec.guidance_scale, reference_spec.guidance_rescale,
+            reference_spec.guidance_schedule) == shipped
+    assert (t2i.num_inference_steps, t2i.guidance_scale, t2i.guidance_rescale, t2i.guidance_schedule) == shipped
 
 
 def test_guidance_rescale_changes_guided_images_and_keeps_the_gradient(reference_spec):
@@ -70,7 +72,7 @@ def test_guidance_rescale_changes_guided_images_and_keeps_the_gradient(reference
     reaches the initial noise through it."""
     from optimization.pipelines import TextToImage
 
-    spec = reference_spec.model_copy(update={"guidance_scale": 4.0, "guidance_rescale": 0.0})
+    spec = reference_spec.model_copy(update={"guidance_scale": 4.0, "guidance_rescale": 0.0, "guidance_schedule": []})
     plain = TextToImage.from_spec(spec)
     rescaled = TextToImage.from_spec(spec.model_copy(update={"guidance_rescale": 0.7}))
     prompt = "a photo of 9 red squares"
@@ -78,3 +80,36 @@ def test_guidance_rescale_changes_guided_images_and_keeps_the_gradient(reference
     latents = rescaled.initial_latents([3]).requires_grad_()
     rescaled.generate_differentiable(prompt, [3], latents=latents).mean().backward()
     assert latents.grad is not None and latents.grad.abs().sum() > 0
+
+
+def test_a_guidance_schedule_guides_each_step_by_its_own_scale_and_keeps_the_gradient(reference_spec):
+    """Each step is guided by its entry: a constant schedule draws what the constant guidance draws, milder last
+    steps draw otherwise, and which steps are milder matters; the optimizer's gradient still reaches the noise."""
+    from optimization.pipelines import TextToImage
+
+    spec = reference_spec.model_copy(update={"num_inference_steps": 4, "guidance_scale": 4.0, "guidance_rescale": 0.0,
+                                             "guidance_schedule": []})
+    scheduled = lambda *scales: TextToImage.from_spec(spec.model_copy(update={"guidance_schedule": list(scales)}))  # noqa: E731
+    prompt, seeds = "a photo of 9 red circles", [5, 6]
+    constant = TextToImage.from_spec(spec).generate(prompt, seeds)
+    assert torch.allclose(scheduled(4, 4, 4, 4).generate(prompt, seeds), constant, atol=1e-5)
+    late = scheduled(4, 4, 1.5, 1.5)
+    milder_late = late.generate(prompt, seeds)
+    assert not torch.allclose(milder_late, constant, atol=1e-2)
+    assert not torch.allclose(scheduled(4, 4, 4, 1.5).generate(prompt, seeds), milder_late, atol=1e-2)
+    assert torch.allclose(late.generate(prompt, seeds), milder_late, atol=1e-5)  # each call starts from the first
+    latents = late.initial_latents([3]).requires_grad_()
+    late.generate_differentiable(prompt, [3], latents=latents).mean().backward()
+    assert latents.grad is not None and latents.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("schedule", [[4.0, 4.0, 1.5], [4.0, 4.0, 1.0, 1.0], [3.0, 4.0, 1.5, 1.5]])
+def test_a_guidance_schedule_must_fit_the_sampler(reference_spec, schedule):
+    from pydantic import ValidationError
+
+    from optimization.config import ModelSpec
+
+    fields = {**reference_spec.model_dump(), "num_inference_steps": 4, "guidance_scale": 4.0}
+    assert ModelSpec(**{**fields, "guidance_schedule": [4.0, 4.0, 1.5, 1.5]}).guidance_schedule == [4.0, 4.0, 1.5, 1.5]
+    with pytest.raises(ValidationError, match="guidance_schedule needs 4 scales"):
+        ModelSpec(**{**fields, "guidance_schedule": schedule})

@@ -87,3 +87,12 @@ def test_tiny_sdxl_initial_latents_reproduce_the_seeds_images_and_noise_optimiza
 def test_tiny_sdxl_samples_with_rescaled_guidance(tiny_sdxl):
     guided = TextToImage.load(tiny_sdxl.source, num_inference_steps=1, guidance_scale=2.0, guidance_rescale=0.5)
     assert guided.generate("a photo of 3 red circles", [0]).shape == (1, 3, guided.image_size, guided.image_size)
+
+
+def test_tiny_sdxl_samples_with_a_guidance_schedule(tiny_sdxl):
+    """The SDXL pipeline takes the per-step scale from the same attribute (its random weights barely tell the
+    prompt from the empty one, so the images cannot show it: the pipeline's own reading does)."""
+    scheduled = TextToImage.load(tiny_sdxl.source, num_inference_steps=2, guidance_scale=3.0, guidance_schedule=[3.0, 1.5])
+    images = scheduled.generate("a photo of 3 red circles", [0])
+    assert images.shape == (1, 3, scheduled.image_size, scheduled.image_size)
+    assert scheduled.pipe.guidance_scale == 1.5 and scheduled.pipe.do_classifier_free_guidance

@@ -50,6 +50,20 @@ def test_generated_looking_examples_keep_only_what_the_judge_still_finds():
             assert judge(image).clean and len({c for c, _ in labelled}) == 1
 
 
+@pytest.mark.parametrize("model", ["reference", "reference-web"])
+def test_generated_examples_are_drawn_as_the_served_model_draws_them(model):
+    """The detector's generated examples come from each generator at its own sampler, per-step guidance included."""
+    from optimization.pipelines import TextToImage
+    from optimization.reference.detector import Generators
+    from optimization.reference.models import reference_models
+
+    spec = next(m for m in reference_models() if m.id == model)
+    prompt = "a photo of 7 red circles"
+    drawn = Generators([spec.pipeline]).generate(0, [prompt], seed=3)[0].astype(float)
+    served = TextToImage.from_spec(spec).generate(prompt, [3])[0].permute(1, 2, 0).numpy() * 255
+    assert abs(drawn - served).max() <= 1
+
+
 def test_as_many_examples_hold_hard_negatives_with_generated_examples_as_without():
     from optimization.reference.detector import NEGATIVE_SHARE, SOURCES, SOURCES_GENERATED, negative_share
 

@@ -21,7 +21,8 @@ def shipped_sampler(pipeline: str | Path) -> dict:
     """The ``ModelSpec`` sampler fields a reference pipeline folder was trained for (its ``REFERENCE_CONFIG``)."""
     sampler = json.loads((Path(pipeline) / REFERENCE_CONFIG).read_text())["sampler"]
     return {"num_inference_steps": sampler["num_inference_steps"], "guidance_scale": sampler["guidance_scale"],
-            "guidance_rescale": sampler.get("guidance_rescale", 0.0)}
+            "guidance_rescale": sampler.get("guidance_rescale", 0.0),
+            "guidance_schedule": sampler.get("guidance_schedule", [])}
 
 __all__ = [
     "AUTOENCODER_PATH", "CLASSES", "COLOURS", "DETECTOR_PATH", "IMAGE_SIZE", "MAX_COUNT", "MIN_COUNT", "PIPELINE_PATH", "PIPELINE_WEB_PATH",

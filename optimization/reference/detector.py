@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InvalidRequest
+from ..guidance import guidance_per_step
 from ..seeds import DETECTOR_TRAIN, DETECTOR_VAL
 from .crosscheck import judge
 from . import REFERENCE_CONFIG
@@ -134,8 +135,11 @@ class Generators:
         return list((out.images * 255).round().astype(np.uint8))
 
     def generate(self, k: int, prompts: list[str], seed: int) -> list[np.ndarray]:
+        sampler = dict(self.samplers[k])  # as served: each step guided by its scale where the model has a schedule
+        if schedule := sampler.pop("guidance_schedule", None):
+            sampler["callback_on_step_end"] = guidance_per_step(schedule)
         out = self.text2img[k](prompt=prompts, generator=self.torch.Generator().manual_seed(seed), output_type="np",
-                               **self.samplers[k])
+                               **sampler)
         return list((out.images * 255).round().astype(np.uint8))
 
 

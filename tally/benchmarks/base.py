@@ -106,7 +106,7 @@ def bench_base(engine: CountEngine, seeds: int, out_dir: Path, counts: range = C
         "detector_vs_crosscheck_agreement": round(float(np.mean(agree)), 4) if agree else None,
         "speed": {**image_latency(engine), "bench_images_per_s": round(len(pairs) / generation_s, 2)},
         "sampler": {"num_inference_steps": t2i.num_inference_steps, "guidance_scale": t2i.guidance_scale,
-                    "guidance_rescale": t2i.guidance_rescale},
+                    "guidance_rescale": t2i.guidance_rescale, "guidance_schedule": t2i.guidance_schedule},
         "grid_png": str(out_dir / name),
         "pictures": [str(out_dir / name), str(plot)],
     }

@@ -77,9 +77,15 @@ def _base(section: Section, results: list[Result], out: Path) -> None:
         [[r.label, _get(r.data, "overall", "exact"), _get(r.data, "overall", "mae"), r.data.get("class_presence"),
           r.data.get("detector_vs_crosscheck_agreement"), _get(r.data, "speed", "single_image_s"),
           _get(r.data, "speed", "batched_image_s"), _get(r.data, "speed", "bench_images_per_s"),
-          _get(r.data, "sampler", "num_inference_steps"), _get(r.data, "sampler", "guidance_scale"),
+          _get(r.data, "sampler", "num_inference_steps"), _guidance(r.data.get("sampler") or {}),
           _get(r.data, "sampler", "guidance_rescale")]
          for r in results], "Overall, per model"))
+
+
+def _guidance(sampler: dict):
+    """The guidance scale, or each step's where the model has a schedule."""
+    schedule = sampler.get("guidance_schedule")
+    return " / ".join(f"{g:g}" for g in schedule) if schedule else sampler.get("guidance_scale")
 
 
 def _verifiers(r: Result) -> Iterator[tuple[str, dict]]:
