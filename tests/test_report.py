@@ -172,6 +172,8 @@ def test_the_report_draws_every_benchmark_with_figures_and_tables(tally_cli, ben
         expected += [figures["base"]["exact"], figures["token"]["mae"]]  # one key per count: its own figures
     for value in expected:
         assert fmt(value) in cells, value
+    schedule = results["base"]["sampler"]["guidance_schedule"]  # the reference model is guided step by step
+    assert schedule and " / ".join(f"{g:g}" for g in schedule) in cells
 
 
 @pytest.mark.slow
