@@ -178,6 +178,24 @@ def test_an_ad_hoc_reference_folder_samples_as_its_model_does(tally_cli):
 
 
 @pytest.mark.slow
+def test_an_ad_hoc_folder_with_a_sampler_no_model_could_have_is_refused(tally_cli, tmp_path):
+    import shutil
+
+    from optimization.errors import InvalidRequest
+    from optimization.reference import PIPELINE_WEB_PATH, REFERENCE_CONFIG
+    from tally.cli.common import model_spec
+
+    assert tally_cli("reference", "info").returncode == 0  # this test's runtime dir and Redis
+    folder = tmp_path / "pipeline"
+    shutil.copytree(PIPELINE_WEB_PATH, folder)
+    config = json.loads((folder / REFERENCE_CONFIG).read_text())
+    config["sampler"]["guidance_schedule"] = [4.0, 1.0]  # too short, and 1 would unguide a guided batch
+    (folder / REFERENCE_CONFIG).write_text(json.dumps(config))
+    with pytest.raises(InvalidRequest, match="guidance_schedule needs 4 scales"):
+        model_spec(str(folder))
+
+
+@pytest.mark.slow
 def test_bench_base_reports_json_and_pictures(tally_cli, tmp_path):
     result = tally_cli("bench", "base", "--seeds", "1", "--out", str(tmp_path / "b"), "--json", str(tmp_path / "b.json"))
     assert result.returncode == 0, result.stderr

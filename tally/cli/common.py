@@ -100,7 +100,11 @@ def model_spec(model: Optional[str], detector: Optional[str] = None) -> ModelSpe
         folder = Path(model).expanduser()
         if (folder / REFERENCE_CONFIG).is_file():  # a reference-world folder carries its own sampler (reference-web's)
             update.update(shipped_sampler(folder))
-        spec = settings.model().model_copy(update=update)
+        try:  # validated, not copied: the folder's file may hold a sampler no model entry would pass
+            spec = ModelSpec.model_validate({**settings.model().model_dump(), **update})
+        except ValidationError as exc:
+            raise InvalidRequest(f"--model {model}: {REFERENCE_CONFIG}: "
+                                 + "; ".join(e["msg"] for e in exc.errors())) from None
     if detector is not None:
         spec = spec.model_copy(update={"detector": detector})
     if not Path(spec.detector).expanduser().is_file():
