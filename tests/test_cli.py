@@ -1,12 +1,14 @@
 """The ``tally`` command, run in-process: results, one-line errors, and defaults shared with Settings."""
 
 import json
+import math
 import re
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from optimization.prompts import plural
 from optimization.reference import CLASSES, MAX_COUNT
 
 
@@ -204,6 +206,14 @@ def test_bench_base_reports_json_and_pictures(tally_cli, tmp_path):
     assert sorted(report["per_count"], key=int) == [str(n) for n in range(1, MAX_COUNT + 1)]
     assert all(0 <= s["verified"] <= s["exact"] for s in report["per_count"].values())  # verified implies exact
     assert set(report["per_class"]) == set(CLASSES) and "verified" in report["per_class"]["circle"]["per_count"]["3"]
+    cells = {f"{n} {plural(c)}": report["per_class"][c]["per_count"][str(n)]["verified"]
+             for c in CLASSES for n in range(1, 11)}
+    mid = [v for cell, v in cells.items() if int(cell.split()[0]) >= 6]
+    rate, targets = sum(mid) / len(mid), report["targets"]
+    assert targets["verified_6_10"] == round(rate, 4)
+    assert targets["verified_6_10_standard_error"] == round(math.sqrt(rate * (1 - rate) / len(mid)), 4)
+    assert targets["images_per_cell"] == 1 and targets["min_verified_cell_1_10"] == min(cells.values())
+    assert cells[targets["min_verified_cell"]] == targets["min_verified_cell_1_10"]
     assert 0 <= report["class_presence"] <= 1 and 0 <= report["detector_vs_crosscheck_agreement"] <= 1
     assert len(report["phrasings"]["prompts"]) == 20 and 0 <= report["phrasings"]["class_presence"] <= 1
     assert all(p["prompt"] != p["typed"] or p["typed"].count(" ") > 1 for p in report["phrasings"]["prompts"])
