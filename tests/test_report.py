@@ -114,7 +114,7 @@ def bench_folder(t2i, counter, reference_spec, tmp_path_factory):
     engine = CountEngine(t2i, counter, reference_spec, crosscheck=load_crosscheck(reference_spec.crosscheck))
     folder = tmp_path_factory.mktemp("bench")
     _write(folder, "detector", {"model": "reference", **bench_detector(counter, 12)})
-    _write(folder, "base", bench_base(engine, 1, folder, counts=range(1, 3)))
+    _write(folder, "base", bench_base(engine, 1, folder, counts=range(2, 7)))  # 6: a target's count
     budget = Budget(max_seconds=60, max_candidates=4, max_iterations=1000)  # bounded by candidates, not the load
     result = bench_engine(engine, {}, bench_jobs(engine, [1], 1)[:2], budget, folder, (Policy.resample, Policy.library))
     _write(folder, "engine", {**result, "model": "reference"})
@@ -170,8 +170,11 @@ def test_the_report_draws_every_benchmark_with_figures_and_tables(tally_cli, ben
         expected += [stats["verified_rate"], stats["seconds_per_verified"], stats["clean_per_s"]]
     for figures in results["optimize"]["per_key"].values():
         expected += [figures["base"]["exact"], figures["token"]["mae"]]  # one key per count: its own figures
+    targets = results["base"]["targets"]  # the figures, with how sure they are
+    expected += [targets["verified_6_10"], targets["verified_6_10_standard_error"], targets["min_verified_cell_1_10"]]
     for value in expected:
         assert fmt(value) in cells, value
+    assert targets["min_verified_cell"] in cells
     schedule = results["base"]["sampler"]["guidance_schedule"]  # the reference model is guided step by step
     assert schedule and " / ".join(f"{g:g}" for g in schedule) in cells
 
