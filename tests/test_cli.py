@@ -222,6 +222,19 @@ def test_bench_base_reports_json_and_pictures(tally_cli, tmp_path):
     assert (tmp_path / "b" / "base_accuracy_per_count-reference.png").exists()
 
 
+def test_the_base_targets_pool_images_and_name_the_worst_cell():
+    from tally.benchmarks.base import targets
+
+    verified = {"circle": {n: [True, n < 8] for n in range(1, 13)}, "cross": {n: [n != 9, False] for n in range(1, 13)}}
+    drawn = {n: [True, True, n < 9, False] for n in range(1, 13)}
+    result = targets(verified, drawn)
+    assert result["verified_6_10"] == 0.55  # 11 of 20 images at 6..10 (7 circles, 4 crosses)
+    assert result["verified_6_10_standard_error"] == round(math.sqrt(0.55 * 0.45 / 20), 4)
+    assert (result["min_verified_cell_1_10"], result["min_verified_cell"], result["images_per_cell"]) == (0, "9 crosses", 2)
+    assert result["crosscheck_exact_6_10"] == 0.65  # 13 of 20
+    assert targets(verified, {})["crosscheck_exact_6_10"] is None  # a model with no cross-check
+
+
 @pytest.mark.slow
 def test_bench_autoencoder_reports_every_class_and_count(tally_cli, tmp_path):
     result = tally_cli("bench", "autoencoder", "--scenes", "1", "--out", str(tmp_path / "a"),

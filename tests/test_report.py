@@ -171,7 +171,8 @@ def test_the_report_draws_every_benchmark_with_figures_and_tables(tally_cli, ben
     for figures in results["optimize"]["per_key"].values():
         expected += [figures["base"]["exact"], figures["token"]["mae"]]  # one key per count: its own figures
     targets = results["base"]["targets"]  # the figures, with how sure they are
-    expected += [targets["verified_6_10"], targets["verified_6_10_standard_error"], targets["min_verified_cell_1_10"]]
+    expected += [targets["verified_6_10"], targets["verified_6_10_standard_error"], targets["min_verified_cell_1_10"],
+                 targets["crosscheck_exact_6_10"]]
     for value in expected:
         assert fmt(value) in cells, value
     assert targets["min_verified_cell"] in cells

@@ -60,6 +60,7 @@ def bench_base(engine: CountEngine, seeds: int, out_dir: Path, counts: range = C
     pairs, verified, present, agree, samples, labels = [], {}, [], [], [], []
     by_class: dict[str, list[tuple[int, int]]] = {}
     verified_by_class: dict[str, dict[int, list[bool]]] = {}
+    drawn_exact: dict[int, list[bool]] = {}  # the cross-check counts the number asked
     seed_list = [BENCH_BASE + i for i in range(seeds)]
     started = time.perf_counter()
     for k, (prompt, cls, n) in enumerate(prompts):
@@ -74,7 +75,9 @@ def bench_base(engine: CountEngine, seeds: int, out_dir: Path, counts: range = C
             present.append(got > 0)
             pil = to_pil(image)
             if engine.crosscheck:
-                agree.append(sum(count(counter, det, c) for c in counter.classes) == engine.crosscheck(np.asarray(pil)))
+                seen = engine.crosscheck(np.asarray(pil))
+                agree.append(sum(count(counter, det, c) for c in counter.classes) == seen)
+                drawn_exact.setdefault(n, []).append(seen == n)
             if j == 0:
                 samples.append(draw_kinds(pil, detection_kinds(det, cls, counter.config), scale=2))
                 labels.append(f"{n} {plural(cls)[:5]}: {got}{' ok' if ok else ''}")
@@ -99,7 +102,7 @@ def bench_base(engine: CountEngine, seeds: int, out_dir: Path, counts: range = C
         "overall": summarize(pairs),
         "per_count": pc,
         "per_class": {cls: {"per_count": _with_verified(per_count(p), verified_by_class[cls])} for cls, p in by_class.items()},
-        "targets": targets(verified_by_class),
+        "targets": targets(verified_by_class, drawn_exact),
         "large_counts": large_counts(by_class),
         "class_presence": round(float(np.mean(present)), 4),
         "phrasings": phrasings,
@@ -117,14 +120,17 @@ def _with_verified(stats: dict[str, dict], verified: dict[int, list[bool]]) -> d
     return {n: {**s, "verified": round(float(np.mean(verified[int(n)])), 4)} for n, s in stats.items()}
 
 
-def targets(verified_by_class: dict[str, dict[int, list[bool]]]) -> dict:
+def targets(verified_by_class: dict[str, dict[int, list[bool]]], drawn_exact: dict[int, list[bool]]) -> dict:
     """The figures the reference world is held to: verified rate over counts 6..10 with its standard error (is a
     miss beyond noise?), and the worst (class, count) cell 1..10 with its images (the least of 40 small cells sits
-    below their mean by chance alone)."""
+    below their mean by chance alone). Beside them, how often the model's cross-check counts the number asked at
+    6..10: what the generator drew, whoever verifies it (with no cross-check, None)."""
     mid = [ok for per in verified_by_class.values() for n, v in per.items() if 6 <= n <= 10 for ok in v]
     cells = {(cls, n): float(np.mean(v)) for cls, per in verified_by_class.items() for n, v in per.items() if n <= 10}
+    drawn = [ok for n, v in drawn_exact.items() if 6 <= n <= 10 for ok in v]
     out = dict.fromkeys(("verified_6_10", "verified_6_10_standard_error", "min_verified_cell_1_10",
                          "min_verified_cell", "images_per_cell"))
+    out["crosscheck_exact_6_10"] = round(float(np.mean(drawn)), 4) if drawn else None
     if mid:  # every count has as many images, so the pooled rate is the mean over counts
         rate = float(np.mean(mid))
         out.update(verified_6_10=round(rate, 4),
