@@ -208,12 +208,9 @@ def test_bench_base_reports_json_and_pictures(tally_cli, tmp_path):
     assert set(report["per_class"]) == set(CLASSES) and "verified" in report["per_class"]["circle"]["per_count"]["3"]
     cells = {f"{n} {plural(c)}": report["per_class"][c]["per_count"][str(n)]["verified"]
              for c in CLASSES for n in range(1, 11)}
-    mid = [v for cell, v in cells.items() if int(cell.split()[0]) >= 6]
-    rate, targets = sum(mid) / len(mid), report["targets"]
-    assert targets["verified_6_10"] == round(rate, 4)
-    assert targets["verified_6_10_standard_error"] == round(math.sqrt(rate * (1 - rate) / len(mid)), 4)
-    assert targets["images_per_cell"] == 1 and targets["min_verified_cell_1_10"] == min(cells.values())
-    assert cells[targets["min_verified_cell"]] == targets["min_verified_cell_1_10"]
+    targets = report["targets"]  # how they are computed: test_the_base_targets_pool_images_and_name_the_worst_cell
+    assert cells[targets["min_verified_cell"]] == targets["min_verified_cell_1_10"] == min(cells.values())
+    assert targets["images_per_cell"] == 1 and 0 <= targets["crosscheck_exact_6_10"] <= 1
     assert 0 <= report["class_presence"] <= 1 and 0 <= report["detector_vs_crosscheck_agreement"] <= 1
     assert len(report["phrasings"]["prompts"]) == 20 and 0 <= report["phrasings"]["class_presence"] <= 1
     assert all(p["prompt"] != p["typed"] or p["typed"].count(" ") > 1 for p in report["phrasings"]["prompts"])
