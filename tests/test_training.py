@@ -227,3 +227,41 @@ def test_train_t2i_refuses_a_gap_at_which_twelve_shapes_would_not_fit(tally_cli)
 def test_train_t2i_refuses_a_device_torch_cannot_use_before_training(tally_cli, device, message):
     result = tally_cli("reference", "train-t2i", "--device", device)
     assert result.returncode == 2 and message in result.stdout + result.stderr
+
+
+def test_self_samples_keep_only_images_the_detector_verifies_and_the_judge_counts_as_stated(t2i, counter):
+    from optimization.counter import verify
+    from optimization.prompts import object_in_prompt
+    from optimization.reference.captions import NUMBER_NAMES
+    from optimization.reference.crosscheck import judge
+    from optimization.reference.self_samples import selected_samples
+
+    images, captions, stats = selected_samples(t2i, counter, 32, seed=0)
+    assert stats["drawn"] == 32 and stats["kept"] == len(images) == len(captions)
+    assert 0 < len(images) < 32  # the generator is neither perfect nor hopeless: the filter chose
+    for image, caption, detections in zip(images, captions, counter.detect(images.float() / 255)):
+        judged = judge(image.permute(1, 2, 0).numpy())
+        cls = object_in_prompt(caption, counter.classes)
+        stated = {str(judged.count), NUMBER_NAMES[judged.count], *(("a", "an") if judged.count == 1 else ())}
+        assert judged.clean and stated & set(caption.split()), caption  # exactly the number its caption states
+        assert verify(detections, cls, judged.count, counter.config, judged.count).verified
+
+
+def test_train_t2i_trains_further_on_its_own_selected_images(tally_cli, tmp_path):
+    import shutil
+
+    from optimization.reference import PIPELINE_PATH
+
+    out = tmp_path / "pipeline"
+    shutil.copytree(PIPELINE_PATH, out)
+    result = tally_cli("reference", "train-t2i", "--train-further", "--self-samples", "16", "--scenes", "16",
+                       "--unet-steps", "1", "--unet-batch", "4", "--lr", "1e-4", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    training = json.loads((out / "tally_reference.json").read_text())["training"]
+    assert (training["config"]["unet_lr"], training["config"]["text_lr"]) == (1e-4, 5e-5)
+    selected = training["self_samples"]
+    assert selected["drawn"] == 16 and f"self-samples: {selected['kept']} of 16 kept" in result.stdout + result.stderr
+    assert set(selected["kept_rate_per_count"]) <= {str(c) for c in range(1, 13)}
+
+    result = tally_cli("reference", "train-t2i", "--self-samples", "16", "--out", str(tmp_path / "fresh"))
+    assert result.returncode == 2 and "--train-further" in result.stderr

@@ -94,8 +94,13 @@ def faithful_caption(cls: str, colour: str, count: int, rng: np.random.Generator
     stated = count
     if count >= 5 and rng.random() < FAITHFUL_NOISE:
         stated = int(np.clip(count + rng.choice([-1, 1]), MIN_COUNT, MAX_COUNT))
-    number = ("a" if rng.random() < 0.5 else _number(1, rng)) if stated == 1 else _number(stated, rng)
-    return _sentence(cls, colour, stated, number, rng)
+    return stated_caption(cls, colour, stated, rng)
+
+
+def stated_caption(cls: str, colour: str, count: int, rng: np.random.Generator) -> str:
+    """A ``reference`` sentence stating ``count`` as it is."""
+    number = ("a" if rng.random() < 0.5 else _number(1, rng)) if count == 1 else _number(count, rng)
+    return _sentence(cls, colour, count, number, rng)
 
 
 def web_caption(cls: str, colour: str, count: int, rng: np.random.Generator) -> str:

@@ -175,11 +175,14 @@ def train_unet(unet, text_encoder, tokenizer, scheduler, latents: torch.Tensor, 
 
 
 def train_t2i(out: Path, work_dir: Path, cfg: T2ITrainConfig, stage: Stage | None = None,
-              resume: bool = False, device: str = "cpu") -> dict:
+              resume: bool = False, device: str = "cpu",
+              self_samples: tuple[torch.Tensor, list[str], dict] | None = None) -> dict:
     """Train tokenizer, text encoder and UNet over the shared autoencoder and save the pipeline folder at ``out``.
 
     ``stage(name, total)`` returns a progress callback for that stage (the CLI draws one bar per stage).
     ``device``: where the models train ("cuda" on a GPU); the random stream is the CPU's either way.
+    ``self_samples``: images, captions and statistics of ``self_samples.selected_samples``, trained on beside the
+    rendered scenes.
     """
     from diffusers import AutoencoderKL, StableDiffusionPipeline
 
@@ -201,6 +204,8 @@ def train_t2i(out: Path, work_dir: Path, cfg: T2ITrainConfig, stage: Stage | Non
     vae = AutoencoderKL.from_pretrained(cfg.vae_from, torch_dtype=torch.float32).eval()
     images, captions = render_training_set(cfg.scenes, cfg.seed, bar(stage, "render scenes", cfg.scenes),
                                            cfg.captions, gap=cfg.gap)
+    if self_samples:
+        images, captions = torch.cat([images, self_samples[0]]), captions + self_samples[1]
     for module in (vae, unet, text_encoder):
         module.to(device)
     latents = encode_latents(vae, images, progress=bar(stage, "encode latents", len(images)))
@@ -222,7 +227,7 @@ def train_t2i(out: Path, work_dir: Path, cfg: T2ITrainConfig, stage: Stage | Non
               "unet_from": Path(cfg.unet_from).name if cfg.unet_from else "",
               "text_encoder_from": Path(cfg.text_encoder_from).name if cfg.text_encoder_from else ""}
     summary = {"seconds": round(time.perf_counter() - started, 1), "resumed_at": state["step"] if state else 0,
-               "config": config}
+               "config": config, **({"self_samples": self_samples[2]} if self_samples else {})}
     reference = {"image_size": IMAGE_SIZE, "classes": list(CLASSES), "sampler": SAMPLERS[cfg.captions],
                  "training": summary}
     (Path(out) / REFERENCE_CONFIG).write_text(json.dumps(reference, indent=2) + "\n")

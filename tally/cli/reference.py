@@ -154,6 +154,8 @@ def train_t2i(
     unet_channels: Annotated[Optional[str], typer.Option(callback=_unet_channels, help=(
         "A fresh UNet's three widths, e.g. 48,96,192 (multiples of 16) [default: 32,64,128, the shipped size]."))]
     = None,
+    lr: Annotated[Optional[float], typer.Option(min=0.0, help="The UNet's peak learning rate (the text encoder's is "
+                                                              "half) [default: 4e-4].")] = None,
     seed: int = 0,
     device: Annotated[str, typer.Option(callback=_torch_device, help="Where the models train: cpu, or cuda[:N] on a "
                                                                      "GPU (the same random stream).")] = "cpu",
@@ -169,6 +171,9 @@ def train_t2i(
     = False,
     out: Annotated[Optional[Path], typer.Option(help="Pipeline folder; default: the variant's shipped pipeline.")]
     = None,
+    self_samples: Annotated[int, typer.Option(min=0, help="With --train-further: images the model draws from "
+                                                          "captions stating a count; those the detector verifies and "
+                                                          "the judge counts exactly join the training scenes.")] = 0,
 ) -> None:
     """Build and train a reference StableDiffusionPipeline (tokenizer, text encoder, UNet) over the shared autoencoder.
 
@@ -192,17 +197,36 @@ def train_t2i(
         raise typer.BadParameter("a UNet trained further (or the web variant's, from the reference UNet) keeps its "
                                  "widths; --unet-channels is for a fresh reference UNet", param_hint="--unet-channels")
     given = {"scenes": scenes, "unet_steps": unet_steps, "unet_batch": unet_batch, "gap": gap,
-             "unet_channels": unet_channels}
+             "unet_channels": unet_channels, "unet_lr": lr, "text_lr": lr / 2 if lr is not None else None}
     cfg = replace(VARIANTS[variant], seed=seed, vae_from=str(autoencoder),
                   **{k: v for k, v in given.items() if v is not None})
     if variant == "web":  # starts from the reference UNet (see ``VARIANTS``)
         cfg = replace(cfg, unet_from=str(unet_from or PIPELINE_PATH))
     if train_further:
         cfg = replace(cfg, unet_from=str(unet_from or out), text_encoder_from=str(out))
+    elif self_samples:
+        raise typer.BadParameter("the images are the model's own: add --train-further", param_hint="--self-samples")
     with _training_bars() as bar:
+        selected = _selected_samples(out, self_samples, seed, _stages(bar)) if self_samples else None
         summary = train_t2i(out, (settings.runtime_dir / "runs" / f"t2i-{variant}").resolve(), cfg,
-                            stage=_stages(bar), resume=resume, device=device)
+                            stage=_stages(bar), resume=resume, device=device, self_samples=selected)
     console.print(f"pipeline: {out} ({summary['seconds']} s)")
+    if selected:
+        console.print(f"self-samples: {selected[2]['kept']} of {selected[2]['drawn']} kept")
+
+
+def _selected_samples(pipeline: Path, n: int, seed: int, stage):
+    """``self_samples.selected_samples`` of the pipeline folder at its own sampler, with the shipped detector."""
+    from optimization.counter import load_counter
+    from optimization.pipelines import TextToImage
+    from optimization.reference.self_samples import selected_samples
+
+    from .common import model_spec, quiet_model_loading
+
+    quiet_model_loading()
+    spec = model_spec(str(pipeline))
+    return selected_samples(TextToImage.from_spec(spec), load_counter(spec), n, seed,
+                            stage("draw and select self-samples", n))
 
 
 @reference_app.command("info")
