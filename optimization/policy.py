@@ -1,9 +1,9 @@
 """Which policy is the default, and the rule that decides it (torch-free: the API reads it).
 
 The default is decided by measurement, not belief: ``tally bench engine`` runs every policy on the same
-jobs at the same wall-clock budget, and ``choose_default`` names the winner. See the README's "Which
-policy is the default" for the figures behind ``DEFAULT_POLICY``; a model entry may override it with its
-own measured winner (``ModelSpec.default_policy``).
+jobs at the same wall-clock budget, and ``choose_default`` names the winner. See "The engine at the
+default budget" in docs/measured.md for the figures behind ``DEFAULT_POLICY``; a model entry may override
+it with its own measured winner (``ModelSpec.default_policy``).
 """
 
 from .config import ModelSpec, Policy

@@ -25,9 +25,16 @@ def test_ci_runs_the_readme_test_command():
     assert "scripts/test" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_every_tally_command_in_the_readme_exists(tally_cli):
+def _measurement_log_commands():
+    """The commands quoted inline in docs/measured.md, each of which the log says produced a figure."""
+    text = " ".join((ROOT / "docs" / "measured.md").read_text().split())  # inline code wraps over lines
+    return re.findall(r"`(tally [^`]+)`", text)
+
+
+def test_every_tally_command_in_the_readme_and_the_measurement_log_exists(tally_cli):
+    lines = [line for line in _code_lines() if line.startswith("tally ")] + _measurement_log_commands()
     commands = {tuple(w for w in line.split()[1:3] if not w.startswith("-") and re.fullmatch(r"[a-z0-9-]+", w))
-                for line in _code_lines() if line.startswith("tally ")}
+                for line in lines}
     assert commands
     for words in commands:
         result = tally_cli(*words, "--help")

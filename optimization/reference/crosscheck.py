@@ -23,7 +23,7 @@ import numpy as np
 MIN_AREA = 6  # pixels; smaller blobs are noise, not objects (the smallest rendered object covers ~25)
 # RGB distance the strongest pixel of a shape reaches: every colour drawn is >= ~250 from every background. Fainter
 # blobs are the generators' background stains: on the bench's generated images (both models) the detector finds 8
-# of 293 blobs of 3..7 px under 100, and 4,608 of 4,821 above (README, "Detector").
+# of 293 blobs of 3..7 px under 100, and 4,608 of 4,821 above (docs/measured.md, "Detector").
 MIN_PEAK = 100.0
 THRESHOLD = 60.0  # RGB distance from the background colour that marks a foreground pixel
 # What one whole shape of this world looks like as a component (rendered sizes are 7..15 px).

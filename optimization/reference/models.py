@@ -14,17 +14,17 @@ from . import COLOURS, MAX_COUNT, PIPELINE_PATH, PIPELINE_WEB_PATH, DETECTOR_PAT
 from .scenes import UNCLEAR
 
 # Each model's default policy: the winner of `tally bench engine --model M` by the rule in
-# ``optimization.policy.choose_default`` (detector-only verification; README "Measured", 2026-11-29).
+# ``optimization.policy.choose_default`` (detector-only verification; docs/measured.md, 2026-11-29).
 MEASURED_DEFAULT: dict[str, Policy] = {"reference": Policy.resample, "reference-web": Policy.resample}
 # Candidates per stated number before sampling restates it (``ModelSpec.restate_after``), by `tally bench engine`.
 MEASURED_RESTATE: dict[str, int | None] = {"reference": 16, "reference-web": 16}
 # The reference detector's confidence at which a shape counts as surely there (``VerifyConfig.verify_confidence``):
 # at 0.5 rather than the default 0.7 it verifies more of the images the cross-check counts exactly, without
-# verifying more falsely, on both models (`tally bench detector`, `tally bench engine`; README "Detector").
+# verifying more falsely, on both models (`tally bench detector`, `tally bench engine`; docs/measured.md, "Detector").
 MEASURED_VERIFY_CONFIDENCE = 0.5
 # Whether the reference detector also reads the mirrored image (``VerifyConfig.mirrored_view``): it then agrees with
 # the cross-check more often, verifies more of what it counts exactly and falsely less often, on both models
-# (`tally bench detector`, `tally bench engine`; README "Detector").
+# (`tally bench detector`, `tally bench engine`; docs/measured.md, "Detector").
 MEASURED_MIRRORED_VIEW = True
 
 

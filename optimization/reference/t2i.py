@@ -32,7 +32,7 @@ from .tokenizer import WORDS, build_tokenizer_files, load_tokenizer
 # than asked at small counts (a lone shape is often not drawn at all at 4) and merges crowds. `reference-web` keeps
 # 4: at 1.5 it draws irregular blobs that the detector verified falsely 14% of the time, against 4.4% at 4; rescaled
 # (0.7, the value Lin et al. give for zero-terminal-SNR models) its crowds lose the stained backgrounds strong
-# guidance gave them (README, "Sampler"). Each step has its own scale (``guidance_schedule``, measured per model):
+# guidance gave them (docs/measured.md, "Sampler"). Each step has its own scale (``guidance_schedule``, measured per model):
 # guidance 4 on reference-web's last, low-noise steps deformed its circles into rounded squares, so they get 1.5;
 # reference verifies more at 6-10 guided a little less on its first steps and a little more on its last.
 SAMPLERS = {"faithful": {"num_inference_steps": 4, "guidance_scale": 1.2, "guidance_schedule": [1.2, 1.5, 2.0, 2.0]},
@@ -60,7 +60,7 @@ class T2ITrainConfig:
     unet_from: str = ""  # a pipeline folder whose UNet is the starting point (its drawing skill, not its text)
     text_encoder_from: str = ""  # ... and whose text encoder is (to train a shipped model further)
     # A fresh UNet's widths; the shipped one's. Twice as wide learned twice as much in equal steps on a GPU, 25% slower
-    # to sample on two CPU cores (README, "Base pipelines").
+    # to sample on two CPU cores (docs/measured.md, "Base pipelines").
     unet_channels: tuple[int, int, int] = (32, 64, 128)
 
 
