@@ -81,7 +81,8 @@ def next_stated(medians: dict[int, int], count: int, max_count: int) -> int:
     whole miss, later ones bisect between the bounds. Stays where the last number drew ``count``.
 
     Never above ``count``: asked for more, a model that draws too few crowds its image, and in crowds the detector
-    misses shapes: on `reference-web` the one image restating upwards verified falsely (docs/measured.md, "The engine")."""
+    misses shapes: on `reference-web` the one image restating upwards verified falsely (docs/measured.md,
+    "The engine")."""
     last = list(medians)[-1]
     if medians[last] == count:
         return last

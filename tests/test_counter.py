@@ -104,8 +104,8 @@ def test_the_detected_count_is_the_confident_count_and_the_doubt_is_reported_bes
 
 
 def test_the_reference_models_verify_every_shape_their_detector_counts():
-    """The reference detector's bar was measured (docs/measured.md, "Detector"): from the counting confidence, 0.5, a shape
-    counts and verifies; under it, it is doubt. The default bar (0.7) would doubt a shape seen at 0.6."""
+    """The reference detector's bar was measured (docs/measured.md, "Detector"): from the counting confidence, 0.5, a
+    shape counts and verifies; under it, it is doubt. The default bar (0.7) would doubt a shape seen at 0.6."""
     from optimization.reference.models import reference_models
 
     sure, unsure = _det(("circle", 0.9), ("circle", 0.6)), _det(("circle", 0.9), ("circle", 0.45))

@@ -32,9 +32,9 @@ from .tokenizer import WORDS, build_tokenizer_files, load_tokenizer
 # than asked at small counts (a lone shape is often not drawn at all at 4) and merges crowds. `reference-web` keeps
 # 4: at 1.5 it draws irregular blobs that the detector verified falsely 14% of the time, against 4.4% at 4; rescaled
 # (0.7, the value Lin et al. give for zero-terminal-SNR models) its crowds lose the stained backgrounds strong
-# guidance gave them (docs/measured.md, "Sampler"). Each step has its own scale (``guidance_schedule``, measured per model):
-# guidance 4 on reference-web's last, low-noise steps deformed its circles into rounded squares, so they get 1.5;
-# reference verifies more at 6-10 guided a little less on its first steps and a little more on its last.
+# guidance gave them (docs/measured.md, "Sampler"). Each step has its own scale (``guidance_schedule``, measured per
+# model): guidance 4 on reference-web's last, low-noise steps deformed its circles into rounded squares, so they get
+# 1.5; reference verifies more at 6-10 guided a little less on its first steps and a little more on its last.
 SAMPLERS = {"faithful": {"num_inference_steps": 4, "guidance_scale": 1.2, "guidance_schedule": [1.2, 1.5, 2.0, 2.0]},
             "web": {"num_inference_steps": 4, "guidance_scale": 4.0, "guidance_rescale": 0.7,
                     "guidance_schedule": [4.0, 4.0, 1.5, 1.5]}}
