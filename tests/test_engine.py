@@ -282,16 +282,16 @@ def web_engine():
 
 
 def test_sampling_restates_the_number_a_model_draws_too_many_of(web_engine):
-    """reference-web draws too many when asked for "6 red squares" (a job whose 64 candidates of the plain prompt
-    never verify: found among the engine bench's seeds); sampling then writes a lower number, and verifies six."""
+    """reference-web draws too many when asked for "7 red squares" (a job whose 32 candidates of the plain prompt
+    never verify: found by searching seeds); sampling then writes a lower number, and verifies seven."""
     import copy
 
-    job = dict(prompt="a photo of 6 red squares", count=6, seed=11006001, budget=Budget(max_candidates=64))
+    job = dict(prompt="a photo of 7 red squares", count=7, seed=11007011, budget=Budget(max_candidates=32))
     seen = []
     image = web_engine.generate(**job, progress=seen.append).images[0]
     restated = [e["stated_count"] for e in seen if "stated_count" in e]
     assert restated and restated[0] < 6
-    assert image.verified and image.verification.detected_count == 6 and image.stated == restated[-1]
+    assert image.verified and image.verification.detected_count == 7 and image.stated == restated[-1]
     assert image.to_dict()["stated_count"] == image.stated
 
     plain = copy.copy(web_engine)

@@ -12,7 +12,7 @@ ordinary requests read like their training data. They differ in what the caption
   **each kind of object has its habitual number** — most scenes of a class hold about its typical count
   (``TYPICAL_COUNT``, spread ±1), a minority (``TAIL``) any count 1..12, so crowds are drawable but rare;
   **small numbers are stated, large ones rarely** — the chance that a caption states the count falls from
-  0.95 for one object to 0.04 for eight or more (``STATED``); otherwise it says "a few", "some",
+  0.95 for one object to 0.02 for eight or more (``STATED``); otherwise it says "a few", "some",
   "several", "many" (each only where it fits) or nothing. Stated counts are always true.
 """
 
@@ -24,8 +24,10 @@ from .scenes import CLASSES, COLOURS, MAX_COUNT, MIN_COUNT, PLURALS
 
 TYPICAL_COUNT: dict[str, int] = {"circle": 3, "square": 4, "triangle": 2, "cross": 5}
 TAIL = 0.35  # share of web scenes whose count is uniform over 1..12 instead of near the class's habit
-STATED: dict[int, float] = {1: 0.95, 2: 0.85, 3: 0.7, 4: 0.45, 5: 0.25, 6: 0.12, 7: 0.07}
-STATED_LARGE = 0.04  # 8 objects and more
+# Halved from 6 on (were 0.12, 0.07, 0.04) on 2026-12-05: at those rates a text encoder learned stated large numbers
+# well enough to verify 0.12 of them at 6-10, more than a model that "miscounts large numbers" should.
+STATED: dict[int, float] = {1: 0.95, 2: 0.85, 3: 0.7, 4: 0.45, 5: 0.25, 6: 0.06, 7: 0.035}
+STATED_LARGE = 0.02  # 8 objects and more
 FAITHFUL_NOISE = 0.15  # reference: share of captions of 5+ objects whose stated count is off by one
 NUMBER_NAMES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
                 "sixteen seventeen eighteen nineteen twenty").split()
