@@ -290,7 +290,7 @@ def test_sampling_restates_the_number_a_model_draws_too_many_of(web_engine):
     seen = []
     image = web_engine.generate(**job, progress=seen.append).images[0]
     restated = [e["stated_count"] for e in seen if "stated_count" in e]
-    assert restated and restated[0] < 6
+    assert restated and restated[0] < job["count"]
     assert image.verified and image.verification.detected_count == 7 and image.stated == restated[-1]
     assert image.to_dict()["stated_count"] == image.stated
 
