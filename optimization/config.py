@@ -184,8 +184,12 @@ class ModelSpec(_Frozen):
     default_policy: Policy | None = Field(None, description="None: the deployment's default policy.")
     restate_after: int | None = Field(
         None, ge=1, description="Candidates of one stated number after which sampling from the prompt, none verified, "
-                                "writes a lower number in it where the model drew more than asked (never a higher one; "
-                                "``job.next_stated``); None: never (measured per model).")
+                                "writes a lower number in it where the model drew more than asked (never a higher "
+                                "one: see crowd_word; ``job.next_stated``); None: never (measured per model).")
+    crowd_word: str | None = Field(
+        None, min_length=1, pattern=r"^[a-z]+$",
+        description="A word the model draws crowds for (\"many\"), stated in place of the number when restating "
+                    "finds the model draws too few even of the count itself; None: never more than the count.")
     semantic_guard: SemanticGuard | None = Field(
         None, description="CLIP image-text penalty beside the detector guard, so the count cannot be won with "
                           "degenerate images (real models); None: off.")

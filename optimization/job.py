@@ -31,7 +31,7 @@ class ImageResult:
     policy: str
     token: str | None  # the token key used, "refined:<key>" after refinement, None for the base prompt
     iteration: int | None = None  # refinement iteration that produced it
-    stated: int | None = None  # the number its prompt stated, where sampling restated it (``next_stated``)
+    stated: int | str | None = None  # what its prompt stated, where sampling restated it (``next_stated``)
 
     @property
     def verified(self) -> bool:
@@ -71,29 +71,32 @@ class Candidate:
     image: torch.Tensor
     verification: Verification
     iteration: int | None = None  # set when token refinement produced it
-    stated: int | None = None  # set when sampled from a prompt whose number was restated
+    stated: int | str | None = None  # set when sampled from a prompt whose number was restated
 
 
-def next_stated(medians: dict[int, int], count: int, max_count: int) -> int:
-    """The number to write in the prompt next, from the median confident count each stated number drew so far
-    (the last one tried last): a model that draws 10 when asked for 6 may draw 6 when asked for 4. A number that
-    drew too many bounds the search from above, one that drew too few from below; the first step moves by the
-    whole miss, later ones bisect between the bounds. Stays where the last number drew ``count``.
+def next_stated(medians: dict[int | str, int], count: int, crowd_word: str | None = None) -> int | str:
+    """What to write in the prompt next, from the median confident count each stated number drew so far (the last
+    one tried last): a model that draws 10 when asked for 6 may draw 6 when asked for 4. The rungs are the numbers
+    1 to ``count`` and, above them, the model's ``crowd_word`` ("many") if it has one. A rung that drew too many
+    bounds the search from above, one that drew too few from below; the first step moves by the whole miss, later
+    ones bisect between the bounds. Stays where the last rung drew ``count``.
 
-    Never above ``count``: asked for more, a model that draws too few crowds its image, and in crowds the detector
-    misses shapes: on `reference-web` the one image restating upwards verified falsely (docs/measured.md,
-    "The engine")."""
+    Never a number above ``count``: a model that draws too few of a number it was never taught draws no more when
+    asked for a larger one (`reference-web` asked for 9 to 12 draws five or six); a word it knows for crowds
+    does (docs/measured.md, "The engine")."""
+    rungs = [*range(1, count + 1), *([crowd_word] if crowd_word else [])]
+    rank = {s: i for i, s in enumerate(rungs)}
     last = list(medians)[-1]
     if medians[last] == count:
         return last
-    above = [s for s, m in medians.items() if m > count]
-    below = [s for s, m in medians.items() if m < count]
-    hi, lo = (min(above) if above else max_count + 1), (max(below) if below else 0)
+    above = [rank[s] for s, m in medians.items() if m > count]
+    below = [rank[s] for s, m in medians.items() if m < count]
+    hi, lo = min(above, default=len(rungs)), max(below, default=-1)
     if hi - lo <= 1:  # nothing left between the bounds: the closer of the two
-        return min((s for s in (lo, hi) if s in medians), key=lambda s: abs(medians[s] - count))
+        return min((s for s in medians if rank[s] in (lo, hi)), key=lambda s: abs(medians[s] - count))
     if above and below:
-        return min((lo + hi) // 2, count)
-    return min(max(last + count - medians[last], lo + 1), hi - 1, count)
+        return rungs[(lo + hi) // 2]
+    return rungs[min(max(rank[last] + count - medians[last], lo + 1), hi - 1)]
 
 
 SEED_STRIDE = 2**32 + 15  # candidates past the first lie above every seed range in optimization.seeds
@@ -155,9 +158,9 @@ class JobState:
         self.token_id = request.token.key.id if self.use_token else None
         # Restating the number: only for the plain prompt (a library token states its own, calibrated number).
         self.restate_after = None if self.use_token else engine.spec.restate_after
-        self.max_count = engine.max_count
+        self.crowd_word = engine.spec.crowd_word
         self.stated = request.count
-        self.medians: dict[int, int] = {}  # stated number -> median confident count of its candidates
+        self.medians: dict[int | str, int] = {}  # stated rung -> median confident count of its candidates
         self.drawn: list[int] = []  # confident counts at the stated number now
         self.verified: list[Candidate] = []
         self.misses: list[Candidate] = []
@@ -223,9 +226,10 @@ class JobState:
         self.drawn += drawn
         if len(self.drawn) < self.restate_after:
             return
+        self.medians.pop(self.stated, None)  # a rung tried again counts as the last one tried
         self.medians[self.stated] = statistics.median_low(self.drawn)
         self.drawn = []
-        stated = next_stated(self.medians, self.count, self.max_count)
+        stated = next_stated(self.medians, self.count, self.crowd_word)
         if stated != self.stated:
             self.stated = stated
             self.sample_text = with_count(self.request.prompt, self.cls, stated)

@@ -120,13 +120,15 @@ def find_object(words: list[str], cls: str) -> int | None:
     return None
 
 
-def with_count(prompt: str, cls: str, count: int) -> str:
-    """``prompt`` with ``count`` written before the noun phrase of ``cls`` (the rule in the module doc)."""
+def with_count(prompt: str, cls: str, count: int | str) -> str:
+    """``prompt`` with ``count`` written before the noun phrase of ``cls`` (the rule in the module doc). A
+    quantity word for ``count`` ("many") takes the plural and drops the count modifiers ("exactly")."""
     words = words_of(prompt)
     i = find_object([str(w) for w in words], cls)
+    number = count if isinstance(count, int) else 2
     if i is None:
-        return f"{prompt} ({count} {cls if count == 1 else plural(cls)})"
-    noun = _agree(words[i], cls, count)
+        return f"{prompt} ({count} {cls if number == 1 else plural(cls)})"
+    noun = _agree(words[i], cls, number)
     after = _count_after(words, i)
     if after:  # "circles: 5, on a table" -> "circles, on a table"
         noun = replace(noun, tail=noun.tail.rstrip(":,") + words[i + after].tail.lstrip(")"))
@@ -135,7 +137,9 @@ def with_count(prompt: str, cls: str, count: int) -> str:
     phrase = words[start:i] + [noun]
     if stated and words[start - stated].lead:  # "(five red circles)" -> "7 (red circles)": the count stays one word
         phrase[0] = replace(phrase[0], lead=words[start - stated].lead + phrase[0].lead)
-    before = _there_agrees(words[:start - stated], count)
+    before = _there_agrees(words[:start - stated], number)
+    while not isinstance(count, int) and before and before[-1].key in COUNT_MODIFIERS and not before[-1].tail:
+        before = before[:-1]
     out = before + [Word("", str(count), "")] + phrase + words[i + 1 + after:]
     return " ".join(str(w) for w in out)
 

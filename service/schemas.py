@@ -101,8 +101,9 @@ class Progress(BaseModel):
     iterations: int = 0
     loss: float | None = None
     detected_counts: list[int] = []
-    stated_count: int | None = Field(None, description="The number sampling now writes in the prompt, where it "
-                                                       "restated it (``ModelSpec.restate_after``).")
+    stated_count: int | str | None = Field(None, description="The number (or the model's crowd word, \"many\") "
+                                                             "sampling now writes in the prompt, where it restated "
+                                                             "it (``ModelSpec.restate_after``).")
 
 
 class TokenUse(BaseModel):
@@ -143,10 +144,11 @@ class ImageOut(BaseModel):
     token: str | None = None
     refine_iteration: int | None = Field(None, description="Set when token refinement produced the image: its "
                                                            "seed alone does not reproduce it.")
-    stated_count: int | None = Field(None, description="Set when sampling restated the number in the prompt (the "
-                                                       "model drew systematically more than asked): the "
-                                                       "image was drawn stating this number, so its seed alone does "
-                                                       "not reproduce it.")
+    stated_count: int | str | None = Field(None, description="Set when sampling restated the number in the prompt "
+                                                             "(the model drew systematically more, or fewer, than "
+                                                             "asked): the image was drawn stating this number or "
+                                                             "the model's crowd word (\"many\"), so its seed alone "
+                                                             "does not reproduce it.")
 
 
 class Cost(BaseModel):

@@ -267,11 +267,24 @@ def test_the_engine_bench_draws_verified_images_its_judge_counts_otherwise_to_be
     ({6: 10, 2: 3, 4: 6}, 4),  # drew the count: stay
     ({7: 8, 6: 8}, 5),  # still too many: below the lowest number that drew too many
     ({5: 8, 4: 7, 3: 4}, 3),  # nothing left between the bounds: the closer one
-    ({10: 7}, 10),  # too few: never more than the count (crowds merge, and the detector misses more in them)
+    ({10: 7}, 10),  # too few, and no crowd word: never more than the count
     ({1: 2}, 1),  # never below one
 ])
 def test_the_next_stated_number_searches_for_the_one_that_draws_the_count(medians, stated):
-    assert next_stated(medians, next(iter(medians)), 12) == stated
+    assert next_stated(medians, next(iter(medians))) == stated
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("medians, stated", [
+    ({10: 5}, "many"),  # too few of the count itself: the crowd word, not a number the model never learned
+    ({10: 5, "many": 10}, "many"),  # the crowd drew the count: stay
+    ({10: 5, "many": 14}, "many"),  # too many now: nothing between the count and the word; the closer one
+    ({10: 8, "many": 15}, 10),
+    ({10: 14}, 6),  # too many: the crowd word plays no part
+    ({10: 14, 6: 12, 3: 7}, 4),  # between a number drawing too few and one drawing too many: halfway
+])
+def test_a_model_that_draws_too_few_is_asked_for_its_crowd_word(medians, stated):
+    assert next_stated(medians, next(iter(medians)), crowd_word="many") == stated
 
 
 @pytest.fixture(scope="module")
@@ -298,3 +311,22 @@ def test_sampling_restates_the_number_a_model_draws_too_many_of(web_engine):
     plain.spec = web_engine.spec.model_copy(update={"restate_after": None})
     again = plain.generate(**job).images[0]
     assert not again.verified and again.stated is None
+
+
+def test_sampling_asks_for_the_crowd_word_where_a_model_draws_too_few(web_engine):
+    """reference-web draws five or six when asked for "10 red circles"; after 16 candidates of that, sampling
+    asks for "many red circles" and verifies ten, where 32 candidates of the plain prompt never do."""
+    import copy
+
+    job = dict(prompt="a photo of 10 red circles", count=10, seed=10010000, budget=Budget(max_candidates=32))
+    seen = []
+    image = web_engine.generate(**job, progress=seen.append).images[0]
+    assert [e["stated_count"] for e in seen if "stated_count" in e] == ["many"]
+    assert image.verified and image.verification.detected_count == 10 and image.stated == "many"
+    assert image.to_dict()["stated_count"] == "many"
+
+    plain = copy.copy(web_engine)
+    plain.spec = web_engine.spec.model_copy(update={"crowd_word": None})
+    seen = []
+    again = plain.generate(**job, progress=seen.append).images[0]
+    assert not again.verified and all(e.get("stated_count", 10) <= 10 for e in seen)

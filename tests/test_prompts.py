@@ -58,6 +58,16 @@ def test_there_is_and_there_are_agree_with_the_count():
 
 
 @pytest.mark.parametrize("prompt, expected", [
+    ("a photo of 10 red circles", "a photo of many red circles"),
+    ("I need exactly one circle please", "I need many circles please"),  # "exactly many" is no English
+    ("there is a circle", "there are many circles"),
+    ("a photo of a cat", "a photo of a cat (many circles)"),
+])
+def test_a_crowd_word_takes_the_place_of_the_count(prompt, expected):
+    assert with_count(prompt, "circle", "many") == expected
+
+
+@pytest.mark.parametrize("prompt, expected", [
     ("two red and blue circles", "7 red and blue circles"),
     ("a photo of small, shiny circles", "a photo of 7 small, shiny circles"),
     ("a cat and red circles", "a cat and 7 red circles"),  # "cat" is no known adjective: "and" ends the phrase

@@ -18,6 +18,9 @@ from .scenes import UNCLEAR
 MEASURED_DEFAULT: dict[str, Policy] = {"reference": Policy.resample, "reference-web": Policy.resample}
 # Candidates per stated number before sampling restates it (``ModelSpec.restate_after``), by `tally bench engine`.
 MEASURED_RESTATE: dict[str, int | None] = {"reference": 16, "reference-web": 16}
+# The word restating states where a model draws too few even of the count (``ModelSpec.crowd_word``): asked for
+# 9 to 12, `reference-web` draws five or six, asked for "many" crowds of 8 to 13 (docs/measured.md, "The engine").
+MEASURED_CROWD_WORD: dict[str, str | None] = {"reference": None, "reference-web": "many"}
 # The reference detector's confidence at which a shape counts as surely there (``VerifyConfig.verify_confidence``):
 # at 0.5 rather than the default 0.7 it verifies more of the images the cross-check counts exactly, without
 # verifying more falsely, on both models (`tally bench detector`, `tally bench engine`; docs/measured.md, "Detector").
@@ -37,7 +40,8 @@ def _spec(id_: str, pipeline: Path, default_policy: Policy | None, library_promp
         verify=VerifyConfig(verify_confidence=MEASURED_VERIFY_CONFIDENCE, mirrored_view=MEASURED_MIRRORED_VIEW,
                             doubt_classes=[UNCLEAR], confusable=[list(CLASSES)]),
         library_prompts=library_prompts, attribute_words=list(COLOURS),
-        default_policy=default_policy, restate_after=MEASURED_RESTATE[id_])
+        default_policy=default_policy, restate_after=MEASURED_RESTATE[id_],
+        crowd_word=MEASURED_CROWD_WORD[id_])
 
 
 def reference_model() -> ModelSpec:
