@@ -151,10 +151,10 @@ def _policies(text: str) -> tuple[Policy, ...]:
 @bench_app.command("engine")
 def engine(
     quick: Annotated[bool, typer.Option(help="4 counts x 4 classes x 1 job, short budget (< 10 min).")] = False,
-    budget_seconds: Annotated[Optional[float], typer.Option(min=0.001, help="Wall-clock budget per job and policy [default: 4 quick, else 8].")] = None,
-    budget_candidates: Annotated[Optional[int], typer.Option(min=1, help="Candidate budget per job and policy [default: 16 quick, else 32].")] = None,
-    budget_iterations: Annotated[Optional[int], typer.Option(min=1, help="Refinement iterations per job [default: "
-                                                                   "unbounded: the seconds decide].")] = None,
+    budget_seconds: Annotated[Optional[float], typer.Option(min=0.001, help="Wall-clock budget per job and policy [default: 4 quick, else a job's default, 60].")] = None,
+    budget_candidates: Annotated[Optional[int], typer.Option(min=1, help="Candidate budget per job and policy [default: 16 quick, else a job's default, 64].")] = None,
+    budget_iterations: Annotated[Optional[int], typer.Option(min=1, help="Refinement iterations per job [default: a "
+                                                                   "job's default, 20].")] = None,
     policies: Annotated[str, typer.Option(help="Comma-separated policies to compare.")] = ",".join(Policy),
     jobs_per_key: Annotated[Optional[int], typer.Option(min=1, help="Jobs (seeds) per class and count.")] = None,
     counts: CountsOption = None,
@@ -172,8 +172,11 @@ def engine(
     from tally.benchmarks import engine as bench
 
     chosen = _policies(policies)
-    budget = Budget(max_seconds=budget_seconds or (4.0 if quick else 8.0),
-                    max_candidates=budget_candidates or (16 if quick else 32), max_iterations=budget_iterations or 100_000)
+    # by default a user's job budget (``Budget()``): the targets are stated at it
+    default = Budget(max_seconds=4.0, max_candidates=16) if quick else Budget()
+    budget = Budget(max_seconds=budget_seconds or default.max_seconds,
+                    max_candidates=budget_candidates or default.max_candidates,
+                    max_iterations=budget_iterations or default.max_iterations)
     result = bench.run(load_engine(model_spec(model)), token_store(), quick, budget, chosen, jobs_per_key, out,
                        progress_bar, counts=_counts(counts), configured=configured, library=library)
     console.print(bench.policies_table(result), highlight=False)
