@@ -20,7 +20,7 @@ class Policy(StrEnum):
     """How the engine looks for verified images (see ``engine`` and ``policy``)."""
 
     resample = "resample"  # candidates from the base prompt
-    library = "library"  # candidates conditioned on the cached library token, when there is one
+    library = "library"  # candidates conditioned on the cached library token, when there is one (job.add: it gives way)
     refine = "refine"  # library, then token refinement on the nearest misses
     noise = "noise"  # library, then optimization of the nearest misses' initial noise
 

@@ -204,7 +204,7 @@ class CountEngine:
                     room -= n
             began = time.perf_counter()
             try:
-                if group[0].use_token:
+                if group[0].token_id:
                     self.t2i.set_token(group[0].request.token.vectors)
                 prompts = [j.sample_text for j, seeds in batch for _ in seeds]
                 seeds = [s for _, ss in batch for s in ss]
@@ -239,7 +239,7 @@ class CountEngine:
             progress = lambda r: job.events(self._refine_event(r, cost, job.verified_so_far()))  # noqa: E731
             if job.policy == Policy.noise:
                 config = self.noise_config.model_copy(update={"max_iterations": left_it, "max_seconds": left_s})
-                if job.use_token:
+                if job.token_id:
                     self.t2i.set_token(request.token.vectors)
                 result = self.refine_noise(job.sample_text, job.cls, job.count, miss.seed, config, progress,
                                            request.should_stop)
@@ -268,7 +268,7 @@ class CountEngine:
                                    "flat colour): the model or its token is broken")
         key = self.token_key(job.cls, job.count)
         images = [ImageResult(c.image, c.seed, c.verification, job.policy,
-                              f"refined:{key.id}" if c.iteration is not None else job.token_id, c.iteration,
+                              f"refined:{key.id}" if c.iteration is not None else c.token, c.iteration,
                               c.stated)
                   for c in chosen]
         job.events({"stage": Stage.verifying, "candidates": job.cost["candidates"], "iterations": job.cost["iterations"],

@@ -72,6 +72,7 @@ class Candidate:
     verification: Verification
     iteration: int | None = None  # set when token refinement produced it
     stated: int | str | None = None  # set when sampled from a prompt whose number was restated
+    token: str | None = None  # the library token's key when sampled with it
 
 
 def next_stated(medians: dict[int | str, int], count: int, crowd_word: str | None = None) -> int | str:
@@ -155,9 +156,10 @@ class JobState:
         token_source = self.text if stated == request.count else with_count(request.prompt, self.cls, stated)
         self.token_text, self.init_word = place_token(token_source, stated)
         self.sample_text = self.token_text if self.use_token else self.text
-        self.token_id = request.token.key.id if self.use_token else None
-        # Restating the number: only for the plain prompt (a library token states its own, calibrated number).
-        self.restate_after = None if self.use_token else engine.spec.restate_after
+        self.token_id = request.token.key.id if self.use_token else None  # the token sampling uses now
+        # Restating the number: the plain prompt from the start; a library token states its own, calibrated number,
+        # and gives way to the plain prompt once ``restate_after`` of its candidates verified none.
+        self.restate_after = engine.spec.restate_after
         self.crowd_word = engine.spec.crowd_word
         self.stated = request.count
         self.medians: dict[int | str, int] = {}  # stated rung -> median confident count of its candidates
@@ -213,10 +215,14 @@ class JobState:
     def add(self, seeds: list[int], images: torch.Tensor, verdicts: list[Verification]) -> None:
         stated = None if self.stated == self.count else self.stated
         for s, image, verdict in zip(seeds, images, verdicts):
-            (self.verified if verdict.verified else self.misses).append(Candidate(s, image, verdict, stated=stated))
+            (self.verified if verdict.verified else self.misses).append(
+                Candidate(s, image, verdict, stated=stated, token=self.token_id))
         self.cost["candidates"] += len(seeds)
         if self.restate_after and not self.verified:
-            self._restate([v.detected_count for v in verdicts])
+            if self.token_id is None:
+                self._restate([v.detected_count for v in verdicts])
+            elif self.cost["candidates"] >= self.restate_after:  # the token misses here: the plain prompt
+                self.token_id, self.sample_text = None, self.text
         self.events({"stage": Stage.sampling, "candidates": self.cost["candidates"],
                      "images_verified": self.verified_so_far(), "detected_counts": [v.detected_count for v in verdicts]})
 

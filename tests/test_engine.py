@@ -279,7 +279,7 @@ def test_the_next_stated_number_searches_for_the_one_that_draws_the_count(median
     ({10: 5}, "many"),  # too few of the count itself: the crowd word, not a number the model never learned
     ({10: 5, "many": 10}, "many"),  # the crowd drew the count: stay
     ({10: 5, "many": 14}, "many"),  # too many now: nothing between the count and the word; the closer one
-    ({10: 8, "many": 15}, 10),
+    ({10: 8, "many": 15}, 10),  # the count is the closer of the two
     ({10: 14}, 6),  # too many: the crowd word plays no part
     ({10: 14, 6: 12, 3: 7}, 4),  # between a number drawing too few and one drawing too many: halfway
 ])
@@ -330,3 +330,27 @@ def test_sampling_asks_for_the_crowd_word_where_a_model_draws_too_few(web_engine
     seen = []
     again = plain.generate(**job, progress=seen.append).images[0]
     assert not again.verified and all(e.get("stated_count", 10) <= 10 for e in seen)
+
+
+def test_a_library_token_that_misses_gives_way_to_the_plain_prompt(web_engine):
+    """A token that draws two circles where ten are asked: after 16 of its candidates the job samples the plain
+    prompt, restated as ever (here to "many"), and verifies ten; held to the token, it never does."""
+    import copy
+
+    from optimization.count_token import CountToken
+
+    bad = CountToken(web_engine.token_key("circle", 10), web_engine.word_vectors("two"), "of", {"mode": "library"})
+    job = dict(prompt="a photo of 10 red circles", count=10, seed=10020000, budget=Budget(max_candidates=48),
+               policy="library", token=bad)
+    seen = []
+    result = web_engine.generate(**job, progress=seen.append)
+    drawn = [n for e in seen for n in e.get("detected_counts", [])]
+    assert max(drawn[:16]) <= 4 and result.library_hit  # the token's own candidates: a few circles each
+    image = result.images[0]
+    assert image.verified and image.verification.detected_count == 10 and image.token is None
+    assert image.stated == "many"
+
+    held = copy.copy(web_engine)
+    held.spec = web_engine.spec.model_copy(update={"restate_after": None})
+    again = held.generate(**job).images[0]
+    assert not again.verified and again.token == bad.key.id
