@@ -19,7 +19,7 @@ MEASURED_DEFAULT: dict[str, Policy] = {"reference": Policy.resample, "reference-
 # Candidates per stated number before sampling restates it (``ModelSpec.restate_after``), by `tally bench engine`.
 MEASURED_RESTATE: dict[str, int | None] = {"reference": 16, "reference-web": 16}
 # The word restating states where a model draws too few even of the count (``ModelSpec.crowd_word``): asked for
-# 9 to 12, `reference-web` draws five or six, asked for "many" crowds of 8 to 13 (docs/measured.md, "The engine").
+# 9 to 12, `reference-web` draws five or six, asked for "many" crowds of 6 to 15 (docs/measured.md, "The engine").
 MEASURED_CROWD_WORD: dict[str, str | None] = {"reference": None, "reference-web": "many"}
 # The reference detector's confidence at which a shape counts as surely there (``VerifyConfig.verify_confidence``):
 # at 0.5 rather than the default 0.7 it verifies more of the images the cross-check counts exactly, without
