@@ -204,7 +204,7 @@ class ModelSpec(_Frozen):
                              f"{self.guidance_schedule}")
         return self
 
-    def library_texts(self, objects: str, count: int) -> list[str]:
+    def library_texts(self, objects: str, count: int | str) -> list[str]:
         """The library prompts of one key, every attribute word substituted."""
         out = []
         for template in self.library_prompts:

@@ -13,8 +13,9 @@ renders exactly the base prompt and before/after comparisons are clean. If the c
 the token is inserted before it, starting from the embedding of "a".
 
 Stated-number calibration: a token may carry ``stated`` (header ``stated_count``), the number its prompts
-write in place of the count because this model draws the count most often when told that number; the
-engine then writes it, and still verifies against the count.
+write in place of the count because this model draws the count most often when told that number, or the
+model's crowd word ("many") where that draws it more often than any number; the engine then writes it, and
+still verifies against the count.
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ class CountToken:
     vectors: dict[str, torch.Tensor]  # encoder name ("clip_l", "clip_g") -> [dim]
     init_word: str = "of"
     metadata: dict = field(default_factory=dict)  # iterations, validation, config ...
-    stated: int | None = None  # the number its prompts state, when calibration chose another than the count
+    stated: int | str | None = None  # what its prompts state, when calibration chose other than the count
 
     @property
-    def stated_count(self) -> int:
+    def stated_count(self) -> int | str:
         return self.stated or self.key.count
 
     def to_bytes(self) -> bytes:
@@ -86,7 +87,7 @@ class CountToken:
         return cls(key, vectors, header.get("init_word", "of"), metadata(header), header_stated(header))
 
 
-def place_token(prompt: str, count: int) -> tuple[str, str]:
+def place_token(prompt: str, count: int | str) -> tuple[str, str]:
     """The prompt with the placeholder before its count, and the word the token starts from (see module doc)."""
     words = prompt.split()
     for i, word in enumerate(words):

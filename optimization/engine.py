@@ -304,7 +304,7 @@ class CountEngine:
                 "images_verified": verified, "loss": report.loss, "detected_counts": report.detected_counts}
 
     # ------------------------------------------------------------------------------------------- library
-    def library_prompts(self, cls: str, count: int, stated: int | None = None) -> list[str]:
+    def library_prompts(self, cls: str, count: int, stated: int | str | None = None) -> list[str]:
         """The prompts a library token for (cls, count) learns on, from the model's configuration, stating
-        ``stated`` (default: the count) as the number."""
+        ``stated`` (default: the count; a number or the model's crowd word) as the number."""
         return self.spec.library_texts(plural(cls) if count > 1 else cls, stated or count)

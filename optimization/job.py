@@ -152,7 +152,8 @@ class JobState:
         self.use_token = self.policy.uses_token and request.token is not None
         # A calibrated library token states its own number (verification still checks the count).
         stated = request.token.stated_count if self.use_token else request.count
-        engine.check_count(stated)
+        if isinstance(stated, int):  # else the model's crowd word
+            engine.check_count(stated)
         token_source = self.text if stated == request.count else with_count(request.prompt, self.cls, stated)
         self.token_text, self.init_word = place_token(token_source, stated)
         self.sample_text = self.token_text if self.use_token else self.text
@@ -161,7 +162,7 @@ class JobState:
         # and gives way to the plain prompt once ``restate_after`` of its candidates verified none.
         self.restate_after = engine.spec.restate_after
         self.crowd_word = engine.spec.crowd_word
-        self.stated = request.count
+        self.stated = stated if self.use_token else request.count
         self.medians: dict[int | str, int] = {}  # stated rung -> median confident count of its candidates
         self.drawn: list[int] = []  # confident counts at the stated number now
         self.verified: list[Candidate] = []
@@ -222,7 +223,7 @@ class JobState:
             if self.token_id is None:
                 self._restate([v.detected_count for v in verdicts])
             elif self.cost["candidates"] >= self.restate_after:  # the token misses here: the plain prompt
-                self.token_id, self.sample_text = None, self.text
+                self.token_id, self.sample_text, self.stated = None, self.text, self.count
         self.events({"stage": Stage.sampling, "candidates": self.cost["candidates"],
                      "images_verified": self.verified_so_far(), "detected_counts": [v.detected_count for v in verdicts]})
 

@@ -1,14 +1,15 @@
 """Library learning of a count token for (model, object, count), in bounded slices a worker can interleave
-with user jobs: stated-number calibration first (which number written in the prompt makes the model draw the
-count most often), then the gradient token from the calibrated prompt (``optimizer.optimize`` with validation
+with user jobs: stated-number calibration first (which number, or the model's crowd word, written in the prompt
+makes the model draw the count most often), then the gradient token from the calibrated prompt (``optimizer.optimize`` with validation
 seeds); the best validated of the two is the token, and its gain over the plain prompt is measured once more
 on fresh seeds for the library's admission gate.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,8 +60,9 @@ def calibrate(engine: CountEngine, cls: str, count: int, config: LibraryConfig =
               counts: dict | None = None, slice_seconds: float | None = None,
               should_stop: Callable[[], bool] | None = None,
               should_yield: Callable[[], bool] | None = None) -> tuple[dict | None, dict]:
-    """Stated-number calibration: which number written in the library prompts makes this model draw
-    ``count`` objects most often, on calibration seeds, no gradients. Ties keep the plain count.
+    """Stated-number calibration: what written in the library prompts makes this model draw ``count`` objects
+    most often, on calibration seeds, no gradients: the numbers around the count and, where the count itself drew
+    too few, the model's crowd word, as jobs restate (``job.next_stated``). Ties keep the plain count.
 
     In slices: one generation batch (a stated number, a prompt, its share of the seeds) at a time, stopping
     before one that would end past ``slice_seconds``, or once ``should_yield`` says so (all of it when
@@ -68,10 +70,8 @@ def calibrate(engine: CountEngine, cls: str, count: int, config: LibraryConfig =
     number and prompt) carries it to the next slice. Returns (the calibration once complete, else None;
     the counts)."""
     seeds, counts = calibration_seeds(config), dict(counts or {})
-    numbers = range(max(1, count - config.calibration_below),
-                    min(engine.max_count, count + config.calibration_above) + 1)
     started, batch_s = time.perf_counter(), 0.0
-    for stated in numbers:
+    for stated in _rungs(engine, count, config, counts):
         prompts, init_word = token_prompts(engine, cls, count, stated)
         for i, prompt in enumerate(prompts):
             unit, share = f"{stated}/{i}", seeds[i::len(prompts)]
@@ -90,12 +90,24 @@ def calibrate(engine: CountEngine, cls: str, count: int, config: LibraryConfig =
             counts[unit] = [count_of(engine.counter, d, cls) for d in engine.counter.detect(images)]
             batch_s = time.perf_counter() - began
     tried = {}
-    for stated in numbers:
-        found = np.array([c for unit, cs in counts.items() if unit.split("/")[0] == str(stated) for c in cs])
+    for stated in _rungs(engine, count, config, counts):
+        found = np.array(_drawn(counts, stated))
         tried[stated] = {"exact": round(float((found == count).mean()), 4),
                          "mae": round(float(np.abs(found - count).mean()), 4), "n": len(found)}
     best = max(tried, key=lambda n: (tried[n]["exact"], -tried[n]["mae"], n == count))
     return {"stated": best, "tried": {str(n): r for n, r in tried.items()}, "seeds": len(seeds)}, counts
+
+
+def _rungs(engine: CountEngine, count: int, config: LibraryConfig, counts: dict) -> Iterator[int | str]:
+    """What calibration states, in order; the crowd word is decided once the numbers are counted."""
+    yield from range(max(1, count - config.calibration_below), min(engine.max_count, count + config.calibration_above) + 1)
+    drawn = _drawn(counts, count)
+    if engine.spec.crowd_word and drawn and statistics.median_low(drawn) < count:
+        yield engine.spec.crowd_word
+
+
+def _drawn(counts: dict, stated: int | str) -> list[int]:
+    return [c for unit, cs in counts.items() if unit.split("/")[0] == str(stated) for c in cs]
 
 
 def library_slice(engine: CountEngine, cls: str, count: int, config: LibraryConfig = LibraryConfig(),
@@ -141,28 +153,37 @@ def library_slice(engine: CountEngine, cls: str, count: int, config: LibraryConf
                 evaluate_token(engine.t2i, engine.counter, plain, cls, count, engine.word_vectors(init_word), validation))
         result.validation = {**result.validation, "calibration": result.validation["base"], "base": base}
         result.state["validation"] = result.validation
+    kept = "token" if result.validation and result.validation["best_iteration"] else "calibration"
+    vectors, start = result.vectors, engine.word_vectors(init_word)
     if result.done and result.validation is not None:
         # (d) the gate's figures, on fresh seeds: validation picked the kept token among several, and at real
         # defaults on reference-web its figures flattered one (8 triangles: 0.30 against the base's 0.20 on
         # validation, 0.14 against 0.17 on judge seeds); the same seeds for both, so that the gain is judged by a
         # paired test (a 0.05 gain is one standard error at 64 seeds)
         seeds = admission_seeds(config)
-        base = token_counts(engine.t2i, engine.counter, plain, cls, engine.word_vectors(init_word), seeds)
-        learned = token_counts(engine.t2i, engine.counter, prompts, cls, result.vectors, seeds)
-        result.validation["admission"] = {"base": exact_figures(base, count), "token": exact_figures(learned, count),
+        base = token_counts(engine.t2i, engine.counter, plain, cls, start, seeds)
+        learned = token_counts(engine.t2i, engine.counter, prompts, cls, vectors, seeds)
+        admission = {"base": exact_figures(base, count)}
+        if kept == "token":
+            # a trained token must also beat its own start there, or the calibrated prompt as written is kept
+            # (10 squares on reference-web: 0.125 against "many"'s 0.23 on judge seeds, chosen on validation)
+            calibrated = base if stated == count else token_counts(engine.t2i, engine.counter, prompts, cls, start, seeds)
+            admission["calibration"] = exact_figures(calibrated, count)
+            if (learned == count).sum() <= (calibrated == count).sum():
+                kept, vectors, learned = "calibration", start, calibrated
+        result.validation["admission"] = {**admission, "token": exact_figures(learned, count),
                                           "p_value": gain_p_value(base == count, learned == count)}
-    kept = "token" if result.validation and result.validation["best_iteration"] else "calibration"
     metadata = {"mode": "library", "iterations": result.iterations, "seconds": round(result.seconds, 1),
                 "validation": result.validation, "gain": gain(result.validation),
                 "gain_p": gain_p(result.validation), "kept": kept, "stage": "token",
                 "calibration": calibration, "config": config.model_dump(), "prompts": prompts}
-    token = CountToken(key, result.vectors, init_word, metadata, stated if stated != count else None)
+    token = CountToken(key, vectors, init_word, metadata, stated if stated != count else None)
     return LibrarySlice(token, result.done, {"calibration": calibration, "seconds": result.seconds,
                                              "optimizer": result.state})
 
 
-def token_prompts(engine: CountEngine, cls: str, count: int, stated: int) -> tuple[list[str], str]:
-    """The library prompts stating ``stated``, with the placeholder, and the word the token starts from
-    (the templates put the same word before the number)."""
+def token_prompts(engine: CountEngine, cls: str, count: int, stated: int | str) -> tuple[list[str], str]:
+    """The library prompts stating ``stated`` (a number or the crowd word), with the placeholder, and the word the
+    token starts from (the templates put the same word before the number)."""
     placed = [place_token(p, stated) for p in engine.library_prompts(cls, count, stated)]
     return [p for p, _ in placed], placed[-1][1]

@@ -14,7 +14,7 @@ import os
 import re
 import struct
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,14 +111,23 @@ def header_key(meta: dict, name: str = "token file") -> TokenKey:
     return TokenKey(str(meta["model_fingerprint"]), str(meta["object"]), int(count))
 
 
-def header_stated(meta: dict, max_count: int = 10**_MAX_COUNT_DIGITS - 1) -> int | None:
-    """The number the token's prompts state in place of its count (stated-number calibration), if any."""
+def header_stated(meta: dict, max_count: int = 10**_MAX_COUNT_DIGITS - 1,
+                  crowd_words: Collection[str] | None = None) -> int | str | None:
+    """What the token's prompts state in place of its count (stated-number calibration), if anything: a number
+    in 1..``max_count``, or a crowd word ("many"), one of ``crowd_words`` where the model's are known (None:
+    any lowercase word)."""
     raw = meta.get("stated_count")
     if raw is None:
         return None
-    if not re.fullmatch(r"[0-9]{1,3}", str(raw)) or not 1 <= int(raw) <= max_count:
-        raise InvalidRequest(f"stated_count must be an integer in 1..{max_count}, got {str(raw)[:20]!r}")
-    return int(raw)
+    raw = str(raw)
+    if re.fullmatch(r"[0-9]{1,3}", raw) and 1 <= int(raw) <= max_count:
+        return int(raw)
+    if re.fullmatch(r"[a-z]{1,20}", raw) and (crowd_words is None or raw in crowd_words):
+        return raw
+    words = ("a lowercase word" if crowd_words is None else
+             f"this model's crowd word ({', '.join(map(repr, crowd_words))})" if crowd_words else None)
+    raise InvalidRequest(f"stated_count must be an integer in 1..{max_count}{f' or {words}' if words else ''}, "
+                         f"got {raw[:20]!r}")
 
 
 def metadata(meta: dict) -> dict:
@@ -141,13 +150,14 @@ def token_info(data: bytes) -> dict:
 
 def validate_token(data: bytes, classes: Iterable[str] | None, max_count: int,
                    dims: Mapping[str, int] | None = None, family: str | None = None,
-                   max_norms: Mapping[str, float] | None = None) -> dict:
+                   max_norms: Mapping[str, float] | None = None, crowd_words: Collection[str] | None = None) -> dict:
     """``token_info`` of a token file checked whole, for a model with these detector ``classes`` (None: not
     known, not checked) and ``max_count``: a Tally token (its key well formed), an object among the classes,
     count in 1..max_count, tensors named exactly ``PLACEHOLDER`` (SD family) or exactly clip_l + clip_g
     (SDXL), each a float (F32/F16/BF16) ``[1, dim]`` of finite values; ``dims`` (encoder name -> width, when
     the model's are known) and ``family`` ("sd" / "sdxl") pin the layout further; ``max_norms`` (encoder name
-    -> longest vector the model accepts, ``TextToImage.token_norm_bounds``) bounds the values. Torch-free (numpy).
+    -> longest vector the model accepts, ``TextToImage.token_norm_bounds``) bounds the values; a stated word must
+    be one of ``crowd_words`` (the model's crowd word; None: not known). Torch-free (numpy).
     Every failure is InvalidRequest saying what is wrong."""
     header = read_header(data)
     meta = header.get("__metadata__") or {}
@@ -160,7 +170,7 @@ def validate_token(data: bytes, classes: Iterable[str] | None, max_count: int,
                              f"{', '.join(classes)}")
     if not 1 <= key.count <= max_count:
         raise InvalidRequest(f"count must be between 1 and {max_count} for this model, got {key.count}")
-    header_stated(meta, max_count)
+    header_stated(meta, max_count, crowd_words)
     encoders = _check_layout({k: v for k, v in header.items() if k != "__metadata__"}, dims, family)
     _check_values(data, encoders, max_norms)
     return token_info(data)

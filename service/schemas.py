@@ -144,11 +144,12 @@ class ImageOut(BaseModel):
     token: str | None = None
     refine_iteration: int | None = Field(None, description="Set when token refinement produced the image: its "
                                                            "seed alone does not reproduce it.")
-    stated_count: int | str | None = Field(None, description="Set when sampling restated the number in the prompt "
-                                                             "(the model drew systematically more, or fewer, than "
-                                                             "asked): the image was drawn stating this number or "
-                                                             "the model's crowd word (\"many\"), so its seed alone "
-                                                             "does not reproduce it.")
+    stated_count: int | str | None = Field(None, description="Set when the prompt stated another than the count: "
+                                                             "sampling restated it (the model drew systematically "
+                                                             "more, or fewer, than asked), or the library token's "
+                                                             "calibration did; the image was drawn stating this "
+                                                             "number or the model's crowd word (\"many\"), so its "
+                                                             "seed alone does not reproduce it.")
 
 
 class Cost(BaseModel):
@@ -222,6 +223,10 @@ class TokenOut(BaseModel):
     object: str
     count: int
     init_word: str | None = None
+    stated_count: int | str | None = Field(None, description="What the token's prompts write in place of the count, "
+                                                             "where calibration chose another number or the model's "
+                                                             "crowd word (\"many\"); images are still verified at "
+                                                             "the count.")
     tensors: dict[str, list[int]]
     metadata: dict
     size: int

@@ -79,6 +79,14 @@ def t2i(reference_spec):
 
 
 @pytest.fixture(scope="session")
+def web_engine():
+    from optimization.engine import CountEngine
+    from optimization.reference.models import reference_web_model
+
+    return CountEngine.from_spec(reference_web_model())
+
+
+@pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
     """A private redis-server for this test session (never the machine's own)."""
     port = free_port()

@@ -58,6 +58,10 @@ def test_the_library_token_states_the_calibrated_number_and_records_both_validat
     assert validation["token"] == best  # whichever validates best is kept
     admission = validation["admission"]  # the gate's figures, on seeds that chose nothing
     assert admission["base"]["n"] == admission["token"]["n"] == CALIBRATION.validation_seeds
+    if validation["best_iteration"]:  # validation chose the trained token: kept only if it beats its start there too
+        assert (token.metadata["kept"] == "token") == (admission["token"]["exact"] > admission["calibration"]["exact"])
+    else:
+        assert token.metadata["kept"] == "calibration" and "calibration" not in admission
     assert token.metadata["gain"] == round(admission["token"]["exact"] - admission["base"]["exact"], 4)
     assert token.metadata["gain_p"] == admission["p_value"] and 0 < admission["p_value"] <= 1
     assert all(f" {stated} red " in p or f" {stated} green " in p or f" {stated} blue " in p or f" {stated} black " in p
@@ -69,6 +73,27 @@ def test_the_library_token_states_the_calibrated_number_and_records_both_validat
                              token=loaded)
     assert result.prompt == "a photo of 5 red circles" and result.library_hit
     assert all(r.verification.target == 5 for r in result.images) and result.cost["iterations"] == 0
+
+
+def test_calibration_tries_the_crowd_word_where_the_count_itself_draws_too_few(web_engine):
+    """reference-web asked for 10 circles draws five or six; told "many", ten more often. Calibration asks for the
+    crowd word only after the count drew too few (as jobs restate), and jobs with a token stating it write it."""
+    from optimization.library import calibrate
+
+    only_the_count = LibraryConfig(calibration_seeds=16, calibration_below=0, calibration_above=0)
+    result, _ = calibrate(web_engine, "circle", 10, only_the_count)
+    assert list(result["tried"]) == ["10", "many"] and result["tried"]["10"]["exact"] < 0.1
+    assert result["stated"] == "many" and result["tried"]["many"]["exact"] > result["tried"]["10"]["exact"]
+    assert list(calibrate(web_engine, "circle", 3, only_the_count)[0]["tried"]) == ["3"]  # three draws three
+
+    token = CountToken(web_engine.token_key("circle", 10), web_engine.word_vectors("of"), "of", {"mode": "library"},
+                       stated="many")
+    loaded = CountToken.from_bytes(token.to_bytes(), expected_model=web_engine.t2i.fingerprint)
+    seen = []
+    result = web_engine.generate("a photo of 10 red circles", 10, seed=4, budget=Budget(max_candidates=8),
+                                 policy="library", token=loaded, progress=seen.append)
+    assert result.library_hit and all(r.stated == "many" and r.verification.target == 10 for r in result.images)
+    assert sum(len(e.get("detected_counts", [])) for e in seen) == 8
 
 
 def test_the_admission_gate_judges_on_seeds_neither_learning_nor_validation_nor_the_bench_used():
@@ -95,6 +120,8 @@ def test_a_bench_learns_what_the_library_lacks_and_says_why_the_gate_refused_a_t
     from workers.tokens import TokenStore
 
     store = TokenStore.for_settings(settings, connect(settings))
+    assert library_tokens(undercounting_engine, store, [("circle", 5)], CALIBRATION, learn=False) == (
+        {("circle", 5): None}, {})  # only what the library holds: nothing learned
     never = CALIBRATION.model_copy(update={"min_gain": 1.0})  # a gain of 1.0 would need every admission seed exact
     tokens, refused = library_tokens(undercounting_engine, store, [("circle", 5)], never)
     assert tokens == {("circle", 5): None} and store.list() == []

@@ -12,6 +12,7 @@ def test_placeholder_takes_the_place_of_the_word_before_the_count():
     assert place_token("7 crosses on a table", 7) == (f"{PLACEHOLDER} 7 crosses on a table", "a")
     with pytest.raises(ValueError, match="does not state the count 7"):
         place_token("a photo of blue triangles", 7)
+    assert place_token("a photo of many blue triangles", "many") == (f"a photo {PLACEHOLDER} many blue triangles", "of")
 
 
 def test_untrained_token_renders_exactly_the_base_prompt(t2i):
@@ -66,7 +67,7 @@ def test_token_of_another_model_or_corrupt_file_is_refused(t2i, tmp_path):
         t2i.set_token({"clip_l": torch.zeros(7)})
 
 
-@pytest.mark.parametrize("stated", ["0", "13", "abc", "7; rm", "²"])
+@pytest.mark.parametrize("stated", ["0", "13", "abc", "7; rm", "²", "Many", "a" * 21])
 def test_a_stated_number_outside_the_models_counts_is_refused(stated):
     from safetensors.torch import save
 
@@ -78,7 +79,25 @@ def test_a_stated_number_outside_the_models_counts_is_refused(stated):
     header = {"tally_format": "1", "model_fingerprint": "f" * 16, "object": "circle", "count": "7", "stated_count": stated}
     data = save({PLACEHOLDER: torch.zeros(1, 8)}, metadata=header)
     with pytest.raises(InvalidRequest, match="stated_count must be an integer in 1..12"):
-        validate_token(data, None, 12)
-    if stated in ("0", "abc", "7; rm", "²"):  # not a number at all, or zero: refused whatever the model
+        validate_token(data, None, 12, crowd_words=[])  # a model with no crowd word
+    if stated in ("0", "7; rm", "²", "Many", "a" * 21):  # neither a number nor a word, or zero: refused whatever the model
         with pytest.raises(InvalidRequest, match="stated_count must be an integer"):
             CountToken.from_bytes(data)
+
+
+def test_a_token_may_state_the_models_crowd_word_and_no_other():
+    from safetensors.torch import save
+
+    from optimization.errors import InvalidRequest
+    from optimization.token_file import validate_token
+
+    token = CountToken(TokenKey("f" * 16, "circle", 10), {"clip_l": torch.zeros(8)}, stated="many")
+    assert token.stated_count == "many" and CountToken.from_bytes(token.to_bytes()).stated == "many"
+    assert validate_token(token.to_bytes(), None, 12, crowd_words=["many"])["stated_count"] == "many"
+    assert validate_token(token.to_bytes(), None, 12)["stated_count"] == "many"  # the model's word not known
+    header = {"tally_format": "1", "model_fingerprint": "f" * 16, "object": "circle", "count": "10", "stated_count": "few"}
+    data = save({PLACEHOLDER: torch.zeros(1, 8)}, metadata=header)
+    with pytest.raises(InvalidRequest, match="or this model's crowd word \\('many'\\), got 'few'"):
+        validate_token(data, None, 12, crowd_words=["many"])
+    with pytest.raises(InvalidRequest, match="must be an integer in 1..12, got 'many'"):  # a model with no crowd word
+        validate_token(token.to_bytes(), None, 12, crowd_words=[])

@@ -287,13 +287,6 @@ def test_a_model_that_draws_too_few_is_asked_for_its_crowd_word(medians, stated)
     assert next_stated(medians, next(iter(medians)), crowd_word="many") == stated
 
 
-@pytest.fixture(scope="module")
-def web_engine():
-    from optimization.reference.models import reference_web_model
-
-    return CountEngine.from_spec(reference_web_model())
-
-
 def test_sampling_restates_the_number_a_model_draws_too_many_of(web_engine):
     """reference-web draws too many when asked for "7 red squares" (a job whose 32 candidates of the plain prompt
     never verify: found by searching seeds); sampling then writes a lower number, and verifies seven."""

@@ -100,6 +100,9 @@ HOSTILE = {  # name: (file of (fingerprint, dim), fragment of the message)
     "count-unicode-digit": (lambda fp, d: token(fp, d, count="\u00b2"), "count is not a number"),
     "count-negative": (lambda fp, d: token(fp, d, count="-3"), "count is not a number"),
     "count-past-max-count": (lambda fp, d: token(fp, d, count="13"), "between 1 and 12 for this model, got 13"),
+    # a word only where the model has it as its crowd word: the reference model has none
+    "stated-a-word-the-model-lacks": (lambda fp, d: token(fp, d, stated_count="many"),
+                                      "stated_count must be an integer in 1..12, got 'many'"),
     "format-unknown": (lambda fp, d: token(fp, d, tally_format="2"), "format '2' is not supported"),
     "int-dtype": (lambda fp, d: token(fp, d, {PLACEHOLDER: vector(d, 1, np.int32)}), "dtype 'I32'"),
     "f64-dtype": (lambda fp, d: token(fp, d, {PLACEHOLDER: vector(d, 1, np.float64)}), "dtype 'F64'"),

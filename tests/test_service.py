@@ -85,7 +85,7 @@ def test_library_miss_schedules_learning_and_the_next_job_uses_the_token(service
         assert time.monotonic() < deadline, "the library task did not store its token"
         time.sleep(0.5)
     learned = service.http.get(f"/v1/tokens/{key}").json()["metadata"]
-    assert learned["calibration"]["stated"] >= 1 and learned["kept"] in ("calibration", "token")
+    assert learned["calibration"]["stated"] in [*range(1, 13), "many"] and learned["kept"] in ("calibration", "token")
     second = service.wait(service.submit(prompt="a photo of blue triangles", count=5, seed=3, policy="library",
                                          model=model))
     assert second["token"] == {"key": key, "library_hit": True, "learning_scheduled": False}

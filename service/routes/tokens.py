@@ -120,7 +120,8 @@ def _import(settings, connection, data: bytes) -> dict:
     info = published[spec.id]
     try:
         validate_token(data, spec.classes if spec.classes is not None else info.get("classes"), spec.max_count,
-                       dims=info.get("dims"), family=info.get("family"), max_norms=info.get("token_norm_bounds"))
+                       dims=info.get("dims"), family=info.get("family"), max_norms=info.get("token_norm_bounds"),
+                       crowd_words=[spec.crowd_word] if spec.crowd_word else [])
     except InvalidRequest as exc:
         raise ApiError(422, "invalid_token", str(exc)) from None
     return _store(settings, connection).put(data)

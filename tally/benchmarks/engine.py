@@ -37,16 +37,16 @@ def bench_jobs(engine: CountEngine, counts: list[int], jobs_per_key: int) -> lis
 
 
 def library_tokens(engine: CountEngine, store: TokenStore, keys: list[tuple[str, int]], config: LibraryConfig,
-                   progress: Progress | None = None) -> tuple[dict, dict]:
-    """The library token of each key from the store, learning the missing ones; None where the library's gate
-    refused the learned token (jobs of that key then sample the base prompt). Also the refused tokens' figures
-    by key ("circle-8"), so a run says why a key has none."""
+                   progress: Progress | None = None, learn: bool = True) -> tuple[dict, dict]:
+    """The library token of each key from the store, learning the missing ones (with ``learn``); None where the
+    library's gate refused the learned token, or it lacks one (jobs of that key then sample the base prompt). Also
+    the refused tokens' figures by key ("circle-8"), so a run says why a key has none."""
     from optimization.library import learn_token
 
     tokens, refused = {}, {}
     for i, (cls, n) in enumerate(keys):
         token = store.token_for(engine, cls, n)
-        if token is None:
+        if token is None and learn:
             learned = learn_token(engine, cls, n, config)
             token = learned if store.admit(learned, config.min_gain, config.max_gain_p) else None
             if token is None:
@@ -123,8 +123,8 @@ def bench_engine(engine: CountEngine, tokens: dict, jobs: list, budget: Budget, 
 
 def run(engine: CountEngine, store: TokenStore, quick: bool, budget: Budget, policies: tuple[Policy, ...],
         jobs_per_key: int | None, out_dir: Path, bar, counts: list[int] | None = None,
-        configured: bool = True, library: bool = True) -> dict:
-    """The whole benchmark: library tokens (learned if missing; none without ``library``), then the jobs verified
+        configured: bool = True, library: bool = True, learn: bool = True) -> dict:
+    """The whole benchmark: library tokens (learned if missing and ``learn``; none without ``library``), then the jobs verified
     by the detector alone (as on real models: how often is that wrong? the headline) and, with ``configured``, again as the model
     is configured (with its cross-check). ``bar(name, total)`` is a context manager yielding a progress
     callback."""
@@ -133,7 +133,8 @@ def run(engine: CountEngine, store: TokenStore, quick: bool, budget: Budget, pol
     if library and any(p.uses_token for p in policies):
         keys = [(c, n) for c in classes for n in counts]
         with bar("library tokens", len(keys)) as update:
-            tokens, refused = library_tokens(engine, store, keys, QUICK_LIBRARY if quick else LibraryConfig(), update)
+            tokens, refused = library_tokens(engine, store, keys, QUICK_LIBRARY if quick else LibraryConfig(), update,
+                                             learn)
     jobs = bench_jobs(engine, counts, jobs_per_key or per_key)
     with bar("jobs x policies, detector-only verifier", len(jobs)) as update:
         detector_only = bench_engine(engine.detector_only(), tokens, jobs, budget, out_dir / "detector-only",
@@ -147,6 +148,7 @@ def run(engine: CountEngine, store: TokenStore, quick: bool, budget: Budget, pol
     result["detector_only"] = {k: detector_only[k] for k in ("policies", "per_count", "per_count_stats")}
     result["verifier"] = "configured" if configured else "detector-only"
     result["library"] = library
+    result["learned"] = library and learn
     result["refused_tokens"] = refused
     result["model"] = engine.spec.id
     return result

@@ -92,11 +92,11 @@ def _counted(engine: CountEngine, prompt: str, cls: str, n: int, seeds: list[int
     return [(n, count(engine.counter, d, cls)) for d in engine.counter.detect(engine.t2i.generate(prompt, seeds))]
 
 
-def _calibrated(token, n: int) -> int:
-    """The number calibration chose for the key (recorded in the token even when the gradient token won)."""
+def _calibrated(token, n: int) -> int | str:
+    """What calibration chose to state for the key (recorded in the token even when the gradient token won)."""
     if token is None:
         return n
-    return int(token.metadata.get("calibration", {}).get("stated", token.stated_count))
+    return token.metadata.get("calibration", {}).get("stated", token.stated_count)
 
 
 def run(engine: CountEngine, store: TokenStore, quick: bool, bar, counts: list[int] | None = None,

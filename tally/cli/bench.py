@@ -164,6 +164,9 @@ def engine(
     library: Annotated[bool, typer.Option(
         help="Learn (or take from the library) a token per key for the token policies; --no-library runs them "
              "from the base prompt, as on a fresh deployment (minutes instead of hours).")] = True,
+    learn: Annotated[bool, typer.Option(
+        help="Learn the tokens the library lacks; --no-learn takes only those it holds (the others sample the base "
+             "prompt), as a deployment serves now.")] = True,
     model: ModelOption = None,
     out: OutOption = DEFAULT_FOLDER,
     json_path: JsonOption = None,
@@ -178,7 +181,7 @@ def engine(
                     max_candidates=budget_candidates or default.max_candidates,
                     max_iterations=budget_iterations or default.max_iterations)
     result = bench.run(load_engine(model_spec(model)), token_store(), quick, budget, chosen, jobs_per_key, out,
-                       progress_bar, counts=_counts(counts), configured=configured, library=library)
+                       progress_bar, counts=_counts(counts), configured=configured, library=library, learn=learn)
     console.print(bench.policies_table(result), highlight=False)
     console.print(f"default policy by this run: {result['default_policy']}")
     save(result, "engine", out, json_path)

@@ -33,8 +33,10 @@ def list_tokens(
         validation = info["metadata"].get("validation") or {}
         validation = validation.get("admission", validation)  # the gate's figures where recorded
         token, base = validation.get("token") or {}, validation.get("base") or {}
+        stating = f", stating {info['stated_count']}" if info.get("stated_count") is not None else ""
+        kept = f", kept {info['metadata']['kept']}" if info["metadata"].get("kept") else ""
         console.print(f"{info['key']}: exact {base.get('exact')} -> {token.get('exact')} "
-                      f"(n={token.get('n')}), {info['metadata'].get('mode', '?')}", highlight=False)
+                      f"(n={token.get('n')}), {info['metadata'].get('mode', '?')}{stating}{kept}", highlight=False)
     console.print(f"{len(infos)} token(s)")
 
 
