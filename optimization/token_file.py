@@ -124,10 +124,12 @@ def header_stated(meta: dict, max_count: int = 10**_MAX_COUNT_DIGITS - 1,
         return int(raw)
     if re.fullmatch(r"[a-z]{1,20}", raw) and (crowd_words is None or raw in crowd_words):
         return raw
-    words = ("a lowercase word" if crowd_words is None else
-             f"this model's crowd word ({', '.join(map(repr, crowd_words))})" if crowd_words else None)
-    raise InvalidRequest(f"stated_count must be an integer in 1..{max_count}{f' or {words}' if words else ''}, "
-                         f"got {raw[:20]!r}")
+    allowed = f"an integer in 1..{max_count}"
+    if crowd_words is None:
+        allowed += " or a lowercase word"
+    elif crowd_words:
+        allowed += f" or this model's crowd word ({', '.join(map(repr, crowd_words))})"
+    raise InvalidRequest(f"stated_count must be {allowed}, got {raw[:20]!r}")
 
 
 def metadata(meta: dict) -> dict:
