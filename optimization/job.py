@@ -162,7 +162,7 @@ class JobState:
         # and gives way to the plain prompt once ``restate_after`` of its candidates verified none.
         self.restate_after = engine.spec.restate_after
         self.crowd_word = engine.spec.crowd_word
-        self.stated = stated if self.use_token else request.count
+        self.stated = stated
         self.medians: dict[int | str, int] = {}  # stated rung -> median confident count of its candidates
         self.drawn: list[int] = []  # confident counts at the stated number now
         self.verified: list[Candidate] = []
