@@ -268,3 +268,35 @@ def test_an_invalid_environment_is_one_line_naming_the_setting(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: invalid configuration: TALLY_STORE:"), lines
+
+
+@pytest.mark.slow
+def test_bench_demo_sends_the_demos_requests_with_server_chosen_seeds(tally_cli, tmp_path):
+    from tally.benchmarks.demo import DEMO_REQUESTS
+
+    script = " ".join(Path("scripts/demo").read_text().replace("\\\n", " ").split())  # what the demo sends
+    for request in DEMO_REQUESTS:
+        assert f'--prompt "{request["prompt"]}" --count {request["count"]}' in script
+        for option in ("model", "policy", "num_images"):
+            if option in request:
+                assert f"--{option.replace('_', '-')} {request[option]}" in script
+    result = tally_cli("bench", "demo", "--runs", "2", "--out", str(tmp_path), "--json", str(tmp_path / "d.json"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "d.json").read_text())
+    assert [r["model"] for r in report["requests"]] == ["reference", "reference-web"]
+    for request in report["requests"]:
+        assert request["jobs"] == 2 and len(set(request["seeds"])) == 2  # the server drew each job's seed
+        assert request["images"] >= request.get("num_images", 1) * request["jobs_verified"]
+        assert 0 <= request["false_verified"] <= request["images_verified"] <= request["images"]
+    tiles = max(r.get("num_images", 1) for r in DEMO_REQUESTS) + 1  # a row a run: each request's images
+    assert Image.open(report["pictures"][0]).width == tiles * 256
+
+
+def test_the_cli_loads_torch_only_when_a_command_needs_it():
+    """``tally worker`` sets OpenMP's wait policy before torch loads; importing the CLI must not load it first."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import sys, tally.cli; print('torch' in sys.modules)"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr

@@ -99,8 +99,8 @@ def test_the_page_escapes_what_the_results_say(tally_cli, tmp_path):
 @pytest.fixture(scope="module")
 def bench_folder(t2i, counter, reference_spec, tmp_path_factory):
     """Real results of the model benchmarks at tiny sizes (about 20 s), named as ``tally bench`` names them.
-    The service and fault benchmarks run private processes for minutes, so theirs are written in their
-    shape (``tally/benchmarks/service/``, ``faults.py``) with the README's figures."""
+    The service, fault and demo benchmarks run private processes for minutes, so theirs are written in their
+    shape (``tally/benchmarks/service/``, ``faults.py``, ``demo.py``) with the README's figures."""
     from optimization.config import Budget, Policy
     from optimization.count_token import CountToken
     from optimization.counter import load_crosscheck
@@ -134,6 +134,11 @@ def bench_folder(t2i, counter, reference_spec, tmp_path_factory):
                           "library_iterations_meanwhile": 22, "library_slices_meanwhile": 12}})
     _write(folder, "faults", {"worker_kill": {"jobs": 12, "kills": 10, "lost": 0, "duplicated": 0},
                               "bola": {"attempts": 12, "leaks": 0}, "fuzz": {"cases": 972, "problems": []}})
+    Image.new("RGB", (256, 256), "white").save(folder / "demo_runs.png")  # the demo's runs, in shape
+    _write(folder, "demo", {"runs": 1, "requests": [
+        {"prompt": "a photo of blue triangles", "count": 7, "num_images": 2, "model": "reference", "jobs": 1,
+         "jobs_verified": 1, "images": 2, "images_verified": 2, "false_verified": 0, "median_job_seconds": 0.31,
+         "seeds": [5]}], "pictures": [str(folder / "demo_runs.png")]})
     return folder
 
 
@@ -147,7 +152,7 @@ def test_the_report_draws_every_benchmark_with_figures_and_tables(tally_cli, ben
     html, markdown = _report(tally_cli, bench_folder, out)
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert {"base-exact-by-count.png", "engine-exact-by-count.png", "engine-verified.png",
-            "optimize-library-by-count.png", "service-latency.png",
+            "optimize-library-by-count.png", "service-latency.png", "demo-demo_runs.png",
             "base-reference-base_samples-reference.png"} <= set(pngs)
     # seconds per verified image exist only where a policy verified something in this tiny run
     engine = json.loads((bench_folder / "engine.json").read_text())
@@ -165,7 +170,8 @@ def test_the_report_draws_every_benchmark_with_figures_and_tables(tally_cli, ben
                 results["base"]["per_count"]["2"]["mean_detected"], results["iteration"]["iteration_s"],
                 results["iteration"]["floor_s"], results["optimize"]["library"]["base_exact"],
                 results["service"]["status_p99_ms"], results["service"]["learning_wait"]["p50_s"],
-                results["service"]["submit_rps"], results["faults"]["fuzz"]["cases"]]
+                results["service"]["submit_rps"], results["faults"]["fuzz"]["cases"],
+                results["demo"]["requests"][0]["median_job_seconds"]]
     for stats in results["engine"]["policies"].values():
         expected += [stats["verified_rate"], stats["seconds_per_verified"], stats["clean_per_s"]]
     for figures in results["optimize"]["per_key"].values():

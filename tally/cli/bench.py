@@ -272,3 +272,22 @@ def service(
                            progress=lambda name: status.update(f"bench service: {name}"))
     console.print(result)
     save(result, "service", out, json_path)
+
+
+@bench_app.command("demo")
+def demo(
+    runs: Annotated[int, typer.Option(min=1, help="Times each of the demo's two requests is sent.")] = 10,
+    out: OutOption = DEFAULT_FOLDER,
+    json_path: JsonOption = None,
+) -> None:
+    """The demo's two count-7 requests, each sent RUNS times with server-chosen seeds, through a private service
+    (Redis, the API, a worker per reference model): jobs and images verified, false verified by the cross-check,
+    and every image drawn with its detections (demo_runs.png)."""
+    from tally.benchmarks import demo as bench
+
+    prepare()
+    quiet_model_loading()
+    with progress_bar("demo runs", runs) as update:
+        result = bench.run(runs, out, update)
+    console.print(bench.table(result), highlight=False)
+    save(result, "demo", out, json_path)

@@ -41,6 +41,9 @@ BENCHMARKS = {
     "faults": Benchmark("Faults and abuse", "tally bench faults",
                         "Worker kills, SIGTERM, a Redis restart, cross-key access, a flooding key and a fuzzed "
                         "API, each on private processes."),
+    "demo": Benchmark("The demo's requests", "tally bench demo",
+                      "The two count-7 requests of ./scripts/demo, each sent ten times with seeds the server chose, "
+                      "through a private service: jobs and images verified, false verified by the cross-check."),
 }
 
 

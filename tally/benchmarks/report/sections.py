@@ -250,6 +250,13 @@ def _faults(section: Section, results: list[Result], out: Path) -> None:
     section.tables.append(_flat_table(results, "Every figure of each scenario"))
 
 
+def _demo(section: Section, results: list[Result], out: Path) -> None:
+    rows = [[r["model"], r["prompt"], r["count"], r["jobs"], r["jobs_verified"], r["images"], r["images_verified"],
+             r["false_verified"], r["median_job_seconds"]] for result in results for r in result.data["requests"]]
+    section.tables.append(Table(["model", "prompt", "count", "jobs", "jobs verified", "images", "images verified",
+                                 "false verified", "median job s"], rows, "Every image is in the picture below."))
+
+
 def _flat_table(results: list[Result], caption: str = "") -> Table:
     """figure | value (a column per model): every field of the results, nested ones as dotted paths, so the
     fields a benchmark gains show without a change here."""
@@ -287,4 +294,4 @@ def copy_pictures(section: Section, results: list[Result], folder: Path, out: Pa
 
 
 BUILDERS = {"detector": _detector, "base": _base, "engine": _engine, "optimize": _optimize,
-            "iteration": _iteration, "service": _service, "faults": _faults}
+            "iteration": _iteration, "service": _service, "faults": _faults, "demo": _demo}
