@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -39,3 +40,10 @@ def scene_tensor(images: list):
     import torch
 
     return torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2).float() / 255
+
+
+def free_port() -> int:
+    """A loopback port free now, for a private Redis or API."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -10,7 +10,6 @@ with its detections into one PNG, a row a run, to look at.
 
 from __future__ import annotations
 
-import socket
 import statistics
 import tempfile
 from pathlib import Path
@@ -22,18 +21,14 @@ from tally.client import Client
 from tally.launcher import Launcher
 from workers.settings import Settings
 
-# The requests of ./scripts/demo, less their seed (tests/test_bench_demo.py holds the script to these).
+from .common import free_port
+
+# The requests of ./scripts/demo, less their seed (a test in tests/test_cli.py holds the script to these).
 DEMO_REQUESTS = (
     {"prompt": "a photo of blue triangles", "count": 7, "num_images": 2},
     {"prompt": "there are seven red circles on the table", "count": 7, "model": "reference-web", "policy": "noise"},
 )
 TILE = 256  # pixels a side of each image in the PNG (its boxes are drawn at 4x the image's size)
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _summary(records: list) -> dict:
@@ -52,17 +47,18 @@ def _summary(records: list) -> dict:
 def run(runs: int = 10, out_dir: Path = Path("out/bench"), progress=None) -> dict:
     step = progress or (lambda done, total: None)
     root = Path(tempfile.mkdtemp(prefix="tally-bench-demo-"))
-    redis_url = f"redis://127.0.0.1:{_port()}/0"
+    redis_url = f"redis://127.0.0.1:{free_port()}/0"
     settings = Settings(redis_url=redis_url, runtime_dir=root, token_dir=root / "tokens")
     env = {"TALLY_REDIS_URL": redis_url, "TALLY_RUNTIME_DIR": str(root), "TALLY_TOKEN_DIR": str(root / "tokens"),
            "TALLY_AUTH": "off"}
     models = sorted({request.get("model", settings.default_model) for request in DEMO_REQUESTS})
-    url = f"http://127.0.0.1:{_port()}"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
     records: list[list] = [[] for _ in DEMO_REQUESTS]
     rows: list[tuple[list[Image.Image], list[str]]] = []
     with Launcher(settings, env=env, log_dir=root / "logs") as launcher:
         launcher.ensure_redis()
-        launcher.start_api("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        launcher.start_api("127.0.0.1", port)
         for model in models:
             launcher.start_worker(model, f"demo-{model}")
         launcher.wait_ready(url, timeout=300, models=models)
@@ -84,13 +80,14 @@ def run(runs: int = 10, out_dir: Path = Path("out/bench"), progress=None) -> dic
     blank = Image.new("RGB", (TILE, TILE), "white")  # pads a row whose jobs returned fewer images
     grid([t for tiles, _ in rows for t in tiles + [blank] * (columns - len(tiles))], columns,
          [label for _, labels in rows for label in labels + [""] * (columns - len(labels))]).save(png)
-    return {"runs": runs, "requests": [{**request, "model": request.get("model", settings.default_model), **_summary(kept)}
-                                       for request, kept in zip(DEMO_REQUESTS, records)],
-            "pictures": [str(png)]}
+    requests = [{**request, "model": request.get("model", settings.default_model), **_summary(kept)}
+                for request, kept in zip(DEMO_REQUESTS, records)]
+    return {"runs": runs, "requests": requests, "pictures": [str(png)], "logs": str(root / "logs")}
 
 
 def table(result: dict) -> str:
-    lines = ["| request | jobs verified | images verified | false verified | median job s |", "|---|---:|---:|---:|---:|"]
+    lines = ["| request | jobs verified | images verified | false verified | median job s |",
+             "|---|---:|---:|---:|---:|"]
     for r in result["requests"]:
         lines.append(f"| {r['model']}: \"{r['prompt']}\", {r['count']} | {r['jobs_verified']} of "
                      f"{r['jobs']} | {r['images_verified']} of {r['images']} | {r['false_verified']} | "

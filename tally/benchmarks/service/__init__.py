@@ -25,7 +25,6 @@ It starts a private Redis, the API and one worker (and cleans up), then measures
 from __future__ import annotations
 
 import json
-import socket
 import tempfile
 from pathlib import Path
 
@@ -36,15 +35,10 @@ from workers.settings import Settings
 from tally.launcher import Launcher
 from workers.auth import KeyStore
 
+from ..common import free_port
 from .jobs import batching, budget_wall, learning_wait, library_hit, single_flight
 from .load import load_phase
 from .webhooks import webhook_phase
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _environment(root: Path, redis_url: str, reference) -> dict:
@@ -60,10 +54,10 @@ def run(repeats: int = 15, load_seconds: float = 5.0, concurrency: int = 32, api
         learning_jobs: int = 12, progress=None) -> dict:
     step = progress or (lambda name: None)
     root = Path(tempfile.mkdtemp(prefix="tally-bench-service-"))
-    redis_url = f"redis://127.0.0.1:{_port()}/0"
+    redis_url = f"redis://127.0.0.1:{free_port()}/0"
     reference = Settings().model("reference")
     settings = Settings(redis_url=redis_url, runtime_dir=root, token_dir=root / "tokens")
-    port = _port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     result: dict = {}
     with Launcher(settings, env=_environment(root, redis_url, reference), log_dir=root / "logs") as launcher:
