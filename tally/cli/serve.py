@@ -31,9 +31,12 @@ def worker(
     settings.model(model)  # an unknown id is one line before anything loads
 
     def ready(runtime, reseeded: int) -> None:  # a log record: the worker's log is JSON lines (TALLY_LOG_FORMAT)
+        import torch
+
         logging.getLogger("tally.worker").info(
             "worker ready: model %s (%s), %d tokens re-seeded from %s", runtime.model.id,
-            runtime.engine.t2i.fingerprint, reseeded, settings.store or settings.tokens_path)
+            runtime.engine.t2i.fingerprint, reseeded, settings.store or settings.tokens_path,
+            extra={"torch_threads": torch.get_num_threads(), "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]})
 
     run_worker(settings, model, burst=burst, name=name, on_ready=ready)
 
