@@ -22,8 +22,8 @@ def worker(
 ) -> None:
     """Load one model's pipeline and detector once and serve its queues (user jobs before library tasks)."""
     # Before torch loads (OpenMP reads it once): threads that spin while they wait thrash when two busy workers
-    # share the cores. Measured on 2 cores, a job of one reference model beside another's took 17.6 s, and
-    # 0.48 s with passive waiting (0.27 s alone, 0.31 s passive alone). A value in the environment wins.
+    # share the cores. Measured on 2 cores, a reference job beside another worker's took 0.74-17.6 s, and 0.48 s
+    # with passive waiting (0.27 s alone, 0.31 s passive alone). A value in the environment wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from workers.runtime.process import run_worker
 
