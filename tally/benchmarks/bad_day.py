@@ -217,12 +217,12 @@ def run(step) -> dict:
 
     from tally.launcher import Launcher
 
-    from .service import _port
+    from .common import free_port
 
     result = {}
     step("key race")
     root = Path(tempfile.mkdtemp(prefix="tally-bench-keys-"))
-    settings = Settings(redis_url=f"redis://127.0.0.1:{_port()}/0", runtime_dir=root)
+    settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", runtime_dir=root)
     with Launcher(settings, log_dir=root / "logs") as launcher:
         launcher.ensure_redis()
         result["key_race"] = key_race(settings)

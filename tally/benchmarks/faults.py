@@ -29,7 +29,7 @@ import httpx
 from tally.launcher import Launcher
 from workers.settings import Settings
 
-from .service import _port
+from .common import free_port
 
 QUICK_JOB = {"prompt": "a photo of red circles", "count": 3, "policy": "resample", "budget": {"max_candidates": 16}}
 # A job that runs its whole budget however well the model counts (eight verified images of eleven crosses out of
@@ -41,11 +41,11 @@ REFINE_JOB = {"prompt": "a photo of black crosses", "count": 11, "num_images": 8
 @contextmanager
 def _service(workers: int, auth: str = "off", env: dict | None = None):
     root = Path(tempfile.mkdtemp(prefix="tally-bench-faults-"))
-    redis_url = f"redis://127.0.0.1:{_port()}/0"
+    redis_url = f"redis://127.0.0.1:{free_port()}/0"
     env = {"TALLY_REDIS_URL": redis_url, "TALLY_RUNTIME_DIR": str(root), "TALLY_TOKEN_DIR": str(root / "tokens"),
            "TALLY_WORKER_HEARTBEAT_S": "1", "TALLY_AUTH": auth, **(env or {})}
     settings = Settings(redis_url=redis_url, runtime_dir=root, token_dir=root / "tokens", auth=auth)
-    port = _port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     with Launcher(settings, env=env, log_dir=root / "logs") as launcher:
         launcher.ensure_redis()
@@ -185,7 +185,7 @@ def fuzz(max_examples: int = 50) -> dict:
     from .fuzz import fuzz_openapi
 
     root = Path(tempfile.mkdtemp(prefix="tally-bench-fuzz-"))
-    settings = Settings(redis_url=f"redis://127.0.0.1:{_port()}/0", runtime_dir=root, token_dir=root / "tokens",
+    settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", runtime_dir=root, token_dir=root / "tokens",
                         auth="off", sse_heartbeat_s=0.05)
     with Launcher(settings, log_dir=root / "logs") as launcher:
         launcher.ensure_redis()
