@@ -146,9 +146,24 @@ def test_bench_detector_reports_json(tally_cli, tmp_path):
     split = generated["disagreements"]  # judge-clean images it counts otherwise, and how
     clean = round(generated["judge_clean_agreement"] * generated["judge_clean_images"])
     assert split["images"] == generated["judge_clean_images"] - clean
-    assert split["under_made_up_by_ambiguous"] <= split["under"] <= 1
+    assert split["under_made_up_by_ambiguous"] <= split["under"] <= 1 and 0 <= split["dots_only"] <= 1
+    assert set(split["missed_shapes"]) <= {"ambiguous", "unclear", "other_class", "nothing"}  # never "confident"
+    assert all(set(by_size) <= {"5-6 px", "7-8 px", "9+ px"} for by_size in split["missed_shapes"].values())
     if split["images"]:
         assert Image.open(split["png"]).size[0] == 8 * 128  # a grid to look at, 8 wide
+
+
+def test_the_detector_bench_says_what_became_of_each_shape_it_did_not_count():
+    from optimization.reference.crosscheck import Judgement
+    from tally.benchmarks.detector import missed_shapes
+
+    seen = Judgement(count=4, clean=True, boxes=[(0, 0, 10, 10), (20, 20, 25, 25), (40, 40, 52, 51), (2, 40, 9, 47)],
+                     whole=[True] * 4, areas=[100, 25, 132, 49])
+    kinds = [((0.5, 0.2, 10.0, 10.4), "confident", "circle", 0.9),  # covers the first shape
+             ((19.5, 20.0, 25.5, 25.0), "unclear", "unclear", 0.8),  # a 5 px dot called a fragment
+             ((2.0, 40.0, 6.0, 47.0), "ambiguous", "circle", 0.3),  # most of the 7 px shape
+             ((40.0, 40.0, 43.0, 43.0), "unclear", "unclear", 0.9)]  # too little of the 12 px one to be its
+    assert missed_shapes(seen, kinds) == [("unclear", "5-6 px"), ("nothing", "9+ px"), ("ambiguous", "7-8 px")]
 
 
 @pytest.mark.slow

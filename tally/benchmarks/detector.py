@@ -42,6 +42,31 @@ def bench_detector(counter: Counter, scenes: int, progress: Progress | None = No
 
 
 DISAGREEMENTS_SHOWN = 48  # judge-clean images the detector counts otherwise, drawn for a person to look at
+SIDES = ((5, 6), (7, 8), (9, 99))  # buckets of a missed shape's shorter side, pixels: dots, small shapes, the rest
+DOTS = "{}-{} px".format(*SIDES[0])  # rendered fragments are 3..5 px, objects 7..15 px: a 5-6 px shape lies between
+
+
+def _overlap(a, b) -> float:
+    """Intersection over union of two boxes (x0, y0, x1, y1)."""
+    w, h = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(w, 0) * max(h, 0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union else 0.0
+
+
+def missed_shapes(seen, kinds) -> list[tuple[str, str]]:
+    """(what the detector made of it, side bucket) of each shape the judge found and no confident detection covers:
+    a dot it calls a fragment is a question of definition, a big shape it doubts is a question of the judge's."""
+    confident = [box for box, kind, _, _ in kinds if kind == "confident"]
+    missed = []
+    for box in seen.boxes:
+        if any(_overlap(box, c) > 0.3 for c in confident):
+            continue
+        overlap, kind = max(((_overlap(box, b), k) for b, k, _, _ in kinds), default=(0.0, ""))
+        side = min(box[2] - box[0], box[3] - box[1])
+        bucket = next(f"{lo}-{hi}" if hi < 99 else f"{lo}+" for lo, hi in SIDES if side <= hi)
+        missed.append((kind if overlap > 0.3 else "nothing", f"{bucket} px"))
+    return missed
 
 
 def bench_generated(engine, images: int, progress: Progress | None = None, batch: int = 16,
@@ -57,7 +82,9 @@ def bench_generated(engine, images: int, progress: Progress | None = None, batch
     - ``verified_given_judge_exact``: of the images the judge counts exactly and finds clean, the share the
       detector verifies (it must not refuse what a person would accept);
     - ``disagreements``: how the judge-clean images it counts otherwise split (under or over the judge; the
-      doubt it reported that would make up the difference), and, with ``out_dir``, a picture of the first ones."""
+      doubt it reported that would make up the difference; ``missed_shapes``: what the detector made of each shape
+      it did not count, by size; ``dots_only``: those where every such shape is a 5-6 px dot), and, with
+      ``out_dir``, a picture of the first ones."""
     from optimization.reference.crosscheck import judge
     from tally.benchmarks.base import base_prompts
 
@@ -65,6 +92,7 @@ def bench_generated(engine, images: int, progress: Progress | None = None, batch
     prompts = base_prompts(engine, range(1, MAX_COUNT + 1))
     per_prompt = max(1, -(-images // len(prompts)))
     rows, shown, labels = [], [], []
+    missed: dict[str, dict[str, int]] = {}  # what the detector made of a shape it did not count -> size -> shapes
     for k, (prompt, cls, n) in enumerate(prompts):
         seeds = [BENCH_BASE + 500_000 + i for i in range(per_prompt)]
         generated = engine.t2i.generate(prompt, seeds, batch_size=batch)
@@ -76,9 +104,17 @@ def bench_generated(engine, images: int, progress: Progress | None = None, batch
                          "unclear": verdict.doubtful,
                          "other": any(c != cls and c in counter.classes and p >= counter.config.count_confidence
                                       for c, p in zip(det.classes, det.confidences))})
-            if seen.clean and verdict.confident != seen.count and len(shown) < DISAGREEMENTS_SHOWN:
-                shown.append(draw_kinds(Image.fromarray(image), verdict.kinds, scale=2))
-                labels.append(f"{n} {cls[:5]}: judge {seen.count}, det {verdict.confident}")
+            if seen.clean and verdict.confident != seen.count:
+                shapes = missed_shapes(seen, verdict.kinds)
+                for kind, bucket in shapes:
+                    by_size = missed.setdefault(kind, {})
+                    by_size[bucket] = by_size.get(bucket, 0) + 1
+                # every shape it missed is a dot of the size this world's fragments have: a question of definition
+                rows[-1]["dots_only"] = (verdict.confident + len(shapes) == seen.count
+                                         and all(bucket == DOTS for _, bucket in shapes))
+                if len(shown) < DISAGREEMENTS_SHOWN:
+                    shown.append(draw_kinds(Image.fromarray(image), verdict.kinds, scale=2))
+                    labels.append(f"{n} {cls[:5]}: judge {seen.count}, det {verdict.confident}")
         if progress:
             progress(k + 1, len(prompts))
     alone = [r for r in rows if r["verified"]]
@@ -94,7 +130,9 @@ def bench_generated(engine, images: int, progress: Progress | None = None, batch
     disagreements = {"images": len(differ), "under": share(under, differ),
                      "under_made_up_by_ambiguous": share([r for r in under if r["confident"] + r["ambiguous"] == r["judge"]], differ),
                      "with_unclear": share([r for r in differ if r["unclear"]], differ),
-                     "with_other_class": share([r for r in differ if r["other"]], differ)}
+                     "with_other_class": share([r for r in differ if r["other"]], differ),
+                     "dots_only": share([r for r in differ if r.get("dots_only")], differ),
+                     "missed_shapes": {kind: dict(sorted(by_size.items())) for kind, by_size in sorted(missed.items())}}
     if out_dir is not None and shown:
         out_dir.mkdir(parents=True, exist_ok=True)
         disagreements["png"] = str(out_dir / f"detector_disagreements-{engine.spec.id}.png")
