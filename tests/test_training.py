@@ -124,11 +124,12 @@ def test_train_autoencoder_and_t2i_run_a_few_steps_and_write_diffusers_folders(t
     assert all(torch.equal(trained[k], shipped[k]) for k in trained)  # the autoencoder is shared, frozen
 
     result = tally_cli("reference", "train-t2i", "--scenes", "32", "--unet-steps", "1", "--unet-batch", "4",
-                       "--autoencoder", str(vae), "--out", str(out), "--train-further", "--gap", "4")
+                       "--autoencoder", str(vae), "--out", str(out), "--train-further", "--gap", "4",
+                       "--weight-floor", "0.25")
     assert result.returncode == 0, result.stderr[-2000:]
     config = json.loads((out / "tally_reference.json").read_text())["training"]["config"]
     assert config["unet_from"] == config["text_encoder_from"] == "pipeline"  # it went on from the saved model
-    assert config["gap"] == 4  # the scenes' spacing it learned from is recorded
+    assert config["gap"] == 4 and config["weight_floor"] == 0.25  # what it learned from, and how, is recorded
     log = [json.loads(line) for line in (tmp_path / "runtime" / "runs" / "t2i-reference" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == log[-1]["total"] == 1 and log[-1]["loss"] > 0  # the written log of the run
 

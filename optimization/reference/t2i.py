@@ -49,6 +49,9 @@ class T2ITrainConfig:
     unet_lr: float = 4e-4
     text_lr: float = 2e-4
     caption_dropout: float = 0.1  # empty captions teach the unconditional branch for guidance
+    # Least loss weight of a timestep: min-SNR-5 weights high noise, where the layout (and so the count) forms, at
+    # almost nothing; the floor keeps it learning there.
+    weight_floor: float = 0.05
     ema_decay: float = 0.999
     seed: int = 0
     captions: Literal["faithful", "web"] = "faithful"
@@ -117,7 +120,7 @@ def _v_loss(unet, text_encoder, tokenizer, scheduler, snr: torch.Tensor, latents
     target = scheduler.get_velocity(x0, noise, t)
     pred = unet(xt, t, encoder_hidden_states=text_encoder(ids)[0]).sample
     # min-SNR-5 weighting for v-prediction: w = min(snr, 5) / (snr + 1); terminal SNR 0 gets weight 0 -> floor.
-    w = (snr[t].clamp(max=5.0) / (snr[t] + 1)).clamp(min=0.05)
+    w = (snr[t].clamp(max=5.0) / (snr[t] + 1)).clamp(min=cfg.weight_floor)
     return (w * F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))).mean()
 
 

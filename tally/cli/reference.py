@@ -156,6 +156,9 @@ def train_t2i(
     = None,
     lr: Annotated[Optional[float], typer.Option(min=0.0, help="The UNet's peak learning rate (the text encoder's is "
                                                               "half) [default: 4e-4].")] = None,
+    weight_floor: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help=(
+        "Least loss weight of a timestep (min-SNR weights the high noise where layouts form at almost nothing) "
+        "[default: 0.05]."))] = None,
     seed: int = 0,
     device: Annotated[str, typer.Option(callback=_torch_device, help="Where the models train: cpu, or cuda[:N] on a "
                                                                      "GPU (the same random stream).")] = "cpu",
@@ -197,7 +200,7 @@ def train_t2i(
         raise typer.BadParameter("a UNet trained further (or the web variant's, from the reference UNet) keeps its "
                                  "widths; --unet-channels is for a fresh reference UNet", param_hint="--unet-channels")
     given = {"scenes": scenes, "unet_steps": unet_steps, "unet_batch": unet_batch, "gap": gap,
-             "unet_channels": unet_channels, "unet_lr": lr, "text_lr": lr / 2 if lr is not None else None}
+             "unet_channels": unet_channels, "unet_lr": lr, "text_lr": lr / 2 if lr is not None else None, "weight_floor": weight_floor}
     cfg = replace(VARIANTS[variant], seed=seed, vae_from=str(autoencoder),
                   **{k: v for k, v in given.items() if v is not None})
     if variant == "web":  # starts from the reference UNet (see ``VARIANTS``)
