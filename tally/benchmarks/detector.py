@@ -42,8 +42,8 @@ def bench_detector(counter: Counter, scenes: int, progress: Progress | None = No
 
 
 DISAGREEMENTS_SHOWN = 48  # judge-clean images the detector counts otherwise, drawn for a person to look at
-SIDES = ((5, 6), (7, 8), (9, 99))  # buckets of a missed shape's shorter side, pixels: dots, small shapes, the rest
-DOTS = "{}-{} px".format(*SIDES[0])  # rendered fragments are 3..5 px, objects 7..15 px: a 5-6 px shape lies between
+SIDES = {"5-6 px": 6, "7-8 px": 8, "9+ px": 64}  # buckets of a missed shape's shorter side, by their largest
+DOTS = "5-6 px"  # rendered fragments are 3..5 px, objects 7..15 px: a whole shape of 5-6 px lies between
 
 
 def _overlap(a, b) -> float:
@@ -64,8 +64,8 @@ def missed_shapes(seen, kinds) -> list[tuple[str, str]]:
             continue
         overlap, kind = max(((_overlap(box, b), k) for b, k, _, _ in kinds), default=(0.0, ""))
         side = min(box[2] - box[0], box[3] - box[1])
-        bucket = next(f"{lo}-{hi}" if hi < 99 else f"{lo}+" for lo, hi in SIDES if side <= hi)
-        missed.append((kind if overlap > 0.3 else "nothing", f"{bucket} px"))
+        bucket = next(name for name, largest in SIDES.items() if side <= largest)
+        missed.append((kind if overlap > 0.3 else "nothing", bucket))
     return missed
 
 

@@ -200,7 +200,8 @@ def train_t2i(
         raise typer.BadParameter("a UNet trained further (or the web variant's, from the reference UNet) keeps its "
                                  "widths; --unet-channels is for a fresh reference UNet", param_hint="--unet-channels")
     given = {"scenes": scenes, "unet_steps": unet_steps, "unet_batch": unet_batch, "gap": gap,
-             "unet_channels": unet_channels, "unet_lr": lr, "text_lr": lr / 2 if lr is not None else None, "weight_floor": weight_floor}
+             "unet_channels": unet_channels, "unet_lr": lr, "text_lr": lr / 2 if lr is not None else None,
+             "weight_floor": weight_floor}
     cfg = replace(VARIANTS[variant], seed=seed, vae_from=str(autoencoder),
                   **{k: v for k, v in given.items() if v is not None})
     if variant == "web":  # starts from the reference UNet (see ``VARIANTS``)
