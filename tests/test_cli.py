@@ -194,6 +194,7 @@ def test_an_ad_hoc_reference_folder_samples_as_its_model_does(tally_cli):
     sampler = lambda spec: (spec.guidance_scale, spec.guidance_rescale, spec.guidance_schedule)  # noqa: E731
     assert sampler(web) == sampler(reference_web_model()) and sampler(ref) == sampler(reference_model())
     assert web.guidance_scale != ref.guidance_scale
+    assert web.crosscheck == ref.crosscheck == reference_model().crosscheck  # its shapes can be judged
 
 
 @pytest.mark.slow

@@ -125,13 +125,39 @@ def test_train_autoencoder_and_t2i_run_a_few_steps_and_write_diffusers_folders(t
 
     result = tally_cli("reference", "train-t2i", "--scenes", "32", "--unet-steps", "1", "--unet-batch", "4",
                        "--autoencoder", str(vae), "--out", str(out), "--train-further", "--gap", "4",
-                       "--weight-floor", "0.25")
+                       "--weight-floor", "0.25", "--transformer-layers", "2")
     assert result.returncode == 0, result.stderr[-2000:]
     config = json.loads((out / "tally_reference.json").read_text())["training"]["config"]
     assert config["unet_from"] == config["text_encoder_from"] == "pipeline"  # it went on from the saved model
     assert config["gap"] == 4 and config["weight_floor"] == 0.25  # what it learned from, and how, is recorded
+    assert config["transformer_layers"] == 2
+    assert json.loads((out / "unet" / "config.json").read_text())["transformer_layers_per_block"] == 2
+    assert DiffusionPipeline.from_pretrained(str(out))("a photo of 3 red squares", num_inference_steps=2,
+                                                       output_type="pt").images.shape == (1, 3, 64, 64)
+    result = tally_cli("reference", "train-t2i", "--out", str(out), "--train-further", "--transformer-layers", "1")
+    assert result.returncode == 2 and "added, not removed" in " ".join((result.stdout + result.stderr).split())
     log = [json.loads(line) for line in (tmp_path / "runtime" / "runs" / "t2i-reference" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == log[-1]["total"] == 1 and log[-1]["loss"] > 0  # the written log of the run
+
+
+def test_a_deepened_unet_draws_what_it_drew_until_it_is_trained():
+    from diffusers import UNet2DConditionModel
+
+    from optimization.reference import PIPELINE_PATH
+    from optimization.reference.t2i import deepen
+
+    unet = UNet2DConditionModel.from_pretrained(str(PIPELINE_PATH), subfolder="unet", torch_dtype=torch.float32).eval()
+    deeper = deepen(unet, 2).eval()
+    assert deeper.config.transformer_layers_per_block == 2
+    assert sum(p.numel() for p in deeper.parameters()) > 1.3 * sum(p.numel() for p in unet.parameters())
+    latents = torch.randn(2, unet.config.in_channels, 16, 16, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(2, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before, after = (m(latents, torch.tensor([999, 249]), text).sample for m in (unet, deeper))
+    assert torch.equal(before, after)  # the added layers start as the identity
+    assert any(p.abs().sum() > 0 for n, p in deeper.named_parameters() if ".transformer_blocks.1.attn1.to_q" in n)
+    with pytest.raises(ValueError, match="more than 1 transformer layers"):
+        deepen(deeper, 1)
 
 
 def test_train_t2i_web_variant_starts_from_the_reference_unet_and_knows_number_words(tally_cli, tmp_path):

@@ -65,6 +65,9 @@ class T2ITrainConfig:
     # A fresh UNet's widths; the shipped one's. Twice as wide learned twice as much in equal steps on a GPU, 25% slower
     # to sample on two CPU cores (docs/measured.md, "Base pipelines").
     unet_channels: tuple[int, int, int] = (32, 64, 128)
+    # Transformer layers per UNet block; 0 keeps the loaded UNet's. More than it has adds layers that start as the
+    # identity (``deepen``), so a trained UNet gains capacity without forgetting what it draws.
+    transformer_layers: int = 0
 
 
 VARIANTS: dict[str, T2ITrainConfig] = {
@@ -100,6 +103,27 @@ def build_components(tokenizer_dir: Path, words: tuple[str, ...] = WORDS,
         clip_sample=False, set_alpha_to_one=False, steps_offset=1,
     )
     return tokenizer, text_encoder, unet, scheduler
+
+
+def deepen(unet, layers: int):
+    """``unet`` with ``layers`` transformer layers in every attention block: its own weights where it has them, the
+    added layers zero at their outputs (attention and feed-forward), so that they are the identity and the UNet
+    predicts exactly what it did until training moves them."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention import BasicTransformerBlock
+
+    deeper = UNet2DConditionModel.from_config({**unet.config, "transformer_layers_per_block": layers})
+    missing, unexpected = deeper.load_state_dict(unet.state_dict(), strict=False)
+    if unexpected:
+        raise ValueError(f"the UNet has more than {layers} transformer layers in a block: {unexpected[0]}")
+    added = [name for name, module in deeper.named_modules()
+             if isinstance(module, BasicTransformerBlock) and f"{name}.norm1.weight" in missing]
+    for name in added:
+        block = deeper.get_submodule(name)
+        for projection in (block.attn1.to_out[0], block.attn2.to_out[0], block.ff.net[2]):
+            torch.nn.init.zeros_(projection.weight)
+            torch.nn.init.zeros_(projection.bias)
+    return deeper
 
 
 def _v_loss(unet, text_encoder, tokenizer, scheduler, snr: torch.Tensor, latents: torch.Tensor, captions: list[str],
@@ -200,6 +224,8 @@ def train_t2i(out: Path, work_dir: Path, cfg: T2ITrainConfig, stage: Stage | Non
         from diffusers import UNet2DConditionModel
 
         unet = UNet2DConditionModel.from_pretrained(cfg.unet_from, subfolder="unet", torch_dtype=torch.float32)
+    if cfg.transformer_layers:
+        unet = deepen(unet, cfg.transformer_layers)
     if cfg.text_encoder_from:  # the same tokenizer (one vocabulary for both models), so the same rows
         from transformers import CLIPTextModel
 

@@ -154,6 +154,9 @@ def train_t2i(
     unet_channels: Annotated[Optional[str], typer.Option(callback=_unet_channels, help=(
         "A fresh UNet's three widths, e.g. 48,96,192 (multiples of 16) [default: 32,64,128, the shipped size]."))]
     = None,
+    transformer_layers: Annotated[Optional[int], typer.Option(min=1, max=4, help=(
+        "Transformer layers in each UNet attention block; layers added to a trained UNet start as the identity "
+        "[default: the UNet's own, 1 when fresh]."))] = None,
     lr: Annotated[Optional[float], typer.Option(min=0.0, help="The UNet's peak learning rate (the text encoder's is "
                                                               "half) [default: 4e-4].")] = None,
     weight_floor: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help=(
@@ -201,7 +204,7 @@ def train_t2i(
                                  "widths; --unet-channels is for a fresh reference UNet", param_hint="--unet-channels")
     given = {"scenes": scenes, "unet_steps": unet_steps, "unet_batch": unet_batch, "gap": gap,
              "unet_channels": unet_channels, "unet_lr": lr, "text_lr": lr / 2 if lr is not None else None,
-             "weight_floor": weight_floor}
+             "weight_floor": weight_floor, "transformer_layers": transformer_layers}
     cfg = replace(VARIANTS[variant], seed=seed, vae_from=str(autoencoder),
                   **{k: v for k, v in given.items() if v is not None})
     if variant == "web":  # starts from the reference UNet (see ``VARIANTS``)
@@ -210,6 +213,11 @@ def train_t2i(
         cfg = replace(cfg, unet_from=str(unet_from or out), text_encoder_from=str(out))
     elif self_samples:
         raise typer.BadParameter("the images are the model's own: add --train-further", param_hint="--self-samples")
+    if transformer_layers and cfg.unet_from:
+        has = json.loads((Path(cfg.unet_from) / "unet" / "config.json").read_text())["transformer_layers_per_block"]
+        if max(has if isinstance(has, list) else [has]) > transformer_layers:
+            raise typer.BadParameter(f"the UNet it starts from has {has} per block; layers can be added, not removed",
+                                     param_hint="--transformer-layers")
     with _training_bars() as bar:
         selected = _selected_samples(out, self_samples, seed, _stages(bar)) if self_samples else None
         summary = train_t2i(out, (settings.runtime_dir / "runs" / f"t2i-{variant}").resolve(), cfg,
