@@ -120,6 +120,9 @@ def test_train_autoencoder_and_t2i_run_a_few_steps_and_write_diffusers_folders(t
     image = pipe("a photo of 12 red squares", num_inference_steps=2, output_type="pt",
                  generator=torch.Generator().manual_seed(0)).images
     assert image.shape == (1, 3, 64, 64)
+    stored = load_file(str(out / "text_encoder" / "model.safetensors"))
+    assert {t.dtype for t in stored.values()} == {torch.float16}  # stored small ...
+    assert {p.dtype for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters()} == {torch.float32}
     trained, shipped = (load_file(str(p / "diffusion_pytorch_model.safetensors")) for p in (vae, out / "vae"))
     assert all(torch.equal(trained[k], shipped[k]) for k in trained)  # the autoencoder is shared, frozen
 
@@ -147,17 +150,18 @@ def test_a_deepened_unet_draws_what_it_drew_until_it_is_trained():
     from optimization.reference.t2i import deepen
 
     unet = UNet2DConditionModel.from_pretrained(str(PIPELINE_PATH), subfolder="unet", torch_dtype=torch.float32).eval()
-    deeper = deepen(unet, 2).eval()
-    assert deeper.config.transformer_layers_per_block == 2
-    assert sum(p.numel() for p in deeper.parameters()) > 1.3 * sum(p.numel() for p in unet.parameters())
+    layers = unet.config.transformer_layers_per_block
+    deeper = deepen(unet, layers + 1).eval()
+    assert deeper.config.transformer_layers_per_block == layers + 1
+    assert sum(p.numel() for p in deeper.parameters()) > (1 + 0.3 / layers) * sum(p.numel() for p in unet.parameters())
     latents = torch.randn(2, unet.config.in_channels, 16, 16, generator=torch.Generator().manual_seed(0))
     text = torch.randn(2, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         before, after = (m(latents, torch.tensor([999, 249]), text).sample for m in (unet, deeper))
     assert torch.equal(before, after)  # the added layers start as the identity
-    assert any(p.abs().sum() > 0 for n, p in deeper.named_parameters() if ".transformer_blocks.1.attn1.to_q" in n)
-    with pytest.raises(ValueError, match="more than 1 transformer layers"):
-        deepen(deeper, 1)
+    assert any(p.abs().sum() > 0 for n, p in deeper.named_parameters() if f".transformer_blocks.{layers}.attn1.to_q" in n)
+    with pytest.raises(ValueError, match=f"more than {layers} transformer layers"):
+        deepen(deeper, layers)
 
 
 def test_train_t2i_web_variant_starts_from_the_reference_unet_and_knows_number_words(tally_cli, tmp_path):

@@ -229,7 +229,8 @@ def train_t2i(out: Path, work_dir: Path, cfg: T2ITrainConfig, stage: Stage | Non
     if cfg.text_encoder_from:  # the same tokenizer (one vocabulary for both models), so the same rows
         from transformers import CLIPTextModel
 
-        text_encoder = CLIPTextModel.from_pretrained(cfg.text_encoder_from, subfolder="text_encoder")
+        text_encoder = CLIPTextModel.from_pretrained(cfg.text_encoder_from, subfolder="text_encoder",
+                                                     dtype=torch.float32)
     vae = AutoencoderKL.from_pretrained(cfg.vae_from, torch_dtype=torch.float32).eval()
     images, captions = render_training_set(cfg.scenes, cfg.seed, bar(stage, "render scenes", cfg.scenes),
                                            cfg.captions, gap=cfg.gap)
@@ -247,11 +248,13 @@ def train_t2i(out: Path, work_dir: Path, cfg: T2ITrainConfig, stage: Stage | Non
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    image_encoder=None, requires_safety_checker=False)
-    # UNet and autoencoder are stored in fp16 (diffusers loads them as fp32 by default) to keep the shipped
-    # weights small; the text encoder stays fp32 because transformers keeps a stored fp16 dtype on load.
-    unet.half()
-    vae.half()
+    # Stored in fp16 to keep the shipped weights small, loaded as fp32: diffusers loads the UNet and the
+    # autoencoder as fp32 by default, and transformers loads the text encoder in the dtype its config names.
+    for module in (unet, vae, text_encoder):
+        module.half()
     pipe.save_pretrained(str(out))
+    text_config = Path(out) / "text_encoder" / "config.json"
+    text_config.write_text(json.dumps({**json.loads(text_config.read_text()), "dtype": "float32"}, indent=2) + "\n")
     config = {**asdict(cfg), "vae_from": Path(cfg.vae_from).name,  # no machine paths
               "unet_from": Path(cfg.unet_from).name if cfg.unet_from else "",
               "text_encoder_from": Path(cfg.text_encoder_from).name if cfg.text_encoder_from else ""}
