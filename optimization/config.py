@@ -132,11 +132,17 @@ class VerifyConfig(_Frozen):
         "Groups of object classes the detector mistakes for one another (e.g. apple, orange): on a job for one "
         "of a group, a detection of another at count_confidence may be one of the objects asked, misnamed, and "
         "makes the image doubtful as an ambiguous detection does."))
+    presence_floor: float | None = Field(None, gt=0, lt=1, description=(
+        "A detection of any class from this confidence on, below the floors above and on no shape they already "
+        "report, is a shape the detector barely sees (a faint dot, a smear): reported as unclear, so the image is "
+        "doubtful. None: off."))
 
     @model_validator(mode="after")
     def _ordered(self) -> "VerifyConfig":
         if not self.ambiguous_floor <= self.count_confidence <= self.verify_confidence:
             raise ValueError("need ambiguous_floor <= count_confidence <= verify_confidence")
+        if self.presence_floor is not None and self.presence_floor >= self.ambiguous_floor:
+            raise ValueError("need presence_floor < ambiguous_floor (above it, the class floors already report)")
         return self
 
 

@@ -111,9 +111,11 @@ DETECTION_KINDS = ("confident", "ambiguous", "unclear", "other_class")
 def detection_kinds(det: Detections, cls: str, config: VerifyConfig) -> list[tuple[tuple, str, str, float]]:
     """(box, kind, class, confidence) of every detection verification looks at: the class's ``confident`` and
     ``ambiguous`` ones, doubt classes (``unclear``) from the ambiguous floor, other classes from the counting
-    confidence, ``ambiguous`` where the class is confusable with the one asked (``VerifyConfig.confusable``)."""
+    confidence, ``ambiguous`` where the class is confusable with the one asked (``VerifyConfig.confusable``),
+    and, from ``VerifyConfig.presence_floor``, any other detection on no shape already reported (``unclear``: a
+    shape the detector barely sees)."""
     confused = {c for group in config.confusable if cls in group for c in group}
-    out = []
+    out, faint = [], []
     for box, c, p in zip(det.boxes, det.classes, det.confidences):
         if c == cls and p >= config.ambiguous_floor:
             out.append((box, "confident" if p >= config.verify_confidence else "ambiguous", c, p))
@@ -123,7 +125,20 @@ def detection_kinds(det: Detections, cls: str, config: VerifyConfig) -> list[tup
             out.append((box, "ambiguous", c, p))
         elif c != cls and c not in config.doubt_classes and p >= config.count_confidence:
             out.append((box, "other_class", c, p))
-    return out
+        elif config.presence_floor is not None and p >= config.presence_floor:
+            faint.append((box, "unclear", c, p))
+    # A faint detection mostly on a reported shape is that shape seen again under another name, not one more.
+    return out + [f for f in faint if all(_covered(f[0], box) <= FAINT_COVERED for box, _, _, _ in out)]
+
+
+FAINT_COVERED = 0.2  # share of a faint detection's box inside a reported one above which it is that same shape
+
+
+def _covered(box: tuple, by: tuple) -> float:
+    """The share of ``box``'s area inside ``by``."""
+    w, h = min(box[2], by[2]) - max(box[0], by[0]), min(box[3], by[3]) - max(box[1], by[1])
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    return max(w, 0) * max(h, 0) / area if area > 0 else 1.0
 
 
 class Reason(StrEnum):

@@ -39,7 +39,7 @@ class YoloCounter:
                                  f"in the detector's names {self.names}")
         self.imgsz = int(yolo.model.args.get("imgsz", 640)) if isinstance(yolo.model.args, dict) else 640
         # NMS keeps everything down to the ambiguous band, so verification sees the doubtful detections too.
-        self.nms_floor = min(0.1, config.ambiguous_floor)
+        self.nms_floor = min(0.1, config.ambiguous_floor, config.presence_floor or 1.0)
         if config.mirrored_view:  # a head it cannot mirror is refused when the model loads, not on every job
             with torch.no_grad():
                 self._unmirror(self._forward(torch.zeros(1, 3, self.imgsz, self.imgsz, device=self.device)))

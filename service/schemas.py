@@ -116,8 +116,8 @@ class DetectionOut(BaseModel):
     box: list[float] = Field(description="x0, y0, x1, y1 in image pixels.")
     kind: Literal["confident", "ambiguous", "unclear", "other_class"] = Field(
         description="confident: the object at the verification confidence; ambiguous: the object in the doubtful "
-                    "confidence band; unclear: a shape the detector calls no clean object; other_class: another "
-                    "object.")
+                    "confidence band; unclear: a shape the detector calls no clean object, or barely sees (under the "
+                    "model's presence floor); other_class: another object.")
     object: str
     confidence: float
 
@@ -135,7 +135,7 @@ class ImageOut(BaseModel):
     confident: int | None = Field(None, description="Detections of the object at the verification confidence.")
     ambiguous: int | None = Field(None, description="Detections of the object in the ambiguous confidence band.")
     unclear: int | None = Field(None, description="Shapes the detector calls no clean object (merged, fragment, "
-                                                  "smear), where the model's detector knows them.")
+                                                  "smear), where the model's detector knows them, or barely sees.")
     other_class: int | None = Field(None, description="Confident detections of other objects.")
     crosscheck_count: int | None = Field(None, description="The model's independent counter, where it has one.")
     detections: list[DetectionOut] = Field([], description="Every detection verification looked at, by kind "

@@ -145,6 +145,9 @@ def test_bench_detector_reports_json(tally_cli, tmp_path):
     for key in ("judge_clean_agreement", "other_class_rate", "verified_given_judge_exact"):
         assert 0 <= generated[key] <= 1
     assert 0 <= generated["detector_only"]["false_verified_rate"] <= 1
+    priced = generated["presence_floors"]  # the same images' verdicts under each presence floor: lower refuses more
+    assert list(priced) == ["none", "0.02", "0.05", "0.1"]
+    assert priced["none"]["verified"] >= priced["0.1"]["verified"] >= priced["0.05"]["verified"] >= priced["0.02"]["verified"]
     split = generated["disagreements"]  # judge-clean images it counts otherwise, and how
     clean = round(generated["judge_clean_agreement"] * generated["judge_clean_images"])
     assert split["images"] == generated["judge_clean_images"] - clean

@@ -59,3 +59,22 @@ def test_a_confusable_class_detected_surely_may_be_one_of_the_objects_asked_and_
     assert [d["kind"] for d in v.to_dict()["detections"]] == ["confident", "ambiguous", "other_class"]
     assert verify(found, "circle", 1, CONFIG).verified  # not confusable: another object beside the circle
     assert verify(detections(("circle", 0.9), ("square", 0.4)), "circle", 1, shapes).verified  # under count_confidence
+
+
+def test_with_a_presence_floor_a_shape_the_detector_barely_sees_is_unclear_unless_it_is_a_reported_one():
+    faint = CONFIG.model_copy(update={"presence_floor": 0.05})
+    elsewhere = (30.0, 30.0, 36.0, 36.0)  # a dot apart from the circle
+    found = Detections([BOX, elsewhere], [0.9, 0.08], ["circle", "square"])
+    assert verify(found, "circle", 1, CONFIG).verified  # off: below every floor, ignored
+    v = verify(found, "circle", 1, faint)
+    assert not v.verified and v.reason == "unclear_shapes" and v.doubtful == 1 and v.miss == 1
+    assert v.to_dict()["detections"][1] == {"box": list(elsewhere), "kind": "unclear", "object": "square",
+                                            "confidence": 0.08}
+    # The same faint detection on the circle is the circle seen under another name; under the floor, nothing.
+    assert verify(Detections([BOX, BOX], [0.9, 0.08], ["circle", "square"]), "circle", 1, faint).verified
+    assert verify(Detections([BOX, elsewhere], [0.9, 0.04], ["circle", "square"]), "circle", 1, faint).verified
+
+
+def test_a_presence_floor_must_lie_under_the_ambiguous_floor():
+    with pytest.raises(ValueError, match="presence_floor"):
+        VerifyConfig(presence_floor=0.2)

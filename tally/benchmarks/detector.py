@@ -44,6 +44,7 @@ def bench_detector(counter: Counter, scenes: int, progress: Progress | None = No
 DISAGREEMENTS_SHOWN = 48  # judge-clean images the detector counts otherwise, drawn for a person to look at
 SIDES = {"5-6 px": 6, "7-8 px": 8, "9+ px": 64}  # buckets of a missed shape's shorter side, by their largest
 DOTS = "5-6 px"  # rendered fragments are 3..5 px, objects 7..15 px: a whole shape of 5-6 px lies between
+PRESENCE_FLOORS = (None, 0.02, 0.05, 0.1)  # VerifyConfig.presence_floor values the bench prices on the same images
 
 
 def _overlap(a, b) -> float:
@@ -84,11 +85,16 @@ def bench_generated(engine, images: int, progress: Progress | None = None, batch
     - ``disagreements``: how the judge-clean images it counts otherwise split (under or over the judge; the
       doubt it reported that would make up the difference; ``missed_shapes``: what the detector made of each shape
       it did not count, by size; ``dots_only``: those where every such shape is a 5-6 px dot), and, with
-      ``out_dir``, a picture of the first ones."""
+      ``out_dir``, a picture of the first ones;
+    - ``presence_floors``: the detector-alone verdicts again under each of ``PRESENCE_FLOORS`` (off: ``none``),
+      what refusing the shapes it barely sees would save in false verifications and cost in true ones."""
     from optimization.reference.crosscheck import judge
     from tally.benchmarks.base import base_prompts
 
     counter = engine.counter
+    # Detections below every verification floor change no verdict, so a lower NMS floor only adds what is priced.
+    counter.nms_floor = min(counter.nms_floor, *(f for f in PRESENCE_FLOORS if f))
+    priced = {str(f).lower(): counter.config.model_copy(update={"presence_floor": f}) for f in PRESENCE_FLOORS}
     prompts = base_prompts(engine, range(1, MAX_COUNT + 1))
     per_prompt = max(1, -(-images // len(prompts)))
     rows, shown, labels = [], [], []
@@ -103,7 +109,8 @@ def bench_generated(engine, images: int, progress: Progress | None = None, batch
                          "clean": seen.clean, "confident": verdict.confident, "ambiguous": verdict.ambiguous,
                          "unclear": verdict.doubtful,
                          "other": any(c != cls and c in counter.classes and p >= counter.config.count_confidence
-                                      for c, p in zip(det.classes, det.confidences))})
+                                      for c, p in zip(det.classes, det.confidences)),
+                         "priced": {name: verify(det, cls, n, config).verified for name, config in priced.items()}})
             if seen.clean and verdict.confident != seen.count:
                 shapes = missed_shapes(seen, verdict.kinds)
                 for kind, bucket in shapes:
@@ -146,4 +153,12 @@ def bench_generated(engine, images: int, progress: Progress | None = None, batch
                               "false_verified": len(wrong), "verified": len(alone)},
             "configured": {"verified_rate": share([r for r in alone if r["judge"] == r["count"]], rows)},
             "disagreements": disagreements,
+            "presence_floors": {name: _priced(rows, judge_exact, name) for name in priced},
             "outcomes": reasons}
+
+
+def _priced(rows: list[dict], judge_exact: list[dict], name: str) -> dict:
+    """Verified, falsely verified, and verified among the judge-exact clean images under one priced config."""
+    verified = [r for r in rows if r["priced"][name]]
+    return {"verified": len(verified), "false_verified": sum(r["judge"] != r["count"] for r in verified),
+            "verified_given_judge_exact": round(sum(r["priced"][name] for r in judge_exact) / max(len(judge_exact), 1), 4)}
