@@ -253,6 +253,23 @@ def test_train_t2i_refuses_a_gap_at_which_twelve_shapes_would_not_fit(tally_cli)
     assert result.returncode == 2 and "--gap" in result.stdout + result.stderr
 
 
+def test_a_crowd_weight_makes_scenes_of_six_and_more_that_much_likelier_and_one_keeps_the_uniform_draw():
+    import numpy as np
+
+    from optimization.reference.autoencoder import faithful_count
+
+    rng = np.random.default_rng(1)
+    counts = np.bincount([faithful_count(rng, 3.0) for _ in range(12_000)], minlength=13)[1:]  # counts 1-12
+    assert counts[5:].mean() / counts[:5].mean() == pytest.approx(3.0, rel=0.1)
+    rng = np.random.default_rng(2)
+    assert [faithful_count(rng) for _ in range(50)] == list(np.random.default_rng(2).integers(1, 13, 50))
+
+
+def test_train_t2i_refuses_a_crowd_weight_for_the_web_variant(tally_cli):
+    result = tally_cli("reference", "train-t2i", "--variant", "web", "--crowd-weight", "2")
+    assert result.returncode == 2 and "web scenes keep their habitual counts" in result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("device, message", [("gpu", "expected cpu, cuda or cuda:N"),
                                              ("cuda:99", "cuda:99: this machine has")])
 def test_train_t2i_refuses_a_device_torch_cannot_use_before_training(tally_cli, device, message):
