@@ -59,7 +59,7 @@ class T2ITrainConfig:
     # between neighbours nearly always, so the UNet learns to keep them apart; at 3 it drew merged pairs.
     gap: int = 6
     # How much likelier a faithful training scene of 6-12 objects is than one of 1-5 (``faithful_count``); 1 is
-    # uniform, as every part of the shipped `reference` but its last two (2) was trained.
+    # uniform, as every part of the shipped `reference` was trained but its last two (2).
     crowd_weight: float = 1.0
     checkpoint_every: int = 50  # steps
     vae_from: str = ""  # the AutoencoderKL folder both generators share (frozen); set by the CLI
