@@ -265,9 +265,26 @@ def test_a_crowd_weight_makes_scenes_of_six_and_more_that_much_likelier_and_one_
     assert [faithful_count(rng) for _ in range(50)] == list(np.random.default_rng(2).integers(1, 13, 50))
 
 
-def test_train_t2i_refuses_a_crowd_weight_for_the_web_variant(tally_cli):
-    result = tally_cli("reference", "train-t2i", "--variant", "web", "--crowd-weight", "2")
+def test_crowd_from_moves_where_the_crowd_weight_starts():
+    import numpy as np
+
+    from optimization.reference.autoencoder import faithful_count
+
+    rng = np.random.default_rng(3)
+    counts = np.bincount([faithful_count(rng, 2.0, crowd_from=9) for _ in range(12_000)], minlength=13)[1:]
+    assert counts[8:].mean() / counts[:8].mean() == pytest.approx(2.0, rel=0.1)
+    assert counts[5:8].mean() / counts[:5].mean() == pytest.approx(1.0, rel=0.1)
+
+
+@pytest.mark.parametrize("options", [("--crowd-weight", "2"), ("--crowd-weight", "2", "--crowd-from", "9")])
+def test_train_t2i_refuses_crowd_options_for_the_web_variant(tally_cli, options):
+    result = tally_cli("reference", "train-t2i", "--variant", "web", *options)
     assert result.returncode == 2 and "web scenes keep their habitual counts" in result.stdout + result.stderr
+
+
+def test_train_t2i_refuses_a_crowd_from_without_a_crowd_weight(tally_cli):
+    result = tally_cli("reference", "train-t2i", "--crowd-from", "9")
+    assert result.returncode == 2 and "give both" in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("device, message", [("gpu", "expected cpu, cuda or cuda:N"),

@@ -50,33 +50,33 @@ def build_autoencoder():
     )
 
 
-CROWD_FROM = 6  # the counts a ``crowd_weight`` favours: 6 and up, where the generators miscount most
+CROWD_FROM = 6  # the counts a ``crowd_weight`` favours by default: 6 and up, where the generators miscount most
 
 
-def faithful_count(rng: np.random.Generator, crowd_weight: float = 1.0) -> int:
-    """A faithful scene's count: uniform over 1-12, or counts from ``CROWD_FROM`` up ``crowd_weight`` times as
+def faithful_count(rng: np.random.Generator, crowd_weight: float = 1.0, crowd_from: int = CROWD_FROM) -> int:
+    """A faithful scene's count: uniform over 1-12, or counts from ``crowd_from`` up ``crowd_weight`` times as
     likely as the rest (1 keeps the uniform draw, and with it the random stream the shipped weights saw)."""
     if crowd_weight == 1.0:
         return int(rng.integers(MIN_COUNT, MAX_COUNT + 1))
     counts = np.arange(MIN_COUNT, MAX_COUNT + 1)
-    weights = np.where(counts >= CROWD_FROM, crowd_weight, 1.0)
+    weights = np.where(counts >= crowd_from, crowd_weight, 1.0)
     return int(rng.choice(counts, p=weights / weights.sum()))
 
 
 def render_training_set(n: int, seed: int, progress: Progress | None = None,
                         captions: Literal["faithful", "web"] = "faithful",
                         base: int = T2I_TRAIN, gap: int = GAP,
-                        crowd_weight: float = 1.0) -> tuple[torch.Tensor, list[str]]:
+                        crowd_weight: float = 1.0, crowd_from: int = CROWD_FROM) -> tuple[torch.Tensor, list[str]]:
     """Scenes as a uint8 tensor [n, 3, H, W] and one caption each (fixed per image, like web data); scene
     seeds start at ``base`` + ``seed`` x 1,000,000; ``gap``: least space between shapes, in pixels;
-    ``crowd_weight``: see ``faithful_count`` (web scenes keep their habitual counts)."""
+    ``crowd_weight``, ``crowd_from``: see ``faithful_count`` (web scenes keep their habitual counts)."""
     images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     texts = []
     rng = np.random.default_rng(seed)
     write = web_caption if captions == "web" else faithful_caption
     for i in range(n):
         cls = CLASSES[int(rng.integers(len(CLASSES)))]
-        count = scene_count(cls, rng) if captions == "web" else faithful_count(rng, crowd_weight)
+        count = scene_count(cls, rng) if captions == "web" else faithful_count(rng, crowd_weight, crowd_from)
         scene = render_scene(base + seed * 1_000_000 + i, count=count, cls=cls, gap=gap)
         images[i] = np.asarray(scene.image)
         obj = scene.objects[0]

@@ -58,9 +58,11 @@ class T2ITrainConfig:
     # Least space between shapes in the training scenes, in pixels: 6 leaves a latent cell (4 px) of background
     # between neighbours nearly always, so the UNet learns to keep them apart; at 3 it drew merged pairs.
     gap: int = 6
-    # How much likelier a faithful training scene of 6-12 objects is than one of 1-5 (``faithful_count``); 1 is
-    # uniform, as every part of the shipped `reference` was trained but its last two (2).
+    # How much likelier a faithful training scene of ``crowd_from``-12 objects is than one of fewer
+    # (``faithful_count``); 1 is uniform, as every part of the shipped `reference` was trained but its last two (2,
+    # from 6).
     crowd_weight: float = 1.0
+    crowd_from: int = 6
     checkpoint_every: int = 50  # steps
     vae_from: str = ""  # the AutoencoderKL folder both generators share (frozen); set by the CLI
     unet_from: str = ""  # a pipeline folder whose UNet is the starting point (its drawing skill, not its text)
@@ -236,7 +238,8 @@ def train_t2i(out: Path, work_dir: Path, cfg: T2ITrainConfig, stage: Stage | Non
                                                      dtype=torch.float32)
     vae = AutoencoderKL.from_pretrained(cfg.vae_from, torch_dtype=torch.float32).eval()
     images, captions = render_training_set(cfg.scenes, cfg.seed, bar(stage, "render scenes", cfg.scenes),
-                                           cfg.captions, gap=cfg.gap, crowd_weight=cfg.crowd_weight)
+                                           cfg.captions, gap=cfg.gap, crowd_weight=cfg.crowd_weight,
+                                           crowd_from=cfg.crowd_from)
     if self_samples:
         images, captions = torch.cat([images, self_samples[0]]), captions + self_samples[1]
     for module in (vae, unet, text_encoder):

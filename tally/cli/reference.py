@@ -163,8 +163,10 @@ def train_t2i(
         "Least loss weight of a timestep (min-SNR weights the high noise where layouts form at almost nothing) "
         "[default: 0.05]."))] = None,
     crowd_weight: Annotated[Optional[float], typer.Option(min=1.0, max=10.0, help=(
-        "reference: how much likelier a training scene of 6-12 objects is than one of 1-5 [default: 1, uniform]."))]
-    = None,
+        "reference: how much likelier a training scene of --crowd-from to 12 objects is than one of fewer "
+        "[default: 1, uniform]."))] = None,
+    crowd_from: Annotated[Optional[int], typer.Option(min=2, max=12, help=(
+        "reference: the least count --crowd-weight favours [default: 6]."))] = None,
     seed: int = 0,
     device: Annotated[str, typer.Option(callback=_torch_device, help="Where the models train: cpu, or cuda[:N] on a "
                                                                      "GPU (the same random stream).")] = "cpu",
@@ -207,12 +209,16 @@ def train_t2i(
                                  "widths; --unet-channels is for a fresh reference UNet", param_hint="--unet-channels")
     given = {"scenes": scenes, "unet_steps": unet_steps, "unet_batch": unet_batch, "gap": gap,
              "unet_channels": unet_channels, "unet_lr": lr, "text_lr": lr / 2 if lr is not None else None,
-             "weight_floor": weight_floor, "transformer_layers": transformer_layers, "crowd_weight": crowd_weight}
+             "weight_floor": weight_floor, "transformer_layers": transformer_layers, "crowd_weight": crowd_weight,
+             "crowd_from": crowd_from}
     cfg = replace(VARIANTS[variant], seed=seed, vae_from=str(autoencoder),
                   **{k: v for k, v in given.items() if v is not None})
-    if variant == "web" and crowd_weight is not None:
-        raise typer.BadParameter("web scenes keep their habitual counts; --crowd-weight is for reference",
-                                 param_hint="--crowd-weight")
+    if variant == "web" and (crowd_weight is not None or crowd_from is not None):
+        raise typer.BadParameter("web scenes keep their habitual counts; --crowd-weight and --crowd-from are for "
+                                 "reference", param_hint="--crowd-weight")
+    if crowd_from is not None and crowd_weight is None:
+        raise typer.BadParameter("--crowd-from says which counts --crowd-weight favours: give both",
+                                 param_hint="--crowd-from")
     if variant == "web":  # starts from the reference UNet (see ``VARIANTS``)
         cfg = replace(cfg, unet_from=str(unet_from or PIPELINE_PATH))
     if train_further:
