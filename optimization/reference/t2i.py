@@ -59,8 +59,8 @@ class T2ITrainConfig:
     # between neighbours nearly always, so the UNet learns to keep them apart; at 3 it drew merged pairs.
     gap: int = 6
     # How much likelier a faithful training scene of ``crowd_from``-12 objects is than one of fewer
-    # (``faithful_count``); 1 is uniform, as every part of the shipped `reference` was trained but its last two (2,
-    # from 6).
+    # (``faithful_count``); 1 is uniform, as every part of the shipped `reference` was trained but its last three (2:
+    # from 6 twice, then from 9).
     crowd_weight: float = 1.0
     crowd_from: int = 6
     checkpoint_every: int = 50  # steps
