@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .autoencoder import LATENT_CHANNELS, Progress, Stage, bar, encode_latents, render_training_set
+from .autoencoder import CROWD_FROM, LATENT_CHANNELS, Progress, Stage, bar, encode_latents, render_training_set
 from .checkpoint import TrainingCheckpoint
 from . import REFERENCE_CONFIG  # not from .models: training needs no service configuration (pydantic)
 from .scenes import CLASSES, IMAGE_SIZE
@@ -62,7 +62,7 @@ class T2ITrainConfig:
     # (``faithful_count``); 1 is uniform, as every part of the shipped `reference` was trained but its last three (2:
     # from 6 twice, then from 9).
     crowd_weight: float = 1.0
-    crowd_from: int = 6
+    crowd_from: int = CROWD_FROM
     checkpoint_every: int = 50  # steps
     vae_from: str = ""  # the AutoencoderKL folder both generators share (frozen); set by the CLI
     unet_from: str = ""  # a pipeline folder whose UNet is the starting point (its drawing skill, not its text)
