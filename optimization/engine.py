@@ -55,6 +55,9 @@ class CountEngine:
         self.refine_config = refine_config
         self.noise_config = noise_config.model_copy(update={"reserve": refine_config.reserve})  # one reserve
         self.semantic = semantic  # the CLIP guard of token optimization, where the model configures one
+        # Seconds per image of the last batch sampled, kept across calls: a job with a deadline fits its first
+        # batch to it too (0 until this engine has sampled once: that first batch takes its full share).
+        self.image_seconds = 0.0
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, refine_config: RefineConfig = RefineConfig(),
@@ -183,8 +186,9 @@ class CountEngine:
     def _sample_together(self, jobs: list[JobState], batch_size: int) -> None:
         """Stage 3: sample candidates in batches and verify each conservatively, until each job has its
         verified images or its budget ends (one batch at least). Alone, a job takes ``job.CANDIDATE_BATCH``
-        candidates a batch; several share a batch fairly (at least one candidate each per batch)."""
-        image_seconds = 0.0  # the last batch's seconds per image: a job near its deadline takes what fits
+        candidates a batch; several share a batch fairly (at least one candidate each per batch). Near a deadline
+        the whole batch is cut to what fits before the earliest one, at the last measured pace: a job waits for
+        its companions' images too."""
         while True:
             for job in jobs:
                 if job.error is None and job.wants() and job.should_stop():
@@ -194,11 +198,11 @@ class CountEngine:
                 return
             # The text encoder holds one count token at a time: a batch shares one (or none).
             group = [j for j in active if j.token_id == active[0].token_id]
-            share = max(1, batch_size // len(group))
+            room = min(batch_size, max(len(group), min(j.fits(self.image_seconds) for j in group)))
+            share = max(1, room // len(group))
             batch: list[tuple[JobState, list[int]]] = []
-            room = batch_size
             for job in group:
-                n = min(job.wants(), share, room, job.fits(image_seconds))
+                n = min(job.wants(), share, room)
                 if n > 0:
                     batch.append((job, job.take(n)))
                     room -= n
@@ -221,7 +225,7 @@ class CountEngine:
                 job.add(job_seeds, images[part], self.verify_images(images[part], detections[part], job.cls, job.count))
                 start += len(job_seeds)
             took = time.perf_counter() - began
-            image_seconds = took / len(seeds)
+            self.image_seconds = took / len(seeds)
             for job, job_seeds in batch:  # each job pays its share of the batch, so batching costs it no budget
                 job.spent += took * len(job_seeds) / len(seeds)
                 job.cost["sampling_seconds"] += took * len(job_seeds) / len(seeds)

@@ -195,8 +195,9 @@ class JobState:
         return max(0, min(CANDIDATE_BATCH, budget.max_candidates - done))
 
     def fits(self, image_seconds: float) -> int:
-        """Candidates that fit before its sampling deadline at ``image_seconds`` each (one at least; no limit
-        without a deadline or a measured pace): a batch never carries a job far past its budget."""
+        """Images (its own and its companions') that a batch can hold and still end before its sampling deadline,
+        at ``image_seconds`` each (one at least; no limit without a deadline or a measured pace): a batch never
+        carries a job far past its budget."""
         if self.sampling_deadline is None or image_seconds <= 0:
             return CANDIDATE_BATCH * 64
         return max(1, int((self.sampling_deadline - time.time()) / image_seconds))
