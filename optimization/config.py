@@ -158,6 +158,9 @@ class ModelSpec(_Frozen):
 
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
     pipeline: str = Field(description="diffusers pipeline: hub id or local folder.")
+    vae: str | None = Field(None, description=(
+        "AutoencoderKL (hub id or local folder) loaded in place of the pipeline's own, e.g. SDXL's fp16-fix VAE; "
+        "the reference pipelines share one this way."))
     detector: str = Field(description="Detector weights (for ``yolo``: an ultralytics .pt file).")
     detector_kind: str = Field("yolo", description="Counter backend (``optimization.counter.COUNTERS``).")
     device: str = "cpu"

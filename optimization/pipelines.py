@@ -64,19 +64,18 @@ class TextToImage:
         """The pipeline and sampler a model entry names."""
         return cls.load(spec.pipeline, spec.num_inference_steps, spec.guidance_scale, device=spec.device,
                         dtype=spec.dtype, gradient_checkpointing=gradient_checkpointing,
-                        guidance_rescale=spec.guidance_rescale, guidance_schedule=spec.guidance_schedule)
+                        guidance_rescale=spec.guidance_rescale, guidance_schedule=spec.guidance_schedule,
+                        vae=spec.vae)
 
     @classmethod
     def load(cls, model: str | Path, num_inference_steps: int, guidance_scale: float, device: str = "cpu",
              dtype: str = "fp32", gradient_checkpointing: bool = False, guidance_rescale: float = 0.0,
-             guidance_schedule: list[float] | None = None) -> "TextToImage":
-        from diffusers import DiffusionPipeline
-
+             guidance_schedule: list[float] | None = None, vae: str | Path | None = None) -> "TextToImage":
         if dtype not in DTYPES:
             raise InvalidRequest(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
         if str(model).startswith((".", "/", "~")) and not Path(model).expanduser().is_dir():
             raise InvalidRequest(f"pipeline folder not found: {model}")
-        pipe = DiffusionPipeline.from_pretrained(str(model), dtype=DTYPES[dtype]).to(device)
+        pipe = load_pipeline(model, DTYPES[dtype], vae).to(device)
         if gradient_checkpointing and hasattr(pipe.unet, "enable_gradient_checkpointing"):
             pipe.unet.enable_gradient_checkpointing()
         return cls(pipe, num_inference_steps, guidance_scale, source=str(model), guidance_rescale=guidance_rescale,
@@ -215,6 +214,14 @@ class TextToImage:
                 return self._call(self.encode(prompt), seeds, latents)
             with self.live_token(vectors):
                 return self._call(self.encode(prompt), seeds, latents)
+
+
+def load_pipeline(model: str | Path, dtype: torch.dtype, vae: str | Path | None = None):
+    """``DiffusionPipeline.from_pretrained``, with ``vae`` (an AutoencoderKL) in place of the pipeline's own."""
+    from diffusers import AutoencoderKL, DiffusionPipeline
+
+    components = {"vae": AutoencoderKL.from_pretrained(str(vae), torch_dtype=dtype)} if vae else {}
+    return DiffusionPipeline.from_pretrained(str(model), dtype=dtype, **components)
 
 
 def model_fingerprint(encoders) -> str:

@@ -292,7 +292,7 @@ def test_sampling_restates_the_number_a_model_draws_too_many_of(web_engine):
     never verify: found by searching seeds); sampling then writes a lower number, and verifies seven."""
     import copy
 
-    job = dict(prompt="a photo of 7 red squares", count=7, seed=11007011, budget=Budget(max_candidates=32))
+    job = dict(prompt="a photo of 7 red squares", count=7, seed=11007013, budget=Budget(max_candidates=32))
     seen = []
     image = web_engine.generate(**job, progress=seen.append).images[0]
     restated = [e["stated_count"] for e in seen if "stated_count" in e]
@@ -311,7 +311,7 @@ def test_sampling_asks_for_the_crowd_word_where_a_model_draws_too_few(web_engine
     asks for "many red circles" and verifies ten, where 32 candidates of the plain prompt never do."""
     import copy
 
-    job = dict(prompt="a photo of 10 red circles", count=10, seed=10010000, budget=Budget(max_candidates=32))
+    job = dict(prompt="a photo of 10 red circles", count=10, seed=10010003, budget=Budget(max_candidates=32))
     seen = []
     image = web_engine.generate(**job, progress=seen.append).images[0]
     assert [e["stated_count"] for e in seen if "stated_count" in e] == ["many"]

@@ -9,9 +9,12 @@ from optimization.reference import CLASSES, IMAGE_SIZE, PIPELINE_PATH, PIPELINE_
 
 @pytest.mark.parametrize("path", [PIPELINE_PATH, PIPELINE_WEB_PATH], ids=["reference", "reference-web"])
 def test_shipped_pipeline_loads_offline_through_diffusers_from_pretrained(path):
-    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(str(path))
+    from optimization.pipelines import load_pipeline
+    from optimization.reference import shipped_fields
+
+    pipe = load_pipeline(path, torch.float32, shipped_fields(path)["vae"])  # reference-web: the shared autoencoder
     assert isinstance(pipe, StableDiffusionPipeline)
     image = pipe("a photo of 3 red circles", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
     assert image.size == (IMAGE_SIZE, IMAGE_SIZE)
@@ -51,10 +54,11 @@ def test_shipped_weights_are_small():
 
 
 def test_both_generators_share_the_reference_autoencoder():
-    from safetensors.torch import load_file
+    from optimization.reference import AUTOENCODER_PATH
+    from optimization.reference.models import reference_model, reference_web_model
 
-    shared, web = (load_file(str(p / "vae" / "diffusion_pytorch_model.safetensors")) for p in (PIPELINE_PATH, PIPELINE_WEB_PATH))
-    assert shared.keys() == web.keys() and all(torch.equal(shared[k], web[k]) for k in shared)
+    assert not (PIPELINE_WEB_PATH / "vae").exists()  # one copy ships, in `reference`'s folder
+    assert reference_model().vae is None and reference_web_model().vae == str(AUTOENCODER_PATH)
 
 
 def test_the_reference_model_entry_takes_its_sampler_from_the_shipped_pipeline(reference_spec, t2i):

@@ -76,7 +76,7 @@ def test_submitted_job_succeeds_with_counted_images(service):
 
 @pytest.mark.parametrize("model", ["reference", "reference-web"])
 def test_library_miss_schedules_learning_and_the_next_job_uses_the_token(service, model):
-    first = service.wait(service.submit(prompt="a photo of green triangles", count=5, seed=2, policy="library",
+    first = service.wait(service.submit(prompt="a photo of green circles", count=3, seed=2, policy="library",
                                         model=model))
     assert first["token"]["library_hit"] is False and first["token"]["learning_scheduled"] is True
     key = first["token"]["key"]
@@ -86,7 +86,7 @@ def test_library_miss_schedules_learning_and_the_next_job_uses_the_token(service
         time.sleep(0.5)
     learned = service.http.get(f"/v1/tokens/{key}").json()["metadata"]
     assert learned["calibration"]["stated"] in [*range(1, 13), "many"] and learned["kept"] in ("calibration", "token")
-    second = service.wait(service.submit(prompt="a photo of blue triangles", count=5, seed=3, policy="library",
+    second = service.wait(service.submit(prompt="a photo of blue circles", count=3, seed=3, policy="library",
                                          model=model))
     assert second["token"] == {"key": key, "library_hit": True, "learning_scheduled": False}
     assert second["cost"]["iterations"] == 0  # a library hit costs no gradient step

@@ -169,9 +169,11 @@ def test_train_t2i_web_variant_starts_from_the_reference_unet_and_knows_number_w
     result = tally_cli("reference", "train-t2i", "--variant", "web", "--scenes", "32", "--unet-steps", "2",
                        "--unet-batch", "4", "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
-    from diffusers import DiffusionPipeline
+    from optimization.pipelines import load_pipeline
+    from optimization.reference import AUTOENCODER_PATH, shipped_fields
 
-    pipe = DiffusionPipeline.from_pretrained(str(out))
+    assert shipped_fields(out)["vae"] == str(AUTOENCODER_PATH)  # the shared autoencoder, not a copy
+    pipe = load_pipeline(out, torch.float32, shipped_fields(out)["vae"])
     ids = pipe.tokenizer("there are seventeen red circles on the table", add_special_tokens=False).input_ids
     assert len(ids) == 8  # every word whole
     assert len(pipe.tokenizer("I need exactly 12 blue squares please", add_special_tokens=False).input_ids) == 7

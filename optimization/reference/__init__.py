@@ -17,14 +17,16 @@ REFERENCE_CONFIG = "tally_reference.json"  # sampler defaults and classes, besid
 AUTOENCODER_PATH = PIPELINE_PATH / "vae"  # shared by both generators (``tally reference train-autoencoder``)
 
 
-def shipped_sampler(pipeline: str | Path) -> dict:
-    """The ``ModelSpec`` sampler fields a reference pipeline folder was trained for (its ``REFERENCE_CONFIG``)."""
+def shipped_fields(pipeline: str | Path) -> dict:
+    """The ``ModelSpec`` fields a reference pipeline folder was trained for: its sampler (its ``REFERENCE_CONFIG``),
+    and the shared autoencoder where the folder holds none of its own."""
     sampler = json.loads((Path(pipeline) / REFERENCE_CONFIG).read_text())["sampler"]
     return {"num_inference_steps": sampler["num_inference_steps"], "guidance_scale": sampler["guidance_scale"],
             "guidance_rescale": sampler.get("guidance_rescale", 0.0),
-            "guidance_schedule": sampler.get("guidance_schedule", [])}
+            "guidance_schedule": sampler.get("guidance_schedule", []),
+            "vae": None if (Path(pipeline) / "vae").is_dir() else str(AUTOENCODER_PATH)}
 
 __all__ = [
     "AUTOENCODER_PATH", "CLASSES", "COLOURS", "DETECTOR_PATH", "IMAGE_SIZE", "MAX_COUNT", "MIN_COUNT", "PIPELINE_PATH", "PIPELINE_WEB_PATH",
-    "PLURALS", "REFERENCE_CONFIG", "Scene", "WEIGHTS_DIR", "render_scene", "shipped_sampler",
+    "PLURALS", "REFERENCE_CONFIG", "Scene", "WEIGHTS_DIR", "render_scene", "shipped_fields",
 ]

@@ -39,7 +39,7 @@ from ..errors import InvalidRequest
 from ..guidance import guidance_per_step
 from ..seeds import DETECTOR_TRAIN, DETECTOR_VAL
 from .crosscheck import judge
-from . import REFERENCE_CONFIG
+from . import REFERENCE_CONFIG, shipped_fields
 from .scenes import CLASSES, COLOURS, IMAGE_SIZE, MAX_COUNT, UNCLEAR, Scene, degrade, render_scene
 
 DETECTOR_IMGSZ = 128  # 64 px scenes are upsampled 2x: small objects then span several stride-8 cells
@@ -98,13 +98,15 @@ class Generators:
 
     def __init__(self, pipelines: Sequence[str | Path]):
         import torch
-        from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline
+        from diffusers import StableDiffusionImg2ImgPipeline
+
+        from ..pipelines import load_pipeline
 
         self.torch = torch
         self.img2img, self.text2img, self.samplers = [], [], []
         for path in pipelines:
             self.samplers.append(json.loads((Path(path) / REFERENCE_CONFIG).read_text())["sampler"])  # as shipped
-            pipe = DiffusionPipeline.from_pretrained(str(path), dtype=torch.float32)
+            pipe = load_pipeline(path, torch.float32, shipped_fields(path)["vae"])
             pipe.set_progress_bar_config(disable=True)
             self.text2img.append(pipe)
             parts = {k: v for k, v in pipe.components.items() if k != "image_encoder"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import ModelSpec, Policy, VerifyConfig
-from . import COLOURS, MAX_COUNT, PIPELINE_PATH, PIPELINE_WEB_PATH, DETECTOR_PATH, CLASSES, shipped_sampler
+from . import COLOURS, MAX_COUNT, PIPELINE_PATH, PIPELINE_WEB_PATH, DETECTOR_PATH, CLASSES, shipped_fields
 from .scenes import UNCLEAR
 
 # Each model's default policy: the winner of `tally bench engine --model M` by the rule in
@@ -38,7 +38,7 @@ MEASURED_PRESENCE_FLOOR = 0.1
 
 def _spec(id_: str, pipeline: Path, default_policy: Policy | None, library_prompts: list[str]) -> ModelSpec:
     return ModelSpec(
-        id=id_, pipeline=str(pipeline), detector=str(DETECTOR_PATH), classes=list(CLASSES), **shipped_sampler(pipeline),
+        id=id_, pipeline=str(pipeline), detector=str(DETECTOR_PATH), classes=list(CLASSES), **shipped_fields(pipeline),
         max_count=MAX_COUNT, crosscheck="components",
         # every shape is confusable with every other: 2 of 3 images verified falsely at the default budget held
         # a shape of the class asked that the detector named another (false_verified-reference.png)

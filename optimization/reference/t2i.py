@@ -14,6 +14,7 @@ backpropagates through every step.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from .autoencoder import CROWD_FROM, LATENT_CHANNELS, Progress, Stage, bar, encode_latents, render_training_set
 from .checkpoint import TrainingCheckpoint
-from . import REFERENCE_CONFIG  # not from .models: training needs no service configuration (pydantic)
+from . import AUTOENCODER_PATH, PIPELINE_PATH, REFERENCE_CONFIG  # not from .models: training needs no service configuration (pydantic)
 from .scenes import CLASSES, IMAGE_SIZE
 from .tokenizer import WORDS, build_tokenizer_files, load_tokenizer
 
@@ -259,6 +260,8 @@ def train_t2i(out: Path, work_dir: Path, cfg: T2ITrainConfig, stage: Stage | Non
     for module in (unet, vae, text_encoder):
         module.half()
     pipe.save_pretrained(str(out))
+    if Path(cfg.vae_from).resolve() == AUTOENCODER_PATH.resolve() and Path(out).resolve() != PIPELINE_PATH.resolve():
+        shutil.rmtree(Path(out) / "vae")  # the shared one ships once, in `reference` (``shipped_fields`` loads it)
     text_config = Path(out) / "text_encoder" / "config.json"
     text_config.write_text(json.dumps({**json.loads(text_config.read_text()), "dtype": "float32"}, indent=2) + "\n")
     config = {**asdict(cfg), "vae_from": Path(cfg.vae_from).name,  # no machine paths

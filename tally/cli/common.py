@@ -94,14 +94,14 @@ def model_spec(model: Optional[str], detector: Optional[str] = None) -> ModelSpe
         if model.startswith((".", "/", "~")) and not Path(model).expanduser().is_dir():
             raise InvalidRequest(f"--model: no configured model and no pipeline folder {model!r}; configured: "
                                  f"{', '.join(m.id for m in settings.models)}")
-        from optimization.reference import REFERENCE_CONFIG, shipped_sampler
+        from optimization.reference import REFERENCE_CONFIG, shipped_fields
         from optimization.reference.models import reference_model
 
         update = {"id": "adhoc", "pipeline": model, "crosscheck": None}
         folder = Path(model).expanduser()
         if (folder / REFERENCE_CONFIG).is_file():  # a reference-world folder carries its own sampler (reference-web's)
             # ... and draws this world's shapes, which its cross-check can judge
-            update.update(shipped_sampler(folder), crosscheck=reference_model().crosscheck)
+            update.update(shipped_fields(folder), crosscheck=reference_model().crosscheck)
         try:  # validated, not copied: the folder's file may hold a sampler no model entry would pass
             spec = ModelSpec.model_validate({**settings.model().model_dump(), **update})
         except ValidationError as exc:
