@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from .autoencoder import CROWD_FROM, LATENT_CHANNELS, Progress, Stage, bar, encode_latents, render_training_set
 from .checkpoint import TrainingCheckpoint
-from . import AUTOENCODER_PATH, PIPELINE_PATH, REFERENCE_CONFIG  # not from .models: training needs no service configuration (pydantic)
+# not from .models: training needs no service configuration (pydantic)
+from . import AUTOENCODER_PATH, PIPELINE_PATH, REFERENCE_CONFIG
 from .scenes import CLASSES, IMAGE_SIZE
 from .tokenizer import WORDS, build_tokenizer_files, load_tokenizer
 
